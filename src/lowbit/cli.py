@@ -1,0 +1,53 @@
+"""The ``lowbit`` command: argument parsing only; each subcommand lives in ``lowbit.experiments``.
+
+Every subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when
+its subcommand runs, so ``lowbit formats`` does not pay for importing transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> (module under lowbit.experiments, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "formats": ("formats_table", "print every number format with its range and step sizes"),
+    "selfcheck": ("selfcheck", "check the numerics (quantizers, Hadamard, integer GEMM) against references"),
+    "bench": ("bench", "run a benchmark from benchmarks/ (gemm, train-step, inference)"),
+    "train": ("train", "train one task with one recipe"),
+    "compare": ("compare", "train one task with several recipes and write report.md with curves"),
+    "ptq": ("ptq", "post-training quantization of a BERT-family model: FP8 vs INT8 fidelity"),
+    "infer": ("infer", "integer-only inference of the Integer Transformer GPT"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lowbit", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_module=module_name)
+        # Arguments are added lazily (below) so unrelated heavy imports are not paid for at start-up.
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # First pass: find the subcommand; second pass: parse with that subcommand's own arguments.
+    command = next((a for a in argv if a in SUBCOMMANDS), None)
+    if command is not None:
+        module = importlib.import_module(f"lowbit.experiments.{SUBCOMMANDS[command][0]}")
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        module.add_arguments(subparsers.choices[command])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(f"lowbit.experiments.{args._module}")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
