@@ -13,6 +13,7 @@ import sys
 
 # subcommand -> (module under lowbit.experiments, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "main": ("main_job", "the main job: formats, self-check, then the INT4 training comparison"),
     "formats": ("formats_table", "print every number format with its range and step sizes"),
     "selfcheck": ("selfcheck", "check the numerics (quantizers, Hadamard, integer GEMM) against references"),
     "bench": ("bench", "run a benchmark from benchmarks/ (gemm, train-step, inference)"),
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         module.add_arguments(subparsers.choices[command])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(f"lowbit.experiments.{args._module}")
     return int(module.run(args) or 0)
 
