@@ -1,0 +1,39 @@
+"""lowbit's integer engine: exact INT8/INT4 matrix products on the CPU (native AVX2 + PyTorch reference).
+
+Public API (see each docstring):
+
+* :func:`int_matmul` — exact int32 product of int8/int4 code matrices, layouts ``"nt"``, ``"nn"``, ``"tn"``.
+* :func:`int_matmul_scaled` — the same with the dequantization epilogue fused (per-row/column scales + bias)
+  straight into float32, optionally into a reused ``out`` buffer.
+* :func:`quantize_rows` — fused per-row absmax symmetric quantizer (codes int8 + float32 scale per row).
+* :class:`PackedWeight` / :func:`pack_weight` / :func:`linear` — a weight packed once for repeated use, and
+  the fused linear ``x (float32) -> quantize rows -> integer GEMM -> dequantize + bias`` on it.
+* :func:`backend` — which kernels run and, when native is not used, why.
+
+Every op is also a ``torch.library`` custom op (``torch.ops.lowbit.*``) with a fake implementation, so it
+traces under ``torch.compile``. Every function takes ``backend="auto" | "native" | "reference"``.
+"""
+
+from __future__ import annotations
+
+from lowbit.ops.api import (
+    BACKENDS,
+    LAYOUTS,
+    MAX_K,
+    backend,
+    int_matmul,
+    int_matmul_scaled,
+    quantize_rows,
+)
+from lowbit.ops.native import why_not_native
+
+__all__ = [
+    "BACKENDS",
+    "LAYOUTS",
+    "MAX_K",
+    "backend",
+    "int_matmul",
+    "int_matmul_scaled",
+    "quantize_rows",
+    "why_not_native",
+]

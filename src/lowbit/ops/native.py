@@ -1,0 +1,99 @@
+"""ctypes loader of the compiled kernels (``lowbit/ops/_native*.so``), CPU feature detection, why-not-native.
+
+The shared object is built by ``setup.py`` from ``ops/csrc/*.c``. It is used only when it loads, exports the
+kernel symbols and the CPU has AVX2 + FMA; otherwise :func:`why_not_native` returns the reason (never a silent
+fallback: ``lowbit.ops.backend()`` reports it and ``backend="native"`` raises it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_c_i8p = ctypes.c_void_p
+_c_int = ctypes.c_int
+_c_long = ctypes.c_long
+
+# symbol -> (argtypes, restype); every argument that is a pointer is passed as an int address
+_SIGNATURES: dict[str, tuple[list, object]] = {
+    "lowbit_cpu_has_avx2": ([], _c_int),
+    "lowbit_minmax_i8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_int], None),
+    "lowbit_pack_u8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_int], None),
+    "lowbit_pack_s8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),
+    "lowbit_pack_s16": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),
+    "lowbit_quant_pack_u8": (
+        [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int],
+        None,
+    ),
+    "lowbit_quantize_rows": ([_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], _c_long),
+    "lowbit_gemm": (
+        [
+            _c_int,  # kind
+            _c_i8p,  # packed A
+            _c_i8p,  # packed B
+            _c_int,  # M
+            _c_int,  # N
+            _c_int,  # K
+            _c_int,  # A offset
+            _c_i8p,  # B column sums (int32, N) or NULL
+            _c_i8p,  # int32 out or NULL
+            _c_i8p,  # float32 out or NULL
+            _c_long,  # ldc
+            _c_i8p,  # a_scale (M,)
+            _c_i8p,  # b_scale (N,)
+            _c_i8p,  # bias (N,) or NULL
+            _c_int,  # threads
+        ],
+        _c_int,
+    ),
+}
+
+
+def _library_path() -> Path | None:
+    here = Path(__file__).resolve().parent
+    candidates = sorted(here.glob("_native*.so")) + sorted(here.glob("_native*.pyd"))
+    return candidates[0] if candidates else None
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """Load the library once; returns (library, "") or (None, reason)."""
+    path = _library_path()
+    if path is None:
+        return None, "the compiled library lowbit/ops/_native*.so is missing (reinstall: pip install -e .)"
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        return None, f"cannot load {path.name}: {exc}"
+    for name, (argtypes, restype) in _SIGNATURES.items():
+        fn = getattr(lib, name, None)
+        if fn is None:
+            return None, f"{path.name} lacks symbol {name} (stale build: python setup.py build_ext --inplace)"
+        fn.argtypes = argtypes
+        fn.restype = restype
+    if not lib.lowbit_cpu_has_avx2():
+        return None, "this CPU lacks AVX2+FMA; the pure-PyTorch reference kernels are used"
+    logger.debug("loaded native kernels from %s", path)
+    return lib, ""
+
+
+def why_not_native() -> str:
+    """Empty string when the native kernels are usable, else the reason they are not."""
+    return _load()[1]
+
+
+def available() -> bool:
+    """True when the native AVX2 kernels are loaded and usable on this CPU."""
+    return _load()[0] is not None
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded library; raises RuntimeError with the reason when it is not usable."""
+    loaded, reason = _load()
+    if loaded is None:
+        raise RuntimeError(f"native kernels unavailable: {reason}")
+    return loaded
