@@ -27,7 +27,7 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "lowbit_pack_s16": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),
     "lowbit_quant_pack_u8": (
         [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int],
-        None,
+        _c_long,
     ),
     "lowbit_quantize_rows": ([_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], _c_long),
     "lowbit_gemm": (

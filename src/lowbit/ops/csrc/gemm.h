@@ -1,0 +1,18 @@
+// Shared constants of the integer GEMM kernels (gemm_pack.c, gemm_kernels.c, quant_rows.c).
+#ifndef LOWBIT_GEMM_H
+#define LOWBIT_GEMM_H
+
+#define LOWBIT_MR 6   // rows of a micro-tile (A panel height)
+#define LOWBIT_NR 16  // columns of a micro-tile (B panel width)
+#define LOWBIT_CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+#define LOWBIT_ROUND_UP(a, b) (LOWBIT_CEIL_DIV(a, b) * (b))
+
+// Kernel kinds (the Python planner in lowbit/ops/native_gemm.py chooses one per call):
+//   0: u8 x s8 -> vpmaddubsw -> vpmaddwd(1) -> int32. Exact when every pair sum fits int16: A shifted to
+//      u8 by off with B in [-64, 64] (off 128), or A in [-64, 63] shifted by off 64 with any int8 B.
+//   1: u4 x s4 (A + 8 in [0, 15], B in [-8, 7]) -> vpmaddubsw -> int16 accumulate for at most
+//      LOWBIT_I4_KC k (pair sums |.| <= 240, 128 steps * 240 = 30720 < 32767) -> vpmaddwd(1) -> int32.
+//   2: s16 x s16 -> vpmaddwd -> int32: exact for every int8 code (the full-range 8-bit path).
+#define LOWBIT_I4_KC 512
+
+#endif

@@ -1,0 +1,113 @@
+// Fused per-row absmax symmetric quantizers (AVX2): float32 rows -> int8 codes + float32 scale per row, and the
+// same written straight into the u8 A-panel layout of the GEMM (quantize + pack in one pass).
+//
+// Definition (identical to lowbit/ops/reference.py quantize_rows):
+//   scale = absmax / qmax, at least 2**-126 (never subnormal), 1 for an all-zero row;
+//   code  = clamp(round_half_even(x / scale), -qmax, qmax)   (a true division, as torch computes x / scale).
+// Both functions return the number of non-finite inputs; the caller raises when it is not zero.
+// This file is compiled for AVX2 without FMA, so no multiply-add is contracted.
+#pragma GCC target("avx2")
+#include <float.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+
+#define LB_ROUND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+// absmax of one row into *amax; returns how many entries are NaN or +-Inf.
+static long row_absmax(const float *x, int K, float *amax) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(FLT_MAX);
+    __m256 m = _mm256_setzero_ps();
+    long bad = 0;
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k));
+        bad += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_NLE_UQ)));  // NaN or > FLT_MAX
+        m = _mm256_max_ps(m, a);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float best = _mm_cvtss_f32(h);
+    for (; k < K; k++) {
+        float a = x[k] < 0 ? -x[k] : x[k];
+        if (!(a <= FLT_MAX)) bad++;
+        best = a > best ? a : best;
+    }
+    *amax = best;
+    return bad;
+}
+
+static float row_scale(float amax, int qmax) {
+    if (amax == 0.0f) return 1.0f;
+    float s = amax / (float)qmax;
+    return s < FLT_MIN ? FLT_MIN : s;  // FLT_MIN = 2**-126, the smallest normal float
+}
+
+// codes (+ off, as bytes) of one row; dst[k] for k < K.
+static void row_quant(const float *x, int K, float scale, int qmax, int off, int8_t *dst) {
+    const __m256 vs = _mm256_set1_ps(scale), hi = _mm256_set1_ps((float)qmax), lo = _mm256_set1_ps((float)-qmax);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), voff = _mm256_set1_epi8((char)off);
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) {
+            __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k + 8 * j), vs), LB_ROUND);
+            q[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+        }
+        __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        w = _mm256_add_epi8(_mm256_permutevar8x32_epi32(w, perm), voff);
+        _mm256_storeu_si256((__m256i *)(dst + k), w);
+    }
+    for (; k < K; k++) {
+        float v = _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(x[k] / scale), LB_ROUND));
+        v = v > (float)qmax ? (float)qmax : (v < (float)-qmax ? (float)-qmax : v);
+        dst[k] = (int8_t)(uint8_t)((int)v + off);
+    }
+}
+
+long lowbit_quantize_rows(const float *x, long ldx, int M, int K, int qmax, int8_t *codes, float *scale,
+                          int nthreads) {
+    long bad = 0;
+#pragma omp parallel for num_threads(nthreads) reduction(+ : bad) schedule(static)
+    for (int i = 0; i < M; i++) {
+        float amax;
+        bad += row_absmax(x + (long)i * ldx, K, &amax);
+        scale[i] = row_scale(amax, qmax);
+        row_quant(x + (long)i * ldx, K, scale[i], qmax, 0, codes + (long)i * K);
+    }
+    return bad;
+}
+
+// Quantize M rows and write them as u8 A panels (codes + off; layout in gemm_pack.c) plus scale (M,).
+long lowbit_quant_pack_u8(const float *x, long ldx, int M, int K, int qmax, int off, uint8_t *dst, float *scale,
+                          int nthreads) {
+    const int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(M, LOWBIT_MR);
+    long bad = 0;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) reduction(+ : bad) reduction(| : failed)
+    {
+        int8_t *rows = malloc((size_t)LOWBIT_MR * Kp + 32);
+        if (!rows) failed = 1;
+#pragma omp for schedule(static)
+        for (int p = 0; p < npan; p++) {
+            if (!rows) continue;
+            memset(rows, off, (size_t)LOWBIT_MR * Kp);  // padding k and rows beyond M hold the zero code
+            for (int r = 0; r < LOWBIT_MR && p * LOWBIT_MR + r < M; r++) {
+                int i = p * LOWBIT_MR + r;
+                float amax;
+                bad += row_absmax(x + (long)i * ldx, K, &amax);
+                scale[i] = row_scale(amax, qmax);
+                row_quant(x + (long)i * ldx, K, scale[i], qmax, off, rows + (long)r * Kp);
+            }
+            uint8_t *d = dst + (long)p * LOWBIT_MR * Kp;
+            for (int kb = 0; kb < Kp; kb += 4)
+                for (int r = 0; r < LOWBIT_MR; r++) memcpy(d + (long)kb * LOWBIT_MR + r * 4, rows + (long)r * Kp + kb, 4);
+        }
+        free(rows);
+    }
+    return failed ? -1 : bad;
+}

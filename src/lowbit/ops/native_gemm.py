@@ -1,0 +1,213 @@
+"""Tensor-level wrappers of the native kernels: range checks, path planning, packing, GEMM calls.
+
+Callers (``lowbit.ops.api``, ``lowbit.ops.linear``) validate arguments first; these functions assume int8
+code matrices on the CPU and only check what the kernels need (code ranges, which decide the path).
+
+Path planning for ``bits=8`` (see ``csrc/gemm.h``): ``b`` in [-64, 64] -> kind 0 with ``a`` shifted by 128;
+else ``a`` in [-64, 63] -> kind 0 with ``a`` shifted by 64; else kind 2 (int16 operands, exact for every int8
+code, slower). ``bits=4`` -> kind 1 (``a`` shifted by 8, int16 accumulation widened every 512 k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.ops import native
+
+MR, NR = 6, 16  # micro-tile rows (A panel) and columns (B panel); must match csrc/gemm.h
+KIND_U8S8, KIND_INT4, KIND_S16 = 0, 1, 2
+SEVEN_BIT = (-64, 64)  # |pair sum| of u8 (<= 255) x these stays below 2**15
+SEVEN_BIT_A = (-64, 63)  # a + 64 in [0, 127]
+
+
+def threads() -> int:
+    """Threads for one kernel call: torch's intra-op setting, read per call (no global of our own)."""
+    return max(1, torch.get_num_threads())
+
+
+def _view_rk(t: torch.Tensor, transposed: bool) -> tuple[int, int, int, int]:
+    """(rows, K, row stride, k stride) of ``t`` read as rows x K (``transposed``: t is K x rows)."""
+    if transposed:
+        return t.shape[1], t.shape[0], t.stride(1), t.stride(0)
+    return t.shape[0], t.shape[1], t.stride(0), t.stride(1)
+
+
+def minmax(t: torch.Tensor, transposed: bool = False) -> tuple[int, int]:
+    """(min, max) of an int8 matrix (any strides), computed natively."""
+    rows, k, s_r, s_k = _view_rk(t, transposed)
+    out = torch.empty(2, dtype=torch.int32)
+    native.lib().lowbit_minmax_i8(t.data_ptr(), s_r, s_k, rows, k, out.data_ptr(), threads())
+    return int(out[0]), int(out[1])
+
+
+def _within(r: tuple[int, int], bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= r[0] and r[1] <= bounds[1]
+
+
+def plan(bits: int, a_range: tuple[int, int], b_range: tuple[int, int]) -> tuple[int, int]:
+    """(kernel kind, A offset) for the code ranges; raises ValueError for 4-bit codes out of [-8, 7]."""
+    if bits == 4:
+        for name, r in (("a", a_range), ("b", b_range)):
+            if not _within(r, (-8, 7)):
+                raise ValueError(f"{name} holds codes in [{r[0]}, {r[1]}], outside [-8, 7] for bits=4")
+        return KIND_INT4, 8
+    if _within(b_range, SEVEN_BIT):
+        return KIND_U8S8, 128
+    if _within(a_range, SEVEN_BIT_A):
+        return KIND_U8S8, 64
+    return KIND_S16, 0
+
+
+def pack_a(kind: int, off: int, t: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """Pack the A operand (rows = M) into the kind's panel layout."""
+    rows, k, s_r, s_k = _view_rk(t, transposed)
+    lib = native.lib()
+    if kind == KIND_S16:
+        dst = torch.empty(-(-rows // MR) * MR * (-(-k // 2) * 2), dtype=torch.int16)
+        lib.lowbit_pack_s16(t.data_ptr(), s_r, s_k, rows, k, MR, dst.data_ptr(), None, threads())
+        return dst
+    dst = torch.empty(-(-rows // MR) * MR * (-(-k // 4) * 4), dtype=torch.uint8)
+    lib.lowbit_pack_u8(t.data_ptr(), s_r, s_k, rows, k, off, dst.data_ptr(), threads())
+    return dst
+
+
+def pack_b(kind: int, t: torch.Tensor, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pack the B operand (rows = N) into the kind's panel layout; returns (packed, column sums or None)."""
+    rows, k, s_r, s_k = _view_rk(t, transposed)
+    lib = native.lib()
+    if kind == KIND_S16:
+        dst = torch.empty(-(-rows // NR) * NR * (-(-k // 2) * 2), dtype=torch.int16)
+        lib.lowbit_pack_s16(t.data_ptr(), s_r, s_k, rows, k, NR, dst.data_ptr(), None, threads())
+        return dst, None
+    dst = torch.empty(-(-rows // NR) * NR * (-(-k // 4) * 4), dtype=torch.int8)
+    colsum = torch.empty(rows, dtype=torch.int32)
+    lib.lowbit_pack_s8(t.data_ptr(), s_r, s_k, rows, k, dst.data_ptr(), colsum.data_ptr(), threads())
+    return dst, colsum
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Where the GEMM writes: int32 ``out_i32``, or float32 ``out_f32`` with scales (M,), (N,) and bias."""
+
+    out_i32: torch.Tensor | None = None
+    out_f32: torch.Tensor | None = None
+    a_scale: torch.Tensor | None = None
+    b_scale: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def gemm(
+    kind: int,
+    off: int,
+    a_packed: torch.Tensor,
+    b_packed: torch.Tensor,
+    colsum: torch.Tensor | None,
+    m: int,
+    n: int,
+    k: int,
+    epi: Epilogue,
+) -> None:
+    """Run the blocked native GEMM on packed operands, writing through the fused epilogue."""
+    out = epi.out_i32 if epi.out_i32 is not None else epi.out_f32
+    if m == 0 or n == 0:
+        return
+    if k == 0:  # no products: acc = 0
+        if epi.out_i32 is not None:
+            epi.out_i32.zero_()
+        else:
+            epi.out_f32.copy_(torch.zeros(m, n) * epi.a_scale.reshape(-1, 1) * epi.b_scale.reshape(1, -1))
+            if epi.bias is not None:
+                epi.out_f32.add_(epi.bias.reshape(1, -1))
+        return
+    rc = native.lib().lowbit_gemm(
+        kind,
+        a_packed.data_ptr(),
+        b_packed.data_ptr(),
+        m,
+        n,
+        k,
+        off,
+        _ptr(colsum if off else None),
+        _ptr(epi.out_i32),
+        _ptr(epi.out_f32),
+        out.stride(0),
+        _ptr(epi.a_scale),
+        _ptr(epi.b_scale),
+        _ptr(epi.bias),
+        threads(),
+    )
+    if rc != 0:
+        raise MemoryError("lowbit_gemm could not allocate its per-thread tile buffers")
+
+
+def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str):
+    """Plan and pack both operands of a one-off product; returns (kind, off, Ap, Bp, colsum, m, n, k)."""
+    a_t = layout == "tn"  # a stored K x M
+    b_t = layout in ("nn", "tn")  # b stored K x N
+    m, k = (a8.shape[1], a8.shape[0]) if a_t else (a8.shape[0], a8.shape[1])
+    n = b8.shape[1] if b_t else b8.shape[0]
+    if m == 0 or n == 0 or k == 0:
+        if bits == 4:  # still reject out-of-range 4-bit codes
+            plan(bits, minmax(a8, a_t), minmax(b8, b_t))
+        return None, 0, None, None, None, m, n, k
+    kind, off = plan(bits, minmax(a8, a_t), minmax(b8, b_t))
+    a_packed = pack_a(kind, off, a8, a_t)
+    b_packed, colsum = pack_b(kind, b8, b_t)
+    return kind, off, a_packed, b_packed, colsum, m, n, k
+
+
+def int_matmul(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str) -> torch.Tensor:
+    """Exact int32 product (layout as in ``lowbit.ops.int_matmul``)."""
+    kind, off, ap, bp, colsum, m, n, k = _prepare(a8, b8, bits, layout)
+    out = torch.empty((m, n), dtype=torch.int32)
+    gemm(kind, off, ap, bp, colsum, m, n, k, Epilogue(out_i32=out))
+    return out
+
+
+def int_matmul_scaled(
+    a8: torch.Tensor,
+    b8: torch.Tensor,
+    sa: torch.Tensor,
+    sb: torch.Tensor,
+    bias: torch.Tensor | None,
+    bits: int,
+    layout: str,
+    out: torch.Tensor,
+) -> None:
+    """Fused GEMM + dequantization epilogue into ``out`` (float32 (M, N), contiguous)."""
+    kind, off, ap, bp, colsum, m, n, k = _prepare(a8, b8, bits, layout)
+    gemm(kind, off, ap, bp, colsum, m, n, k, Epilogue(out_f32=out, a_scale=sa, b_scale=sb, bias=bias))
+
+
+def quantize_rows(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused native per-row quantizer of a contiguous float32 (M, K) matrix."""
+    m, k = x.shape
+    codes = torch.empty((m, k), dtype=torch.int8)
+    scale = torch.empty(m, dtype=torch.float32)
+    bad = native.lib().lowbit_quantize_rows(
+        x.data_ptr(), max(k, 1), m, k, qmax, codes.data_ptr(), scale.data_ptr(), threads()
+    )
+    if bad:
+        raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
+    return codes, scale
+
+
+def quant_pack_a(x: torch.Tensor, qmax: int, off: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize float32 rows (contiguous (M, K)) straight into u8 A panels; returns (packed, scale (M,))."""
+    m, k = x.shape
+    dst = torch.empty(-(-m // MR) * MR * (-(-k // 4) * 4), dtype=torch.uint8)
+    scale = torch.empty(m, dtype=torch.float32)
+    bad = native.lib().lowbit_quant_pack_u8(
+        x.data_ptr(), max(k, 1), m, k, qmax, off, dst.data_ptr(), scale.data_ptr(), threads()
+    )
+    if bad < 0:
+        raise MemoryError("lowbit_quant_pack_u8 could not allocate its row buffers")
+    if bad:
+        raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
+    return dst, scale
