@@ -25,15 +25,19 @@ from lowbit.ops.api import (
     int_matmul_scaled,
     quantize_rows,
 )
+from lowbit.ops.linear import PackedWeight, linear, pack_weight
 from lowbit.ops.native import why_not_native
 
 __all__ = [
     "BACKENDS",
     "LAYOUTS",
     "MAX_K",
+    "PackedWeight",
     "backend",
     "int_matmul",
     "int_matmul_scaled",
+    "linear",
+    "pack_weight",
     "quantize_rows",
     "why_not_native",
 ]

@@ -18,9 +18,15 @@
 
 #include "gemm.h"
 
-#define LB_MCP 16    // A panels (of MR rows) per block: 96 rows
-#define LB_NCP 16    // B panels (of NR columns) per block: 256 columns
+#ifndef LB_MCP
+#define LB_MCP 8  // A panels (of MR rows) per block: 48 rows
+#endif
+#ifndef LB_NCP
+#define LB_NCP 32  // B panels (of NR columns) per block: 512 columns
+#endif
+#ifndef LB_KC_MAX
 #define LB_KC_MAX 1024  // k per slice for kinds 0 and 2 (kind 1: LOWBIT_I4_KC)
+#endif
 #define LB_TILE (LOWBIT_MR * LOWBIT_NR)
 
 static const int16_t LB_ONES16[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,

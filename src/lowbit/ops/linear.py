@@ -1,0 +1,157 @@
+"""Prepacked weights and the fused quantized linear: float32 x -> per-row codes -> integer GEMM -> float32 y.
+
+Pack a weight once with :func:`pack_weight` and call :func:`linear` many times: each call quantizes the
+activation rows on the fly (straight into the kernel's panel layout for the u8 paths), runs the integer
+GEMM and dequantizes ``acc * x_scale[i] * w_scale[j] + bias[j]`` in the kernel's epilogue, optionally into a
+reused ``out`` buffer. The result is bit-identical to ``quantize_rows`` followed by ``int_matmul_scaled``.
+
+Which native path runs (``PackedWeight.path(act_bits)`` tells):
+
+* ``bits=4``: activations quantized to [-7, 7] (``act_bits`` <= 4), u4 x s4 kernel with int16 accumulation.
+* ``bits=8`` and weight codes within [-64, 64] (a 7-bit weight): any activation bits, u8 x s7 kernel.
+* ``bits=8``, ``act_bits=7`` (activations in [-63, 63]): u7 x s8 kernel, as fast as the above.
+* ``bits=8``, 8-bit activations and 8-bit weights: the exact int16 kernel (slower, about 0.7x the above).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.ops import api, native_gemm, reference
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeight:
+    """A (N, K) weight of integer codes with a float32 scale per output channel, packed for repeated products.
+
+    ``codes``/``scale`` keep the plain form (used by the reference backend); ``packed``/``colsum`` hold the
+    u8/s8-kernel layout, ``packed_s16`` the int16-kernel layout (only for 8-bit codes outside [-64, 64]).
+    The packed fields are None when the weight was packed with ``backend="reference"``.
+    """
+
+    bits: int
+    codes: torch.Tensor  # (N, K) int8
+    scale: torch.Tensor  # (N,) float32
+    code_range: tuple[int, int]
+    packed: torch.Tensor | None = None
+    colsum: torch.Tensor | None = None
+    packed_s16: torch.Tensor | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.codes.shape[1]
+
+    def plan(self, act_bits: int) -> tuple[int, int, int]:
+        """(kernel kind, activation offset, activation qmax) of the native path for ``act_bits``."""
+        qmax = 2 ** (act_bits - 1) - 1
+        a_range = (-qmax, qmax)
+        kind, off = native_gemm.plan(self.bits, a_range, self.code_range)
+        return kind, off, qmax
+
+    def path(self, act_bits: int | None = None) -> str:
+        """Human-readable name of the native kernel path used for activations of ``act_bits`` bits."""
+        kind, off, _ = self.plan(act_bits or self.bits)
+        return {0: f"u8xs8 (activation offset {off})", 1: "u4xs4 int16-accumulate", 2: "s16xs16 exact"}[kind]
+
+
+def pack_weight(
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor | float,
+    *,
+    bits: int,
+    transposed: bool = False,
+    backend: str = "auto",
+) -> PackedWeight:
+    """Pack weight codes (N, K) — or (K, N) with ``transposed=True`` — and their scale for :func:`linear`.
+
+    ``w_codes``: int8 codes (bits=8: any int8; bits=4: [-8, 7], or uint8 packed nibbles); ``w_scale``: float
+    or float32 (N,). Packing costs about one pass over the weight; the packed copy is ~1x (u8 paths) or 3x
+    (8-bit codes outside [-64, 64], which also keep an int16 copy) the size of the codes.
+    """
+    layout = "nn" if transposed else "nt"
+    dummy = torch.zeros(1, w_codes.shape[1] if not transposed else w_codes.shape[0], dtype=torch.int8)
+    _, codes = api.check_matmul_args(dummy, w_codes, bits, layout)
+    codes_nk = codes.t() if transposed else codes
+    n = codes_nk.shape[0]
+    scale = api._scale_vector("w_scale", w_scale, n)
+    use_native = api._resolve_backend(backend) == "native"
+    if use_native:
+        lo, hi = native_gemm.minmax(codes_nk)
+    else:
+        lo, hi = (int(v) for v in torch.aminmax(codes_nk)) if codes_nk.numel() else (0, 0)
+    if bits == 4 and (lo < -8 or hi > 7):
+        raise ValueError(f"w_codes holds codes in [{lo}, {hi}], outside [-8, 7] for bits=4")
+    codes_nk = codes_nk.contiguous()
+    weight = PackedWeight(bits=bits, codes=codes_nk, scale=scale, code_range=(lo, hi))
+    if not use_native:
+        return weight
+    kind = native_gemm.KIND_INT4 if bits == 4 else native_gemm.KIND_U8S8
+    packed, colsum = native_gemm.pack_b(kind, codes_nk)
+    packed_s16 = None
+    if bits == 8 and not (lo >= -64 and hi <= 64):
+        packed_s16, _ = native_gemm.pack_b(native_gemm.KIND_S16, codes_nk)
+    return PackedWeight(bits, codes_nk, scale, (lo, hi), packed, colsum, packed_s16)
+
+
+def linear(
+    x: torch.Tensor,
+    weight: PackedWeight,
+    bias: torch.Tensor | None = None,
+    *,
+    act_bits: int | None = None,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``y = dequant(quantize_rows(x, act_bits) · weight_codesᵀ) + bias`` in float32, fused.
+
+    x: float32 (..., K); returns float32 (..., N) (written into ``out`` when given: float32, contiguous,
+    shape (..., N)). ``act_bits`` defaults to ``weight.bits`` (4 -> codes in [-7, 7], 8 -> [-127, 127]);
+    ``act_bits=7`` with an 8-bit weight selects the fast u7 x s8 path. Bit-identical on every backend.
+    """
+    if not isinstance(weight, PackedWeight):
+        raise TypeError(
+            f"weight must be a PackedWeight from lowbit.ops.pack_weight, got {type(weight).__name__}"
+        )
+    act_bits = weight.bits if act_bits is None else act_bits
+    if not isinstance(act_bits, int) or not 2 <= act_bits <= weight.bits:
+        raise ValueError(
+            f"act_bits must be an int in [2, {weight.bits}] for a {weight.bits}-bit weight, got {act_bits!r}"
+        )
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != "cpu":
+        raise TypeError("x must be a float32 CPU tensor")
+    k, n = weight.in_features, weight.out_features
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"x must have last dim {k} (the weight's in_features), got shape {tuple(x.shape)}")
+    x2 = x.reshape(-1, k).contiguous()  # (M, K)
+    m = x2.shape[0]
+    out_shape = (*x.shape[:-1], n)
+    if out is None:
+        out = torch.empty(out_shape, dtype=torch.float32)
+    elif out.dtype != torch.float32 or tuple(out.shape) != out_shape or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {out_shape}")
+    if bias is not None:
+        bias = api._scale_vector("bias", bias, n)
+    out2 = out.view(m, n)
+    if api._resolve_backend(backend) == "reference" or weight.packed is None:
+        if backend == "native":
+            raise RuntimeError("weight was packed with backend='reference'; repack it with backend='native'")
+        codes, sx = api.quantize_rows(x2, act_bits, backend="reference")
+        out2.copy_(reference.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt"))
+        return out
+    kind, off, qmax = weight.plan(act_bits)
+    if kind == native_gemm.KIND_S16:
+        codes, sx = native_gemm.quantize_rows(x2, qmax)
+        a_packed = native_gemm.pack_a(kind, 0, codes)
+        b_packed, colsum = weight.packed_s16, None
+    else:
+        a_packed, sx = native_gemm.quant_pack_a(x2, qmax, off)
+        b_packed, colsum = weight.packed, weight.colsum
+    epi = native_gemm.Epilogue(out_f32=out2, a_scale=sx, b_scale=weight.scale, bias=bias)
+    native_gemm.gemm(kind, off, a_packed, b_packed, colsum, m, n, k, epi)
+    return out

@@ -1,0 +1,72 @@
+"""pack_weight + linear: bit-identical to quantize_rows + int_matmul_scaled on every backend and path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lowbit.ops as ops
+from lowbit.ops import native
+
+BACKENDS = ["reference"] + (["native"] if native.available() else [])
+
+
+def unfused(x, w_codes, w_scale, bias, bits, act_bits):
+    codes, sx = ops.quantize_rows(x.reshape(-1, x.shape[-1]), act_bits, backend="reference")
+    y = ops.int_matmul_scaled(codes, w_codes, sx, w_scale, bias, bits=bits, backend="reference")
+    return y.reshape(*x.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "bits,w_lo,w_hi,act_bits",
+    [
+        pytest.param(4, -8, 7, None, id="int4"),  # u4 x s4 int16-accumulate path
+        pytest.param(8, -64, 64, None, id="int8-w7"),  # u8 x s7 path (7-bit weight)
+        pytest.param(8, -127, 127, 7, id="int8-a7"),  # u7 x s8 path (7-bit activations)
+        pytest.param(8, -128, 127, None, id="int8-full"),  # exact int16 path
+    ],
+)
+@pytest.mark.parametrize(
+    "shape", [(1, 5, 1), (3, 7, 37, 33), (2, 50, 130, 515)], ids=["tiny", "ragged", "K>512"]
+)
+def test_linear_matches_unfused(gen, backend, bits, w_lo, w_hi, act_bits, shape):
+    *lead, n, k = shape
+    x = torch.randn(*lead, k, generator=gen) * torch.rand(*lead, 1, generator=gen) * 10
+    w = torch.randint(w_lo, w_hi + 1, (n, k), generator=gen, dtype=torch.int8)
+    sw = torch.rand(n, generator=gen) + 0.01
+    bias = torch.randn(n, generator=gen)
+    packed = ops.pack_weight(w, sw, bits=bits, backend=backend)
+    want = unfused(x, w, sw, bias, bits, act_bits or bits)
+    got = ops.linear(x, packed, bias, act_bits=act_bits, backend=backend)
+    assert got.shape == (*lead, n)
+    assert torch.equal(got, want)
+    out = torch.empty(*lead, n)
+    assert ops.linear(x, packed, bias, act_bits=act_bits, out=out, backend=backend) is out
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transposed_weight(gen, backend):
+    w = torch.randint(-8, 8, (40, 24), generator=gen, dtype=torch.int8)  # (K, N)
+    x = torch.randn(9, 40, generator=gen)
+    got = ops.linear(x, ops.pack_weight(w, 0.5, bits=4, transposed=True, backend=backend), backend=backend)
+    assert torch.equal(got, unfused(x, w.t(), torch.full((24,), 0.5), None, 4, 4))
+
+
+def test_paths_named():
+    w7 = ops.pack_weight(torch.full((4, 8), 64, dtype=torch.int8), 1.0, bits=8, backend="reference")
+    w8 = ops.pack_weight(torch.full((4, 8), -100, dtype=torch.int8), 1.0, bits=8, backend="reference")
+    assert "offset 128" in w7.path() and "s16" in w8.path() and "offset 64" in w8.path(7)
+
+
+def test_bad_input():
+    w = ops.pack_weight(torch.zeros(4, 8, dtype=torch.int8), 1.0, bits=4, backend="reference")
+    with pytest.raises(ValueError, match="last dim 8"):
+        ops.linear(torch.zeros(2, 7), w)
+    with pytest.raises(ValueError, match="act_bits"):
+        ops.linear(torch.zeros(2, 8), w, act_bits=8)
+    with pytest.raises(TypeError, match="PackedWeight"):
+        ops.linear(torch.zeros(2, 8), torch.zeros(4, 8))
+    with pytest.raises(ValueError, match="outside"):
+        ops.pack_weight(torch.full((4, 8), 8, dtype=torch.int8), 1.0, bits=4)
