@@ -86,9 +86,8 @@ def _methods(m: int, k: int, n: int, gen: torch.Generator) -> dict[str, Callable
         native_gemm.Epilogue(out_f32=y, a_scale=sx4, b_scale=p4.scale, bias=bias),
     )
     kind8, off8, q8 = p8.plan(8)
-    codes8, sx8 = native_gemm.quantize_rows(x, q8)
-    a8 = native_gemm.pack_a(kind8, off8, codes8)
-    methods["int8:quant"] = lambda: native_gemm.pack_a(kind8, off8, native_gemm.quantize_rows(x, q8)[0])
+    a8, sx8 = native_gemm.quant_pack_a(x, q8, off8, kind8)
+    methods["int8:quant"] = lambda: native_gemm.quant_pack_a(x, q8, off8, kind8)
     methods["int8:gemm"] = lambda: native_gemm.gemm(
         kind8,
         off8,

@@ -145,12 +145,10 @@ def linear(
         out2.copy_(reference.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt"))
         return out
     kind, off, qmax = weight.plan(act_bits)
+    a_packed, sx = native_gemm.quant_pack_a(x2, qmax, off, kind)
     if kind == native_gemm.KIND_S16:
-        codes, sx = native_gemm.quantize_rows(x2, qmax)
-        a_packed = native_gemm.pack_a(kind, 0, codes)
         b_packed, colsum = weight.packed_s16, None
     else:
-        a_packed, sx = native_gemm.quant_pack_a(x2, qmax, off)
         b_packed, colsum = weight.packed, weight.colsum
     epi = native_gemm.Epilogue(out_f32=out2, a_scale=sx, b_scale=weight.scale, bias=bias)
     native_gemm.gemm(kind, off, a_packed, b_packed, colsum, m, n, k, epi)

@@ -29,6 +29,10 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
         [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int],
         _c_long,
     ),
+    "lowbit_quant_pack_s16": (
+        [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int],
+        _c_long,
+    ),
     "lowbit_quantize_rows": ([_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], _c_long),
     "lowbit_gemm": (
         [

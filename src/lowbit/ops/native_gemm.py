@@ -198,14 +198,23 @@ def quantize_rows(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tenso
     return codes, scale
 
 
-def quant_pack_a(x: torch.Tensor, qmax: int, off: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize float32 rows (contiguous (M, K)) straight into u8 A panels; returns (packed, scale (M,))."""
+def quant_pack_a(
+    x: torch.Tensor, qmax: int, off: int, kind: int = KIND_U8S8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize float32 rows (contiguous (M, K)) straight into A panels of ``kind`` (u8 with offset ``off``,
+    or int16 for ``KIND_S16``); returns (packed, scale (M,))."""
     m, k = x.shape
-    dst = torch.empty(-(-m // MR) * MR * (-(-k // 4) * 4), dtype=torch.uint8)
     scale = torch.empty(m, dtype=torch.float32)
-    bad = native.lib().lowbit_quant_pack_u8(
-        x.data_ptr(), max(k, 1), m, k, qmax, off, dst.data_ptr(), scale.data_ptr(), threads()
-    )
+    if kind == KIND_S16:
+        dst = torch.empty(-(-m // MR) * MR * (-(-k // 2) * 2), dtype=torch.int16)
+        bad = native.lib().lowbit_quant_pack_s16(
+            x.data_ptr(), max(k, 1), m, k, qmax, dst.data_ptr(), scale.data_ptr(), threads()
+        )
+    else:
+        dst = torch.empty(-(-m // MR) * MR * (-(-k // 4) * 4), dtype=torch.uint8)
+        bad = native.lib().lowbit_quant_pack_u8(
+            x.data_ptr(), max(k, 1), m, k, qmax, off, dst.data_ptr(), scale.data_ptr(), threads()
+        )
     if bad < 0:
         raise MemoryError("lowbit_quant_pack_u8 could not allocate its row buffers")
     if bad:

@@ -55,6 +55,56 @@ void lowbit_minmax_i8(const int8_t *src, long s_row, long s_k, int R, int K, int
     out[1] = mx;
 }
 
+// Fast paths of pack_panel for a full panel whose rows (s_k == 1) or columns (s_row == 1) are contiguous;
+// they fill k < (returned value) and leave the tail (and every other stride pattern) to the generic loop.
+static int fast_bytes(const int8_t *src, long s_row, long s_k, int r0, int P, int K, int off, uint8_t *d8) {
+    int kend = K / 4 * 4;
+    if (s_k == 1) {  // 4-byte groups, byte-wise add of off without carries between bytes (SWAR)
+        uint32_t o = (uint32_t)(uint8_t)off * 0x01010101u;
+        for (int kb = 0; kb < kend; kb += 4) {
+            for (int r = 0; r < P; r++) {
+                uint32_t v;
+                memcpy(&v, src + (long)(r0 + r) * s_row + kb, 4);
+                v = ((v & 0x7F7F7F7Fu) + (o & 0x7F7F7F7Fu)) ^ ((v ^ o) & 0x80808080u);
+                memcpy(d8 + (long)kb * P + (long)r * 4, &v, 4);
+            }
+        }
+        return kend;
+    }
+    if (s_row == 1) {  // transposed source: the panel's rows are contiguous within each k
+        for (int kb = 0; kb < kend; kb += 4)
+            for (int g = 0; g < 4; g++) {
+                const int8_t *s = src + (long)(kb + g) * s_k + r0;
+                for (int r = 0; r < P; r++) d8[(long)kb * P + r * 4 + g] = (uint8_t)(s[r] + off);
+            }
+        return kend;
+    }
+    return 0;
+}
+
+static int fast_int16(const int8_t *src, long s_row, long s_k, int r0, int P, int K, int16_t *d16) {
+    int kend = K / 2 * 2;
+    if (s_k == 1) {
+        for (int r = 0; r < P; r++) {
+            const int8_t *s = src + (long)(r0 + r) * s_row;
+            for (int kb = 0; kb < kend; kb += 2) {
+                d16[(long)kb * P + r * 2] = s[kb];
+                d16[(long)kb * P + r * 2 + 1] = s[kb + 1];
+            }
+        }
+        return kend;
+    }
+    if (s_row == 1) {
+        for (int kb = 0; kb < kend; kb += 2)
+            for (int g = 0; g < 2; g++) {
+                const int8_t *s = src + (long)(kb + g) * s_k + r0;
+                for (int r = 0; r < P; r++) d16[(long)kb * P + r * 2 + g] = s[r];
+            }
+        return kend;
+    }
+    return 0;
+}
+
 // One panel of `rows` rows (of P) starting at row r0: the shared gather of every layout, element size esz.
 // value(v) = v + off for u8 (esz 1, signed off), v for s8, (int16)v for s16 (esz 2); pad = value of rows/k
 // beyond the matrix. kg = k-group (4 for byte layouts, 2 for int16).
@@ -63,19 +113,8 @@ static void pack_panel(const int8_t *src, long s_row, long s_k, int r0, int rows
     uint8_t *d8 = (uint8_t *)dst_panel;
     int16_t *d16 = (int16_t *)dst_panel;
     int kb0 = 0;
-    if (esz == 1 && s_k == 1 && rows == P) {
-        // Fast path (contiguous rows, full panel): 4-byte groups, byte-wise add of off without carries (SWAR).
-        uint32_t o = (uint32_t)(uint8_t)off * 0x01010101u;
-        kb0 = K / 4 * 4;
-        for (int kb = 0; kb < kb0; kb += 4) {
-            for (int r = 0; r < P; r++) {
-                uint32_t v;
-                memcpy(&v, src + (long)(r0 + r) * s_row + kb, 4);
-                v = ((v & 0x7F7F7F7Fu) + (o & 0x7F7F7F7Fu)) ^ ((v ^ o) & 0x80808080u);
-                memcpy(d8 + (long)kb * P + (long)r * 4, &v, 4);
-            }
-        }
-    }
+    if (rows == P) kb0 = esz == 1 ? fast_bytes(src, s_row, s_k, r0, P, K, off, d8)
+                                  : fast_int16(src, s_row, s_k, r0, P, K, d16);
     for (int kb = kb0; kb < Kp; kb += kg) {
         for (int r = 0; r < P; r++) {
             const int8_t *s = src + (long)(r0 + r) * s_row + (long)kb * s_k;

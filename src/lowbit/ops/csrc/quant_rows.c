@@ -111,3 +111,36 @@ long lowbit_quant_pack_u8(const float *x, long ldx, int M, int K, int qmax, int 
     }
     return failed ? -1 : bad;
 }
+
+// Quantize M rows and write them as int16 A panels of the exact 8-bit kernel (kind 2; layout in gemm_pack.c).
+long lowbit_quant_pack_s16(const float *x, long ldx, int M, int K, int qmax, int16_t *dst, float *scale,
+                           int nthreads) {
+    const int Kp = LOWBIT_ROUND_UP(K, 2), npan = LOWBIT_CEIL_DIV(M, LOWBIT_MR);
+    long bad = 0;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) reduction(+ : bad) reduction(| : failed)
+    {
+        int8_t *rows = malloc((size_t)LOWBIT_MR * Kp + 32);
+        if (!rows) failed = 1;
+#pragma omp for schedule(static)
+        for (int p = 0; p < npan; p++) {
+            if (!rows) continue;
+            memset(rows, 0, (size_t)LOWBIT_MR * Kp);
+            for (int r = 0; r < LOWBIT_MR && p * LOWBIT_MR + r < M; r++) {
+                int i = p * LOWBIT_MR + r;
+                float amax;
+                bad += row_absmax(x + (long)i * ldx, K, &amax);
+                scale[i] = row_scale(amax, qmax);
+                row_quant(x + (long)i * ldx, K, scale[i], qmax, 0, rows + (long)r * Kp);
+            }
+            int16_t *d = dst + (long)p * LOWBIT_MR * Kp;
+            for (int kb = 0; kb < Kp; kb += 2)
+                for (int r = 0; r < LOWBIT_MR; r++) {
+                    d[(long)kb * LOWBIT_MR + r * 2] = rows[(long)r * Kp + kb];
+                    d[(long)kb * LOWBIT_MR + r * 2 + 1] = rows[(long)r * Kp + kb + 1];
+                }
+        }
+        free(rows);
+    }
+    return failed ? -1 : bad;
+}

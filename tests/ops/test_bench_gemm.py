@@ -1,0 +1,25 @@
+"""The GEMM benchmark's record format, on a tiny shape (the real run is ``lowbit bench gemm``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lowbit.experiments import bench
+from lowbit.ops import native
+
+
+@pytest.mark.skipif(not native.available(), reason=native.why_not_native() or "native available")
+def test_records_and_table():
+    gemm = bench.load("gemm")
+    records = gemm.bench_shape(12, 40, 20, repeats=1, warmup=0)
+    assert [r["dtype"] for r in records] == ["fp32", "int4", "int8", "int8-a7", "peer-onednn-int8"]
+    for r in records:
+        assert r["shape"] == "12x40x20"
+        assert {"ms", "gops", "speedup_vs_fp32"} <= set(r) and r["ms"] > 0
+    assert "| 12x40x20 | int4 |" in gemm.format_table(records)
+
+
+def test_unknown_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "benchmarks_dir", lambda: tmp_path)
+    with pytest.raises(FileNotFoundError, match="train_step.py"):
+        bench.load("train-step")
