@@ -133,6 +133,16 @@ def test_scaled_matches_reference_bitwise(gen, backend, layout, bits):
     assert torch.equal(out, (exact_nt(a, b).float() * 0.5) * sb[None, :])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int_matmul_out(gen, backend):
+    a, b = codes(gen, (20, 70), 8), codes(gen, (30, 70), 8)
+    out = torch.full((20, 30), 7, dtype=torch.int32)
+    assert ops.int_matmul(a, b, bits=8, out=out, backend=backend) is out
+    assert torch.equal(out, exact_nt(a, b))
+    with pytest.raises(ValueError, match="out must be"):
+        ops.int_matmul(a, b, bits=8, out=torch.empty(20, 30), backend=backend)
+
+
 def test_k_limits_documented():
     assert ops.MAX_K[8] == 131071 and ops.MAX_K[4] == 33554431
 

@@ -22,6 +22,8 @@ def test_opcheck(gen, backend):
     sa, sb, bias = torch.rand(7, generator=gen), torch.rand(5, generator=gen), torch.randn(5, generator=gen)
     torch.library.opcheck(torch.ops.lowbit.int_matmul.default, (a, b, 4, "nt", backend))
     torch.library.opcheck(torch.ops.lowbit.int_matmul.default, (a, b.t().contiguous(), 8, "nn", backend))
+    out32 = torch.empty(7, 5, dtype=torch.int32)
+    torch.library.opcheck(torch.ops.lowbit.int_matmul_out.default, (a, b, 4, "nt", backend, out32))
     torch.library.opcheck(torch.ops.lowbit.int_matmul_scaled.default, (a, b, sa, sb, bias, 4, "nt", backend))
     torch.library.opcheck(
         torch.ops.lowbit.int_matmul_scaled_out.default,

@@ -7,6 +7,7 @@ compute output shapes and dtypes, so the ops trace under ``torch.compile`` and F
 Ops (``layout``: ``"nt"`` a (M,K) @ b (N,K)ᵀ; ``"nn"`` a (M,K) @ b (K,N); ``"tn"`` a (K,M)ᵀ @ b (K,N)):
 
 * ``int_matmul(a, b, bits, layout, backend) -> int32 (M, N)``; a, b int8 codes (bits 4 or 8).
+* ``int_matmul_out(a, b, bits, layout, backend, out)``: the same, written into ``out`` (int32 (M, N)).
 * ``int_matmul_scaled(a, b, a_scale, b_scale, bias, bits, layout, backend) -> float32 (M, N)``.
 * ``int_matmul_scaled_out(..., out)``: the same, written into ``out`` (float32 (M, N), contiguous).
 * ``quantize_rows(x, bits, backend) -> (int8 codes (M, K), float32 scale (M,))``.
@@ -19,6 +20,7 @@ import torch
 LIB = torch.library.Library("lowbit", "DEF")  # noqa: TID251 - the one definition site of the namespace
 
 LIB.define("int_matmul(Tensor a, Tensor b, int bits, str layout, str backend) -> Tensor")
+LIB.define("int_matmul_out(Tensor a, Tensor b, int bits, str layout, str backend, Tensor(a!) out) -> ()")
 LIB.define(
     "int_matmul_scaled(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, int bits, "
     "str layout, str backend) -> Tensor"
@@ -53,6 +55,14 @@ def _check_common(a: torch.Tensor, b: torch.Tensor, bits: int, layout: str) -> t
 def _int_matmul_fake(a: torch.Tensor, b: torch.Tensor, bits: int, layout: str, backend: str) -> torch.Tensor:
     m, n = _check_common(a, b, bits, layout)
     return a.new_empty((m, n), dtype=torch.int32)
+
+
+@torch.library.register_fake("lowbit::int_matmul_out")
+def _int_matmul_out_fake(
+    a: torch.Tensor, b: torch.Tensor, bits: int, layout: str, backend: str, out: torch.Tensor
+) -> None:
+    m, n = _check_common(a, b, bits, layout)
+    torch._check(tuple(out.shape) == (m, n), lambda: f"out must have shape {(m, n)}, got {tuple(out.shape)}")
 
 
 @torch.library.register_fake("lowbit::int_matmul_scaled")

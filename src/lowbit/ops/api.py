@@ -111,14 +111,36 @@ def _scale_vector(name: str, s: object, length: int) -> torch.Tensor:
 # ---------------------------------------------------------------- CPU kernels of the lowbit:: ops
 
 
-def _int_matmul_cpu(a: torch.Tensor, b: torch.Tensor, bits: int, layout: str, backend: str) -> torch.Tensor:
-    a8, b8 = check_matmul_args(a, b, bits, layout)
+def _check_out(out: object, shape: tuple[int, int], dtype: torch.dtype) -> None:
+    if not isinstance(out, torch.Tensor) or out.dtype != dtype or tuple(out.shape) != shape:
+        raise ValueError(f"out must be a {dtype} tensor of shape {shape}")
+    if not out.is_contiguous() or out.device.type != "cpu":
+        raise ValueError("out must be a contiguous CPU tensor")
+
+
+def _int_matmul_into(a8, b8, bits: int, layout: str, backend: str, out: torch.Tensor) -> None:
     if _resolve_backend(backend) == "native":
         from lowbit.ops import native_gemm
 
-        return native_gemm.int_matmul(a8, b8, bits, layout)
+        native_gemm.int_matmul(a8, b8, bits, layout, out)
+        return
     _check_codes_in_range(a8, b8, bits)
-    return reference.int_matmul(a8, b8, layout)
+    out.copy_(reference.int_matmul(a8, b8, layout))
+
+
+def _int_matmul_out_cpu(a, b, bits: int, layout: str, backend: str, out: torch.Tensor) -> None:
+    a8, b8 = check_matmul_args(a, b, bits, layout)
+    m, n, _ = _schemas.output_shape(a8, b8, layout)
+    _check_out(out, (m, n), torch.int32)
+    _int_matmul_into(a8, b8, bits, layout, backend, out)
+
+
+def _int_matmul_cpu(a: torch.Tensor, b: torch.Tensor, bits: int, layout: str, backend: str) -> torch.Tensor:
+    a8, b8 = check_matmul_args(a, b, bits, layout)
+    m, n, _ = _schemas.output_shape(a8, b8, layout)
+    out = torch.empty((m, n), dtype=torch.int32)
+    _int_matmul_into(a8, b8, bits, layout, backend, out)
+    return out
 
 
 def _scaled_args(a, b, a_scale, b_scale, bias, bits, layout):
@@ -131,12 +153,7 @@ def _scaled_args(a, b, a_scale, b_scale, bias, bits, layout):
     return a8, b8, sa, sb, bias, m, n
 
 
-def _int_matmul_scaled_out_cpu(a, b, a_scale, b_scale, bias, bits, layout, backend, out) -> None:
-    a8, b8, sa, sb, bias, m, n = _scaled_args(a, b, a_scale, b_scale, bias, bits, layout)
-    if not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or tuple(out.shape) != (m, n):
-        raise ValueError(f"out must be a float32 tensor of shape {(m, n)}")
-    if not out.is_contiguous() or out.device.type != "cpu":
-        raise ValueError("out must be a contiguous CPU tensor")
+def _int_matmul_scaled_into(a8, b8, sa, sb, bias, bits, layout, backend, out) -> None:
     if _resolve_backend(backend) == "native":
         from lowbit.ops import native_gemm
 
@@ -146,12 +163,16 @@ def _int_matmul_scaled_out_cpu(a, b, a_scale, b_scale, bias, bits, layout, backe
     out.copy_(reference.int_matmul_scaled(a8, b8, sa, sb, bias, layout))
 
 
+def _int_matmul_scaled_out_cpu(a, b, a_scale, b_scale, bias, bits, layout, backend, out) -> None:
+    a8, b8, sa, sb, bias, m, n = _scaled_args(a, b, a_scale, b_scale, bias, bits, layout)
+    _check_out(out, (m, n), torch.float32)
+    _int_matmul_scaled_into(a8, b8, sa, sb, bias, bits, layout, backend, out)
+
+
 def _int_matmul_scaled_cpu(a, b, a_scale, b_scale, bias, bits, layout, backend) -> torch.Tensor:
-    m, n, _ = (
-        _schemas.output_shape(a, b, layout) if isinstance(a, torch.Tensor) and a.dim() == 2 else (0, 0, 0)
-    )
+    a8, b8, sa, sb, bias, m, n = _scaled_args(a, b, a_scale, b_scale, bias, bits, layout)
     out = torch.empty((m, n), dtype=torch.float32)
-    _int_matmul_scaled_out_cpu(a, b, a_scale, b_scale, bias, bits, layout, backend, out)
+    _int_matmul_scaled_into(a8, b8, sa, sb, bias, bits, layout, backend, out)
     return out
 
 
@@ -174,6 +195,7 @@ def _quantize_rows_cpu(x: torch.Tensor, bits: int, backend: str) -> tuple[torch.
 
 
 _schemas.LIB.impl("int_matmul", _int_matmul_cpu, "CPU")
+_schemas.LIB.impl("int_matmul_out", _int_matmul_out_cpu, "CPU")
 _schemas.LIB.impl("int_matmul_scaled", _int_matmul_scaled_cpu, "CPU")
 _schemas.LIB.impl("int_matmul_scaled_out", _int_matmul_scaled_out_cpu, "CPU")
 _schemas.LIB.impl("quantize_rows", _quantize_rows_cpu, "CPU")
@@ -183,7 +205,13 @@ _schemas.LIB.impl("quantize_rows", _quantize_rows_cpu, "CPU")
 
 
 def int_matmul(
-    a: torch.Tensor, b: torch.Tensor, *, bits: int, layout: str = "nt", backend: str = "auto"
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    bits: int,
+    layout: str = "nt",
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Exact int32 product of two int8 code matrices.
 
@@ -194,9 +222,14 @@ def int_matmul(
     Codes: bits=8 any int8 value; bits=4 values in [-8, 7] as int8, or uint8 packed nibbles (last dim).
     Exact for every code in range while K <= ``MAX_K[bits]`` (131071 for 8-bit, 33554431 for 4-bit);
     larger K raises ``ValueError`` (split K and sum the partial products).
+    ``out`` (int32 (M, N), contiguous) is written in place and returned: reusing it avoids the page faults of
+    a fresh output (~20 ms for 4096 x 3072).
     """
-    _check_types(a=a, b=b)
-    return torch.ops.lowbit.int_matmul(a, b, bits, layout, backend)
+    _check_types(a=a, b=b, out=out)
+    if out is None:
+        return torch.ops.lowbit.int_matmul(a, b, bits, layout, backend)
+    torch.ops.lowbit.int_matmul_out(a, b, bits, layout, backend, out)
+    return out
 
 
 def _check_types(**tensors: object) -> None:

@@ -162,12 +162,10 @@ def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str):
     return kind, off, a_packed, b_packed, colsum, m, n, k
 
 
-def int_matmul(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str) -> torch.Tensor:
-    """Exact int32 product (layout as in ``lowbit.ops.int_matmul``)."""
+def int_matmul(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str, out: torch.Tensor) -> None:
+    """Exact int32 product (layout as in ``lowbit.ops.int_matmul``) into ``out`` (int32 (M, N))."""
     kind, off, ap, bp, colsum, m, n, k = _prepare(a8, b8, bits, layout)
-    out = torch.empty((m, n), dtype=torch.int32)
     gemm(kind, off, ap, bp, colsum, m, n, k, Epilogue(out_i32=out))
-    return out
 
 
 def int_matmul_scaled(
