@@ -23,6 +23,7 @@ import json
 import logging
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,7 +116,9 @@ def _methods(m: int, k: int, n: int, gen: torch.Generator) -> dict[str, Callable
     )
     # peer: oneDNN dynamic quantized linear (per-channel int8 weight, activations quantized per call)
     torch.backends.quantized.engine = "onednn"
-    qw = torch.quantize_per_channel(w, s8.double(), torch.zeros(n, dtype=torch.long), 0, torch.qint8)
+    with warnings.catch_warnings():  # the quantized-tensor API is deprecated but is still the peer to beat
+        warnings.simplefilter("ignore", UserWarning)
+        qw = torch.quantize_per_channel(w, s8.double(), torch.zeros(n, dtype=torch.long), 0, torch.qint8)
     packed_peer = torch.ops.quantized.linear_prepack(qw, bias)
     methods["peer-onednn-int8"] = lambda: torch.ops.quantized.linear_dynamic(x, packed_peer, True)
     return methods

@@ -147,6 +147,24 @@ def test_k_limits_documented():
     assert ops.MAX_K[8] == 131071 and ops.MAX_K[4] == 33554431
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "va,vb",
+    [
+        pytest.param(-128, -128, id="s16-path"),  # 131071 * 16384 = 2**31 - 16384: the largest exact result
+        pytest.param(-128, -64, id="u8s7-path"),  # 7-bit b: a shifted by 128
+        pytest.param(-64, 127, id="u7s8-path"),  # 7-bit a: a shifted by 64
+    ],
+)
+def test_int8_at_max_k(backend, va, vb):
+    k = ops.MAX_K[8]
+    a = torch.full((2, k), va, dtype=torch.int8)
+    b = torch.full((3, k), vb, dtype=torch.int8)
+    assert torch.equal(
+        ops.int_matmul(a, b, bits=8, backend=backend), torch.full((2, 3), va * vb * k, dtype=torch.int32)
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs,err,match",
     [
