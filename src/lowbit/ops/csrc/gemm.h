@@ -15,4 +15,9 @@
 //   2: s16 x s16 -> vpmaddwd -> int32: exact for every int8 code (the full-range 8-bit path).
 #define LOWBIT_I4_KC 512
 
+// Fork threads only when there is enough work: waking a second thread costs microseconds when idle and
+// up to a scheduler time slice when the other core is busy, which dwarfs small products.
+#define LOWBIT_PAR_BYTES (1L << 18)      // packing / range / quantization passes: elements touched
+#define LOWBIT_PAR_MACS (1L << 22)       // GEMM: multiply-accumulates
+
 #endif

@@ -162,7 +162,8 @@ int lowbit_gemm(int kind, const void *Ap, const void *Bp, int M, int N, int K, i
     const lb_epilogue e = {M, N, off, colsum, out_i32, out_f32, ldc, sa, sb, bias};
     int failed = 0;
     if (M <= 0 || N <= 0) return 0;
-#pragma omp parallel num_threads(nthreads) reduction(| : failed)
+#pragma omp parallel num_threads(nthreads) reduction(| : failed) \
+    if ((double)M * N * K > LOWBIT_PAR_MACS && nmb * nnb > 1)
     {
         int32_t *cbuf = aligned_alloc(64, sizeof(int32_t) * LB_TILE * LB_MCP * LB_NCP);
         if (!cbuf) failed = 1;

@@ -26,7 +26,8 @@ void lowbit_minmax_i8(const int8_t *src, long s_row, long s_k, int R, int K, int
         return;
     }
     if (s_k == 1) {
-#pragma omp parallel for num_threads(nthreads) reduction(min : mn) reduction(max : mx) schedule(static)
+#pragma omp parallel for num_threads(nthreads) reduction(min : mn) reduction(max : mx) schedule(static) \
+    if ((long)R * K > LOWBIT_PAR_BYTES)
         for (int r = 0; r < R; r++) {
             const int8_t *row = src + (long)r * s_row;
             int lo = 127, hi = -128;
@@ -38,7 +39,8 @@ void lowbit_minmax_i8(const int8_t *src, long s_row, long s_k, int R, int K, int
             mx = hi > mx ? hi : mx;
         }
     } else {
-#pragma omp parallel for num_threads(nthreads) reduction(min : mn) reduction(max : mx) schedule(static)
+#pragma omp parallel for num_threads(nthreads) reduction(min : mn) reduction(max : mx) schedule(static) \
+    if ((long)R * K > LOWBIT_PAR_BYTES)
         for (int k = 0; k < K; k++) {
             const int8_t *col = src + (long)k * s_k;
             int lo = 127, hi = -128;
@@ -134,7 +136,7 @@ static void pack_panel(const int8_t *src, long s_row, long s_k, int r0, int rows
 // A side of kinds 0/1: R rows -> u8 panels of MR rows, values src + off.
 void lowbit_pack_u8(const int8_t *src, long s_row, long s_k, int R, int K, int off, uint8_t *dst, int nthreads) {
     int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(R, LOWBIT_MR);
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+#pragma omp parallel for num_threads(nthreads) schedule(static) if ((long)R * K > LOWBIT_PAR_BYTES)
     for (int p = 0; p < npan; p++) {
         int rows = R - p * LOWBIT_MR < LOWBIT_MR ? R - p * LOWBIT_MR : LOWBIT_MR;
         pack_panel(src, s_row, s_k, p * LOWBIT_MR, rows, LOWBIT_MR, K, Kp, 4, 1, off, off,
@@ -146,7 +148,7 @@ void lowbit_pack_u8(const int8_t *src, long s_row, long s_k, int R, int K, int o
 void lowbit_pack_s8(const int8_t *src, long s_row, long s_k, int R, int K, int8_t *dst, int32_t *colsum,
                     int nthreads) {
     int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(R, LOWBIT_NR);
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+#pragma omp parallel for num_threads(nthreads) schedule(static) if ((long)R * K > LOWBIT_PAR_BYTES)
     for (int q = 0; q < npan; q++) {
         int cols = R - q * LOWBIT_NR < LOWBIT_NR ? R - q * LOWBIT_NR : LOWBIT_NR;
         pack_panel(src, s_row, s_k, q * LOWBIT_NR, cols, LOWBIT_NR, K, Kp, 4, 1, 0, 0,
@@ -165,7 +167,7 @@ void lowbit_pack_s16(const int8_t *src, long s_row, long s_k, int R, int K, int 
                      int nthreads) {
     (void)unused;
     int Kp = LOWBIT_ROUND_UP(K, 2), npan = LOWBIT_CEIL_DIV(R, P);
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+#pragma omp parallel for num_threads(nthreads) schedule(static) if ((long)R * K > LOWBIT_PAR_BYTES)
     for (int p = 0; p < npan; p++) {
         int rows = R - p * P < P ? R - p * P : P;
         pack_panel(src, s_row, s_k, p * P, rows, P, K, Kp, 2, 2, 0, 0, dst + (long)p * P * Kp);

@@ -72,7 +72,8 @@ static void row_quant(const float *x, int K, float scale, int qmax, int off, int
 long lowbit_quantize_rows(const float *x, long ldx, int M, int K, int qmax, int8_t *codes, float *scale,
                           int nthreads) {
     long bad = 0;
-#pragma omp parallel for num_threads(nthreads) reduction(+ : bad) schedule(static)
+#pragma omp parallel for num_threads(nthreads) reduction(+ : bad) schedule(static) \
+    if ((long)M * K > LOWBIT_PAR_BYTES)
     for (int i = 0; i < M; i++) {
         float amax;
         bad += row_absmax(x + (long)i * ldx, K, &amax);
@@ -88,7 +89,8 @@ long lowbit_quant_pack_u8(const float *x, long ldx, int M, int K, int qmax, int 
     const int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(M, LOWBIT_MR);
     long bad = 0;
     int failed = 0;
-#pragma omp parallel num_threads(nthreads) reduction(+ : bad) reduction(| : failed)
+#pragma omp parallel num_threads(nthreads) reduction(+ : bad) reduction(| : failed) \
+    if ((long)M * K > LOWBIT_PAR_BYTES)
     {
         int8_t *rows = malloc((size_t)LOWBIT_MR * Kp + 32);
         if (!rows) failed = 1;
@@ -118,7 +120,8 @@ long lowbit_quant_pack_s16(const float *x, long ldx, int M, int K, int qmax, int
     const int Kp = LOWBIT_ROUND_UP(K, 2), npan = LOWBIT_CEIL_DIV(M, LOWBIT_MR);
     long bad = 0;
     int failed = 0;
-#pragma omp parallel num_threads(nthreads) reduction(+ : bad) reduction(| : failed)
+#pragma omp parallel num_threads(nthreads) reduction(+ : bad) reduction(| : failed) \
+    if ((long)M * K > LOWBIT_PAR_BYTES)
     {
         int8_t *rows = malloc((size_t)LOWBIT_MR * Kp + 32);
         if (!rows) failed = 1;
