@@ -17,6 +17,7 @@ from lowbit.data.fashion_mnist import (
     TRAIN_STD,
     load_fashion_mnist,
     read_idx,
+    shuffled_batches,
     to_float,
 )
 
@@ -68,3 +69,18 @@ def test_mismatched_counts(tmp_path: Path) -> None:
     shutil.copy(Path(DEFAULT_ROOT) / "train-labels-idx1-ubyte.gz", tmp_path / "t10k-labels-idx1-ubyte.gz")
     with pytest.raises(ValueError, match="10000 images but 60000 labels"):
         load_fashion_mnist(tmp_path)
+
+
+def test_shuffled_batches_cover_an_epoch_in_seeded_order() -> None:
+    images = torch.arange(10).view(10, 1, 1).expand(10, 2, 2)
+    labels = torch.arange(10)
+    batches = list(shuffled_batches(images, labels, 4, torch.Generator().manual_seed(0)))
+    assert [y.shape[0] for _, y in batches] == [4, 4, 2]
+    seen = torch.cat([y for _, y in batches])
+    assert sorted(seen.tolist()) == list(range(10)) and not torch.equal(seen, labels)
+    for x, y in batches:
+        assert torch.equal(x[:, 0, 0], y)  # images stay paired with their labels
+    again = torch.cat([y for _, y in shuffled_batches(images, labels, 4, torch.Generator().manual_seed(0))])
+    assert torch.equal(seen, again)
+    with pytest.raises(ValueError, match="labels"):
+        next(shuffled_batches(images, labels[:3], 4, torch.Generator()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,17 @@ def load_fashion_mnist(
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, 28, 28) to float32 (N, 1, 28, 28), normalised with the training-set mean and std."""
     return ((images.float() / 255.0 - TRAIN_MEAN) / TRAIN_STD).unsqueeze(1)
+
+
+def shuffled_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (images, labels) mini-batches in a seeded random order; the last partial batch is kept."""
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = torch.randperm(images.shape[0], generator=generator)
+    for start in range(0, images.shape[0], batch_size):
+        index = order[start : start + batch_size]
+        yield images[index], labels[index]
