@@ -139,6 +139,11 @@ class FloatFormat:
             raise ValueError(f"special must be one of {FLOAT_SPECIALS}, got {self.special!r}")
         if self.special == "ieee" and self.exp_bits < 2:
             raise ValueError("special='ieee' needs exp_bits >= 2 (one exponent is reserved for Inf/NaN)")
+        if self.emin - self.man_bits < -126 or self.emax > 127:
+            raise ValueError(
+                f"bias={self.bias} puts e{self.exp_bits}m{self.man_bits}'s range outside float32's normal "
+                "numbers (2^-126 .. 2^127), where lowbit computes; use a bias closer to 2^(E-1)-1"
+            )
         if self.special == "fn" and self.man_bits < 1:
             raise ValueError("special='fn' needs man_bits >= 1 (the top all-ones code is NaN)")
 

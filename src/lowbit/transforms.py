@@ -40,18 +40,38 @@ def hadamard(x: torch.Tensor, block: int | None = None) -> torch.Tensor:
         raise ValueError("x must have at least 1 dimension (the transform runs over the last dim)")
     size = x.shape[-1]
     block = _check_block("block", size if block is None else block, size)
-    if block == 1:
+    if block == 1 or x.numel() == 0:
         return x.clone()
-    y = x.reshape(-1, block)  # (rows, block)
-    rows = y.shape[0]
-    h = block // 2
-    # Stage s pairs elements whose indices differ in one bit: view (rows, block/(2h), 2, h) and butterfly.
+    return _Hadamard.apply(x, block)
+
+
+def _butterfly(x: torch.Tensor, block: int) -> torch.Tensor:
+    """log2(block) add/subtract stages between two buffers, then one multiply by 1/sqrt(block)."""
+    src = x.reshape(-1, block).clone()  # (rows, block); the input is never written
+    dst = torch.empty_like(src)
+    rows, h = src.shape[0], block // 2
     while h >= 1:
-        pairs = y.reshape(rows, block // (2 * h), 2, h)
-        top, bottom = pairs[:, :, 0, :], pairs[:, :, 1, :]
-        y = torch.stack((top + bottom, top - bottom), dim=2)
+        # Pair the elements whose indices differ in the bit of value h: view (rows, block/(2h), 2, h).
+        s4, d4 = src.view(rows, block // (2 * h), 2, h), dst.view(rows, block // (2 * h), 2, h)
+        torch.add(s4[:, :, 0], s4[:, :, 1], out=d4[:, :, 0])
+        torch.sub(s4[:, :, 0], s4[:, :, 1], out=d4[:, :, 1])
+        src, dst = dst, src
         h //= 2
-    return (y * (1.0 / math.sqrt(block))).reshape(x.shape)
+    return src.mul_(1.0 / math.sqrt(block)).reshape(x.shape)
+
+
+class _Hadamard(torch.autograd.Function):
+    """The transform is linear, symmetric and orthogonal: the gradient of H x is H applied to the gradient."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, block: int) -> torch.Tensor:
+        ctx.block = block
+        return _butterfly(x, block)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> tuple:
+        # grad_x = H^T grad_out = H grad_out (block-wise); block gets no gradient
+        return _Hadamard.apply(grad_out, ctx.block), None
 
 
 def hadamard_matrix(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
