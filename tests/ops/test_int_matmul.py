@@ -103,6 +103,16 @@ def test_packed_int4_and_strided(gen, backend):
     assert torch.equal(ops.int_matmul(wide[:, ::2], w, bits=8, backend=backend), exact_nt(wide[:, ::2], w))
 
 
+def test_unpack_native_matches_reference(gen):
+    packed = torch.randint(0, 256, (37, 19), generator=gen, dtype=torch.uint8)
+    want = reference.unpack_int4(packed)
+    assert torch.equal(reference.pack_int4(want), packed)
+    if native.available():
+        from lowbit.ops import native_gemm
+
+        assert torch.equal(native_gemm.unpack_int4(packed), want)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty(backend):
     a = torch.zeros(0, 5, dtype=torch.int8)

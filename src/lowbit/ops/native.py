@@ -33,6 +33,7 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
         [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int],
         _c_long,
     ),
+    "lowbit_unpack_int4": ([_c_i8p, _c_long, _c_i8p, _c_int], None),
     "lowbit_quantize_rows": ([_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], _c_long),
     "lowbit_gemm": (
         [

@@ -183,6 +183,14 @@ def int_matmul_scaled(
     gemm(kind, off, ap, bp, colsum, m, n, k, Epilogue(out_f32=out, a_scale=sa, b_scale=sb, bias=bias))
 
 
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Native twin of ``reference.unpack_int4`` (uint8 nibbles along the last dim -> int8 codes)."""
+    src = packed.contiguous()
+    out = torch.empty(*src.shape[:-1], src.shape[-1] * 2, dtype=torch.int8)
+    native.lib().lowbit_unpack_int4(src.data_ptr(), src.numel(), out.data_ptr(), threads())
+    return out
+
+
 def quantize_rows(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused native per-row quantizer of a contiguous float32 (M, K) matrix."""
     m, k = x.shape

@@ -173,3 +173,13 @@ void lowbit_pack_s16(const int8_t *src, long s_row, long s_k, int R, int K, int 
         pack_panel(src, s_row, s_k, p * P, rows, P, K, Kp, 2, 2, 0, 0, dst + (long)p * P * Kp);
     }
 }
+
+// Unpack n bytes of two's-complement nibbles (element 2i in the low nibble) into 2n int8 codes in [-8, 7].
+void lowbit_unpack_int4(const uint8_t *src, long n, int8_t *dst, int nthreads) {
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (n > LOWBIT_PAR_BYTES)
+    for (long i = 0; i < n; i++) {
+        uint8_t b = src[i];
+        dst[2 * i] = (int8_t)(((b & 15) ^ 8) - 8);
+        dst[2 * i + 1] = (int8_t)(((b >> 4) ^ 8) - 8);
+    }
+}
