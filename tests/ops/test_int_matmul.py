@@ -231,3 +231,14 @@ def test_backend_reports():
 @needs_native
 def test_native_is_used_when_available():
     assert ops.backend() == "native (AVX2)"
+
+
+def test_unavailable_native_is_reported_not_hidden(gen, monkeypatch):
+    """Without native kernels: backend() says why, "auto" uses the reference, "native" raises that reason."""
+    monkeypatch.setattr(native, "_load", lambda: (None, "simulated: no AVX2"))
+    assert ops.backend() == "reference: simulated: no AVX2"
+    assert ops.why_not_native() == "simulated: no AVX2"
+    a, b = codes(gen, (5, 9), 4), codes(gen, (4, 9), 4)
+    assert torch.equal(ops.int_matmul(a, b, bits=4), exact_nt(a, b))
+    with pytest.raises(RuntimeError, match="simulated: no AVX2"):
+        ops.int_matmul(a, b, bits=4, backend="native")
