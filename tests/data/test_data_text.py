@@ -126,3 +126,12 @@ def test_sequential_batches_cover_the_stream_in_order() -> None:
 def test_batches_reject_short_streams() -> None:
     with pytest.raises(ValueError, match="block_size"):
         random_batch(torch.arange(8), 8, 2, torch.Generator().manual_seed(0))
+
+
+def test_load_text_file_minimum_length_is_what_the_error_says(tmp_path: Path) -> None:
+    path = tmp_path / "edge.txt"
+    path.write_text("x" * 639, encoding="utf-8")
+    with pytest.raises(ValueError, match="at least about 640 characters"):
+        load_text_file(path, val_fraction=0.1)
+    path.write_text("x" * 640, encoding="utf-8")
+    assert len(load_text_file(path, val_fraction=0.1).val) == MIN_SPLIT_CHARS

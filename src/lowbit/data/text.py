@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ def load_text_file(path: str | Path, val_fraction: float = 0.1) -> TextSplits:
         ) from err
     text = text.replace("\r\n", "\n")
     n_val = int(len(text) * val_fraction)
-    needed = int(2 * MIN_SPLIT_CHARS / min(val_fraction, 1 - val_fraction)) + 1
+    needed = math.ceil(MIN_SPLIT_CHARS / min(val_fraction, 1 - val_fraction))
     if n_val < MIN_SPLIT_CHARS or len(text) - n_val < MIN_SPLIT_CHARS:
         raise ValueError(
             f"{path} has {len(text)} characters, too short to split with val_fraction={val_fraction}; "
