@@ -1,116 +1,19 @@
-"""Quantizers against float64 references written here: FP8 vs torch casts, minifloats, MX, ints, scales."""
+"""quantize() vs float64 references: MX formats, granularities and their scales, QTensor, INT4 packing."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lowbit.formats as F
-from lowbit.quantizers import QTensor, quantize, round_to_format
-
-FP8 = [(F.FP8_E4M3, torch.float8_e4m3fn), (F.FP8_E5M2, torch.float8_e5m2)]
-MINIFLOATS = [F.FP8_E4M3, F.FP8_E5M2, F.FP6_E3M2, F.FP6_E2M3, F.FP4_E2M1, F.float_format(3, 4)]
-
-
-# ------------------------------------------------------------------------------------------------ references
-def ref_round(x: np.ndarray, fmt, mode: str = "nearest") -> np.ndarray:
-    """Float64 reference: saturate, then the nearest of fmt.codes() (ties to even code / away from 0)."""
-    if isinstance(fmt, F.IntFormat):
-        t = np.clip(x, fmt.qmin, fmt.qmax)
-        return np.round(t) if mode == "nearest" else np.sign(t) * np.floor(np.abs(t) + 0.5)
-    grid = fmt.codes().numpy()
-    pos = grid[grid >= 0]  # 0, min_subnormal, ..., max: index parity = mantissa parity of the bit pattern
-    mag = np.minimum(np.abs(x), fmt.max)
-    hi = np.clip(np.searchsorted(pos, mag, side="left"), 0, len(pos) - 1)
-    lo = np.maximum(hi - 1, 0)
-    d_lo, d_hi = mag - pos[lo], pos[hi] - mag
-    tie_pick = hi if mode == "nearest-away" else np.where(hi % 2 == 0, hi, lo)
-    idx = np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, tie_pick))
-    return np.copysign(pos[idx], x)
-
-
-def boundary_values(fmt, gen: torch.Generator) -> torch.Tensor:
-    """Every code, every midpoint between neighbours (ties), points just off them, beyond max, and random."""
-    grid = fmt.codes()
-    mids = (grid[1:] + grid[:-1]) / 2
-    near = torch.cat([mids * (1 + 1e-9), mids * (1 - 1e-9)])
-    beyond = torch.tensor([fmt.max * 1.01, fmt.max * 7, -fmt.max * 3, 0.0, -0.0], dtype=torch.float64)
-    rand = torch.randn(2000, generator=gen, dtype=torch.float64) * fmt.max / 3
-    return torch.cat([grid, mids, near, beyond, rand])
-
-
-# ----------------------------------------------------------------------------------- FP8 vs torch's casts
-def all_bf16_in_range(fmt) -> torch.Tensor:
-    """Every bf16 bit pattern as float32, kept when finite and |x| <= fmt.max."""
-    x = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
-    return x[torch.isfinite(x) & (x.abs() <= fmt.max)]
-
-
-@pytest.mark.parametrize(("fmt", "dtype"), FP8, ids=["e4m3", "e5m2"])
-def test_fp8_rne_equals_torch_cast_on_every_bf16(fmt, dtype) -> None:
-    x = all_bf16_in_range(fmt)
-    assert x.numel() > 30000
-    ours = round_to_format(x, fmt).to(dtype).view(torch.uint8)
-    assert torch.equal(ours, x.to(dtype).view(torch.uint8))
-    codes = quantize(x, fmt, scale=1.0).codes  # the quantizer path with no scaling
-    assert codes.dtype == dtype and torch.equal(codes.view(torch.uint8), x.to(dtype).view(torch.uint8))
-
-
-@pytest.mark.parametrize(("fmt", "dtype"), FP8, ids=["e4m3", "e5m2"])
-def test_fp8_rne_equals_torch_cast_on_random_float32(fmt, dtype, gen) -> None:
-    # log-uniform magnitudes over the whole range incl. subnormals and underflow, random signs
-    log2 = torch.empty(200_000).uniform_(math.log2(fmt.min_subnormal) - 3, math.log2(fmt.max), generator=gen)
-    sign = torch.randint(0, 2, log2.shape, generator=gen) * 2 - 1
-    x = (torch.exp2(log2) * sign).clamp(-fmt.max, fmt.max)
-    ours = round_to_format(x, fmt).to(dtype).view(torch.uint8)
-    assert torch.equal(ours, x.to(dtype).view(torch.uint8))
-
-
-# ------------------------------------------------------------------------------ minifloat and int rounding
-@pytest.mark.parametrize("mode", ["nearest", "nearest-away"])
-@pytest.mark.parametrize("fmt", MINIFLOATS + [F.INT4, F.INT8, F.UINT4, F.int_format(3, narrow=True)],
-                         ids=lambda f: f.name)  # fmt: skip
-def test_round_to_format_matches_reference(fmt, mode, gen) -> None:
-    x = boundary_values(fmt, gen)
-    ours = round_to_format(x, fmt, rounding=mode)
-    assert torch.equal(ours, torch.from_numpy(ref_round(x.numpy(), fmt, mode)))
-    assert fmt.codes().min() <= ours.min() and ours.max() <= fmt.codes().max()
-
-
-def test_ties_and_saturation_examples() -> None:
-    x = torch.tensor([0.5, 1.5, 2.5, -2.5, 3.5, 1000.0, -1000.0, float("inf"), float("-inf")])
-    assert round_to_format(x, F.INT4).tolist() == [0, 2, 2, -2, 4, 7, -8, 7, -8]
-    assert round_to_format(x, F.INT4, "nearest-away").tolist() == [1, 2, 3, -3, 4, 7, -8, 7, -8]
-    # FP4 E2M1 grid 0, .5, 1, 1.5, 2, 3, 4, 6: 2.5 ties to 2 (even mantissa), 5 ties to 4, +-1000 saturate
-    e2m1 = torch.tensor([2.5, 5.0, 0.25, 0.75, 1000.0, -1000.0])
-    assert round_to_format(e2m1, F.FP4_E2M1).tolist() == [2.0, 4.0, 0.0, 1.0, 6.0, -6.0]
-    assert round_to_format(torch.tensor([1e6, -float("inf")]), F.FP8_E4M3).tolist() == [448.0, -448.0]
-
-
-def test_half_inputs_and_nan() -> None:
-    x = torch.tensor([0.3, 1.7, -2.2], dtype=torch.bfloat16)
-    out = round_to_format(x, F.INT4)
-    assert out.dtype == torch.float32 and out.tolist() == [0.0, 2.0, -2.0]
-    with pytest.raises(ValueError, match="NaN"):
-        round_to_format(torch.tensor([1.0, float("nan")]), F.FP8_E4M3)
+from lowbit.quantizers import QTensor, pack_int4, quantize, unpack_int4
+from quant_refs import ref_mx, ref_round
 
 
 # ------------------------------------------------------------------------------------------- MX formats
-def ref_mx(x: np.ndarray, fmt: F.MXFormat) -> tuple[np.ndarray, np.ndarray]:
-    """OCP MX reference, float64: per 32-block X = 2^(floor(log2 amax) - emax_elem), elements saturated."""
-    blocks = x.reshape(*x.shape[:-1], -1, fmt.block)
-    out, scales = np.empty_like(blocks), np.empty(blocks.shape[:-1])
-    for idx in np.ndindex(*blocks.shape[:-1]):
-        amax = np.abs(blocks[idx]).max()
-        scale = 1.0 if amax == 0 else 2.0 ** (math.frexp(amax)[1] - 1 - fmt.element_emax)
-        scales[idx] = scale
-        out[idx] = ref_round(blocks[idx] / scale, fmt.element) * scale
-    return out.reshape(x.shape), scales
-
-
 @pytest.mark.parametrize("fmt", [f for f in F.ALL_FORMATS if isinstance(f, F.MXFormat)], ids=lambda f: f.name)
 def test_mx_matches_reference(fmt, gen) -> None:
     # 6 rows x 4 blocks, a different magnitude per block (many scales), planted outliers, a zero block
@@ -171,3 +74,124 @@ def test_scales_and_codes_match_reference(gran, view, axis, fmt, gen) -> None:
     ref_deq = ref_round(xv / ref_scale, fmt) * ref_scale
     assert torch.equal(q.dequantize(torch.float64), torch.from_numpy(ref_deq.reshape(shape)))
     assert q.shape == x.shape and isinstance(q, QTensor)
+
+
+def test_group_along_a_middle_dim_of_a_3d_tensor(gen) -> None:
+    x = torch.randn(2, 12, 5, generator=gen, dtype=torch.float64)
+    q = quantize(x, F.INT8, ("group", 4, 1))
+    assert q.scale.shape == (2, 3, 1, 5)
+    xv = x.numpy().reshape(2, 3, 4, 5)
+    amax = np.abs(xv).max(axis=2, keepdims=True)
+    ref_scale = (amax / 127).astype(np.float32)
+    assert torch.equal(q.scale.double(), torch.from_numpy(ref_scale.astype(np.float64)))
+    ref = ref_round(xv / ref_scale, F.INT8) * ref_scale
+    assert torch.equal(q.dequantize(torch.float64), torch.from_numpy(ref.reshape(2, 12, 5)))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "dtype", "lo", "hi"),
+    [
+        (F.INT4, torch.int8, -8, 7),
+        (F.int_format(4, narrow=True), torch.int8, -7, 7),
+        (F.UINT8, torch.uint8, 0, 255),
+        (F.UINT4, torch.uint8, 0, 15),
+    ],
+    ids=["int4", "int4-narrow", "uint8", "uint4"],
+)
+def test_integer_code_dtypes_and_ranges(fmt, dtype, lo, hi, gen) -> None:
+    x = torch.randn(8, 64, generator=gen) * 4
+    q = quantize(x, fmt, "row", scale=0.01)  # explicit small step: many values saturate
+    assert q.codes.dtype == dtype
+    assert int(q.codes.min()) == lo and int(q.codes.max()) == hi
+    if not fmt.signed:  # absmax on non-negative data uses the full unsigned range
+        r = quantize(x.abs(), fmt, "row")
+        assert int(r.codes.max()) == hi and r.scale.shape == (8, 1)
+
+
+def test_half_precision_input_and_qtensor_fields(gen) -> None:
+    x = torch.randn(4, 64, generator=gen).to(torch.bfloat16)
+    q = quantize(x, "int8", "row")
+    ref = quantize(x.float(), "int8", "row")
+    assert torch.equal(q.codes, ref.codes) and torch.equal(q.scale, ref.scale)
+    assert q.fmt == F.INT8 and str(q.granularity) == "row" and q.shape == x.shape
+    assert q.dequantize().dtype == torch.float32 and q.dequantize(torch.float64).dtype == torch.float64
+    with pytest.raises(AttributeError):
+        q.codes = q.codes  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------- INT4 packing
+def test_pack_int4_every_pair_round_trips_and_layout() -> None:
+    lo, hi = torch.meshgrid(torch.arange(-8, 8), torch.arange(-8, 8), indexing="ij")
+    codes = torch.stack([lo.flatten(), hi.flatten()], dim=-1).to(torch.int8)  # (256, 2): every pair
+    packed = pack_int4(codes)
+    assert packed.dtype == torch.uint8 and packed.shape == (256, 1)
+    # element 2j in the low nibble, 2j+1 in the high nibble, two's complement nibbles
+    expected = [(a % 16) | ((b % 16) << 4) for a, b in codes.tolist()]
+    assert packed[:, 0].tolist() == expected
+    assert torch.equal(unpack_int4(packed), codes)
+    assert len(set(expected)) == 256  # a bijection on bytes
+
+
+def test_pack_int4_shapes(gen) -> None:
+    codes = torch.randint(-8, 8, (3, 5, 6), generator=gen, dtype=torch.int8)
+    assert pack_int4(codes).shape == (3, 5, 3) and torch.equal(unpack_int4(pack_int4(codes)), codes)
+    assert pack_int4(torch.zeros(0, 4, dtype=torch.int8)).shape == (0, 2)
+    q = quantize(torch.randn(4, 32, generator=gen), F.INT4, "row")
+    assert torch.equal(unpack_int4(pack_int4(q.codes)), q.codes)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "words"),
+    [
+        (lambda: pack_int4(torch.zeros(2, 3, dtype=torch.int8)), ValueError, "even"),
+        (lambda: pack_int4(torch.full((2, 2), 8, dtype=torch.int8)), ValueError, r"\[-8, 7\]"),
+        (lambda: pack_int4(torch.zeros(2, 2)), TypeError, "int8"),
+        (lambda: unpack_int4(torch.zeros(2, 2, dtype=torch.int8)), TypeError, "uint8"),
+        (lambda: quantize(torch.ones(4, 6), F.INT4, ("group", 4)), ValueError, "does not divide"),
+        (lambda: quantize(torch.ones(4, 6), F.INT4, ("group", 0)), ValueError, "positive"),
+        (lambda: quantize(torch.ones(4, 6), F.INT4, ("group", 2, 5)), ValueError, "out of range"),
+        (lambda: quantize(torch.ones(4, 6), F.INT4, "channel"), ValueError, "granularity must be"),
+        (lambda: quantize(torch.ones(6), F.INT4, "column"), ValueError, "at least 2 dimensions"),
+        (lambda: quantize(torch.ones(4, dtype=torch.int32), F.INT4), TypeError, r"x\.float\(\)"),
+        (lambda: quantize(torch.ones(4).to(torch.float8_e4m3fn), F.INT4), TypeError, "float32"),
+        (lambda: quantize([1.0, 2.0], F.INT4), TypeError, "torch.Tensor"),
+        (lambda: quantize(torch.ones(4), "int9"), ValueError, "bits"),
+        (lambda: quantize(torch.ones(4), 4), TypeError, "format name"),
+        (lambda: quantize(torch.ones(4), F.INT4, rounding="floor"), ValueError, "rounding"),
+    ],
+    ids=["pack-odd", "pack-range", "pack-dtype", "unpack-dtype", "group-divide", "group-0", "group-dim",
+         "gran-name", "column-1d", "int-input", "fp8-input", "list-input", "bits9", "fmt-type", "rounding"],
+)  # fmt: skip
+def test_bad_arguments(call, exc, words) -> None:
+    with pytest.raises(exc, match=words):
+        call()
+
+
+# ---------------------------------------------------------------------------------- property tests
+@settings(max_examples=60, deadline=None)
+@given(
+    fmt=st.sampled_from([F.INT2, F.INT4, F.INT8, F.FP8_E4M3, F.FP8_E5M2, F.FP6_E3M2, F.FP4_E2M1]),
+    gran=st.sampled_from(["tensor", "row", "column", ("group", 4)]),
+    rows=st.integers(1, 5),
+    groups=st.integers(1, 4),
+    log_mag=st.floats(-20, 20),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_nearest_error_is_at_most_half_a_step(fmt, gran, rows, groups, log_mag, seed) -> None:
+    x = torch.randn(rows, 4 * groups, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x *= 2.0**log_mag
+    q = quantize(x, fmt, gran)
+    deq = q.dequantize(torch.float64)
+    grid = fmt.codes()
+    # x / scale lies inside the format's range under absmax (up to the float32 rounding of the scale), so the
+    # error is at most half the local gap
+    grouped, _ = q.granularity.group_view(x.shape)
+    units = (x.reshape(grouped) / q.scale.double()).reshape(x.shape)
+    assert bool((units.abs() <= fmt.max * (1 + 2**-23)).all())
+    idx = torch.searchsorted(grid, units.clamp(grid[0], grid[-1]).contiguous()).clamp(1, len(grid) - 1)
+    half_gap = (grid[idx] - grid[idx - 1]) / 2
+    err_units = ((deq - x).reshape(grouped) / q.scale.double()).reshape(x.shape)
+    assert bool((err_units.abs() <= half_gap * (1 + 1e-9)).all())
+    # re-quantizing the dequantized values with the same scales is exact (idempotent)
+    again = quantize(deq, fmt, q.granularity, scale=q.scale)
+    assert torch.equal(again.dequantize(torch.float64), deq)
