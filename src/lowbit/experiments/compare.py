@@ -1,0 +1,115 @@
+"""``lowbit compare --task T --recipes fp32,int8,int4,int4-naive``: same seed, same data order, one report.
+
+Each recipe trains in ``OUT/<recipe>/`` (its own metrics.json and checkpoint, so ``--resume`` picks up an
+interrupted comparison where it stopped); then ``OUT/results.json`` holds every result and ``OUT/report.md``
+the table and the curves (``OUT/loss.png``, ``OUT/eval.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from lowbit.experiments.checkpoint import CheckpointError
+from lowbit.experiments.config import TrainConfig
+from lowbit.experiments.runner import RunResult, check_recipe, finish, prepare, write_json
+from lowbit.experiments.tasks import Task, make_task
+from lowbit.experiments.train import USER_ERRORS, add_common_arguments, config_from_args, report_user_error
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RECIPES = "fp32,int8,int4,int4-naive"
+RESULTS_NAME = "results.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lowbit compare`` flags (the ``lowbit train`` ones, with --recipes instead of --recipe)."""
+    add_common_arguments(parser)
+    parser.add_argument(
+        "--recipes", default=DEFAULT_RECIPES, help=f"comma-separated recipes (default {DEFAULT_RECIPES})"
+    )
+    parser.add_argument("--out", help="output folder (default runs/compare-TASK)")
+
+
+def parse_recipes(text: str) -> list[str]:
+    """``"fp32, int4"`` -> ``["fp32", "int4"]``; ValueError on an empty list or a repeated recipe."""
+    recipes = [r.strip() for r in text.split(",") if r.strip()]
+    if not recipes:
+        raise ValueError(f"--recipes {text!r} names no recipe; e.g. --recipes {DEFAULT_RECIPES}")
+    repeated = sorted({r for r in recipes if recipes.count(r) > 1})
+    if repeated:
+        raise ValueError(f"--recipes names {repeated} more than once")
+    return recipes
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``lowbit compare`` command the parsed flags amount to (for the report)."""
+    parts = ["lowbit", "compare"]
+    for key, value in vars(args).items():
+        if key.startswith("_") or key in ("command", "verbose") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts += [flag] if value is True else [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def compare(
+    configs: Sequence[TrainConfig], out: str | Path, command: str = "lowbit compare", task: Task | None = None
+) -> tuple[list[RunResult], Path]:
+    """Train every config (same task, different recipes) on one shared task; write results.json and report.md.
+
+    Returns the RunResults and the report's path. ``task`` (default: built from the first config) is shared,
+    so the data is loaded once.
+    """
+    from lowbit.experiments.report import write_report
+
+    task = task if task is not None else setup(configs)
+    results, histories = [], {}
+    for config in configs:
+        logger.info("compare %s: recipe %s", config.task, config.recipe)
+        run = prepare(config, task)
+        results.append(finish(run))
+        histories[config.recipe] = run.metrics()
+    out = Path(out)
+    first = configs[0]
+    settings = {k: v for k, v in first.identity().items() if k not in ("task", "recipe") and v is not None}
+    summary = {"task": first.task, "command": command, "settings": settings}
+    write_json(out / RESULTS_NAME, {**summary, "results": [r.to_dict() for r in results]})
+    report = write_report(out, results, histories, command, settings, task.higher_is_better)
+    return results, report
+
+
+def setup(configs: Sequence[TrainConfig]) -> Task:
+    """Check the configs (one task, known recipes) and load the task's data once; raises on user errors."""
+    if not configs:
+        raise ValueError("compare needs at least one recipe")
+    if len({c.task for c in configs}) != 1:
+        raise ValueError(f"compare runs one task at a time, got {sorted({c.task for c in configs})}")
+    for config in configs:
+        check_recipe(config.recipe)
+    return make_task(configs[0])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison; print the results table on stdout; 2 on a user error (message on stderr)."""
+    from lowbit.experiments.report import results_table
+
+    out = args.out or f"runs/compare-{args.task}"
+    try:
+        recipes = parse_recipes(args.recipes)
+        configs = [config_from_args(args, r, str(Path(out) / r)) for r in recipes]
+        task = setup(configs)
+    except USER_ERRORS as err:
+        return report_user_error("compare", err)
+    try:
+        results, report = compare(configs, out, command_line(args), task)
+    except CheckpointError as err:
+        return report_user_error("compare", err)
+    print(results_table(results, relative_delta=not task.higher_is_better))
+    print(f"\nreport: {report}")
+    print(json.dumps([r.to_dict() for r in results]))
+    return 0

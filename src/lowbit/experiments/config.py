@@ -1,0 +1,143 @@
+"""The training configuration (one frozen dataclass the CLI parses into) and each task's default sizes.
+
+Defaults are chosen so one ``lowbit train`` run finishes in a few minutes on 2 CPU cores; every size has a
+flag to scale it up. Seeds: one ``--seed`` is split into independent streams (model init, data order,
+quantizer stochastic rounding, dropout) with ``derive_seed``, so every recipe run with the same seed starts
+from the same weights and sees the same batches in the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+TASKS = ("gpt-shakespeare", "vit-fashion", "bert-rt")
+#: The fields that describe where and how a run is written, not what it computes (excluded from identity).
+_RUN_PLACEMENT_FIELDS = ("out", "resume", "progress", "checkpoint_every", "json")
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """Default sizes of one task (documented in ``lowbit train --help``)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    eval_every: int
+    weight_decay: float = 0.01
+    layers: int | None = None
+    dim: int | None = None
+    heads: int | None = None
+    seq_len: int | None = None
+    patch_size: int | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+
+#: gpt-shakespeare: 4 layers x 128 wide char GPT, 128-character windows, 32 windows (4096 tokens) per step.
+#: vit-fashion: 4 layers x 128 wide ViT (FFN 256) on 7x7 patches (16 tokens + class token), 128 images/step.
+#: bert-rt: all-MiniLM-L6-v2 (6 x 384, fixed) fine-tuned, snippets cut at 64 tokens, 32 snippets per step.
+TASK_DEFAULTS: dict[str, TaskDefaults] = {
+    "gpt-shakespeare": TaskDefaults(
+        steps=600, batch_size=32, lr=2e-3, warmup_steps=50, eval_every=100, weight_decay=0.1,
+        layers=4, dim=128, heads=4, seq_len=128,
+    ),
+    "vit-fashion": TaskDefaults(
+        steps=600, batch_size=128, lr=2e-3, warmup_steps=50, eval_every=200, weight_decay=0.05,
+        layers=4, dim=128, heads=4, patch_size=7,
+    ),
+    "bert-rt": TaskDefaults(
+        steps=300, batch_size=32, lr=5e-5, warmup_steps=30, eval_every=100, weight_decay=0.01, seq_len=64,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; ``lowbit train`` parses its flags into this (``from_overrides``)."""
+
+    task: str
+    recipe: str = "fp32"
+    steps: int = 600
+    seed: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    layers: int | None = None
+    dim: int | None = None
+    heads: int | None = None
+    seq_len: int | None = None
+    patch_size: int | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    data: str | None = None
+    out: str = "runs/train"
+    json: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "layers",
+            "dim",
+            "heads",
+            "seq_len",
+            "patch_size",
+            "max_train_examples",
+            "max_eval_examples",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(
+                f"warmup_steps, weight_decay and grad_clip must be >= 0, got "
+                f"{self.warmup_steps}, {self.weight_decay}, {self.grad_clip}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.dim is not None and self.heads is not None and self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+
+    @classmethod
+    def from_overrides(cls, task: str, **overrides: Any) -> TrainConfig:
+        """The task's defaults (``TASK_DEFAULTS``) with every override that is not None applied."""
+        if task not in TASK_DEFAULTS:
+            raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(f"unknown TrainConfig fields {unknown}; known: {sorted(fields)}")
+        values = dataclasses.asdict(TASK_DEFAULTS[task])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "checkpoint_every" not in overrides or overrides["checkpoint_every"] is None:
+            values["checkpoint_every"] = values["eval_every"]
+        return cls(task=task, **values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine the computation; a checkpoint resumes only under the same identity."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUN_PLACEMENT_FIELDS}
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for one random stream of a run (``"init"``, ``"data"``, ``"quant"``, ``"torch"``)."""
+    return (zlib.crc32(f"{stream}:{seed}".encode()) << 31 ^ (seed & 0x7FFFFFFF)) & 0x7FFF_FFFF_FFFF_FFFF

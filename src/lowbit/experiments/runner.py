@@ -1,0 +1,327 @@
+"""The training loop behind ``lowbit train`` and ``lowbit compare``: seeded build, recipe conversion, AdamW
+with warmup + cosine, progress bar, periodic evaluation, metrics.json, atomic checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.experiments.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+from lowbit.experiments.config import TrainConfig, derive_seed
+from lowbit.experiments.tasks import Task, make_task
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.json"
+REFERENCE_RECIPE = "fp32"
+#: final_train_loss is the mean training loss of the last this-many steps (single batches are noisy).
+FINAL_LOSS_WINDOW = 20
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run produced; ``to_dict`` is the ``--json`` file's content."""
+
+    task: str
+    recipe: str
+    steps: int
+    seconds: float
+    final_train_loss: float | None
+    eval_metric: float | None
+    eval_name: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe dict (non-finite numbers become null)."""
+        return {k: _json_number(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _json_number(value: Any) -> Any:
+    """None for NaN/inf floats (strict JSON has no such numbers), the value otherwise."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented strict JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup, then cosine decay to ``min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on biases, norms, or scalar quantizer step sizes)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+
+
+def apply_recipe(model: nn.Module, recipe: str, generator: torch.Generator) -> Any:
+    """Convert ``model`` in place with ``lowbit.convert`` (head kept in FP32 by its default); its summary.
+
+    ``fp32`` is the reference: the plain torch model, left as built.
+    """
+    if recipe == REFERENCE_RECIPE:
+        return "fp32 reference: model left unconverted"
+    from lowbit.training import convert
+
+    return convert(model, recipe, generator=generator)
+
+
+def check_recipe(recipe: str) -> None:
+    """ValueError naming the known recipes when ``recipe`` is not one (before any data is loaded)."""
+    if recipe == REFERENCE_RECIPE:
+        return
+    from lowbit.training import get_recipe
+
+    get_recipe(recipe)
+
+
+class _History:
+    """Per-step training losses and periodic evaluations; plain lists, so they fit a checkpoint."""
+
+    def __init__(self, state: dict[str, list] | None = None) -> None:
+        state = state or {}
+        self.steps: list[int] = list(state.get("steps", []))
+        self.losses: list[float] = list(state.get("losses", []))
+        self.lrs: list[float] = list(state.get("lrs", []))
+        self.eval_steps: list[int] = list(state.get("eval_steps", []))
+        self.eval_values: list[float] = list(state.get("eval_values", []))
+
+    def state(self) -> dict[str, list]:
+        return {
+            "steps": self.steps, "losses": self.losses, "lrs": self.lrs,
+            "eval_steps": self.eval_steps, "eval_values": self.eval_values,
+        }  # fmt: skip
+
+    def final_train_loss(self) -> float | None:
+        tail = self.losses[-FINAL_LOSS_WINDOW:]
+        return sum(tail) / len(tail) if tail else None
+
+
+class Run:
+    """One training run: everything the loop needs, built in a fixed order so seeds always mean the same."""
+
+    def __init__(self, config: TrainConfig, task: Task | None = None) -> None:
+        check_recipe(config.recipe)
+        self.config = config
+        self.out = Path(config.out)
+        self.task = task if task is not None else make_task(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(config.seed, "init"))
+            self.model = self.task.build_model()
+        self.quant_generator = torch.Generator().manual_seed(derive_seed(config.seed, "quant"))
+        self.convert_summary = apply_recipe(self.model, config.recipe, self.quant_generator)
+        self.optimizer = make_optimizer(self.model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
+        self.sampler = self.task.make_sampler(torch.Generator().manual_seed(derive_seed(config.seed, "data")))
+        self.torch_rng = torch.Generator().manual_seed(derive_seed(config.seed, "torch")).get_state()
+        self.history = _History()
+        self.step, self.seconds = 0, 0.0
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The full training state (see lowbit.experiments.checkpoint for the layout)."""
+        return {
+            "identity": self.config.identity(), "step": self.step, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "quant": self.quant_generator.get_state()},
+            "sampler": self.sampler.state_dict(), "history": self.history.state(), "seconds": self.seconds,
+        }  # fmt: skip
+
+    def restore(self) -> None:
+        """Load ``out/checkpoint.pt`` (CheckpointError when absent, corrupt or from a different run)."""
+        state = load_checkpoint(self.out / CHECKPOINT_NAME, self.config.identity())
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.quant_generator.set_state(state["rng"]["quant"])
+        self.torch_rng = state["rng"]["torch"]
+        self.history = _History(state["history"])
+        self.step, self.seconds = int(state["step"]), float(state["seconds"])
+        logger.info(
+            "resumed %s/%s from %s at step %d", self.config.task, self.config.recipe, self.out, self.step
+        )
+
+    def save(self) -> None:
+        """Checkpoint and metrics.json, both written atomically."""
+        save_checkpoint(self.out / CHECKPOINT_NAME, self.state())
+        write_json(self.out / METRICS_NAME, self.metrics())
+
+    def metrics(self) -> dict[str, Any]:
+        """The content of metrics.json: config, data sizes, conversion summary, per-step loss, evaluations."""
+        h = self.history
+        return {
+            "config": dataclasses.asdict(self.config), "data": self.task.describe(),
+            "convert": str(self.convert_summary), "eval_name": self.task.eval_name,
+            "step": self.step, "seconds": self.seconds,
+            "train": {"step": h.steps, "loss": [_json_number(v) for v in h.losses], "lr": h.lrs},
+            "eval": {"step": h.eval_steps, "value": [_json_number(v) for v in h.eval_values]},
+        }  # fmt: skip
+
+    def result(self) -> RunResult:
+        """The run's summary (after the loop)."""
+        h = self.history
+        return RunResult(
+            task=self.config.task,
+            recipe=self.config.recipe,
+            steps=self.step,
+            seconds=round(self.seconds, 3),
+            final_train_loss=h.final_train_loss(),
+            eval_metric=h.eval_values[-1] if h.eval_values else None,
+            eval_name=self.task.eval_name,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def evaluate(self) -> float:
+        """Evaluate in eval mode (no grad), record it, return to train mode."""
+        self.model.eval()
+        value = float(self.task.evaluate(self.model))
+        self.model.train()
+        self.history.eval_steps.append(self.step)
+        self.history.eval_values.append(value)
+        logger.info(
+            "%s/%s step %d: %s = %.4f",
+            self.config.task,
+            self.config.recipe,
+            self.step,
+            self.task.eval_name,
+            value,
+        )
+        return value
+
+    def train_step(self) -> tuple[float, int]:
+        """One optimizer step; (loss, units processed)."""
+        batch = self.task.batch(self.sampler.next())
+        loss = self.task.loss(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach()), self.task.units(batch)
+
+    def loop(self, on_step: Callable[[int, float], None] | None = None) -> RunResult:
+        """Train from ``self.step`` to ``config.steps``; ``on_step(step, loss)`` is called after each step."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        torch.set_rng_state(self.torch_rng)
+        self.model.train()
+        units, train_time = 0, 0.0
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc=f"{cfg.task} {cfg.recipe}",
+            unit="step",
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss, n = self.train_step()
+                dt = time.perf_counter() - t0
+                self.step += 1
+                units, train_time = units + n, train_time + dt
+                self.history.steps.append(self.step)
+                self.history.losses.append(loss)
+                self.history.lrs.append(lr)
+                bar.update(1)
+                bar.set_postfix_str(
+                    f"loss {loss:.4f}, {units / max(train_time, 1e-9):,.0f} {self.task.unit}/s"
+                )
+                if not math.isfinite(loss) and (
+                    len(self.history.losses) < 2 or math.isfinite(self.history.losses[-2])
+                ):
+                    logger.warning(
+                        "%s/%s: loss is %s at step %d (training diverged)",
+                        cfg.task,
+                        cfg.recipe,
+                        loss,
+                        self.step,
+                    )
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    t1 = time.perf_counter()
+                    self.evaluate()
+                    dt += time.perf_counter() - t1
+                self.seconds += dt
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if on_step is not None:
+                    on_step(self.step, loss)
+        finally:
+            bar.close()
+        if not self.history.eval_steps or self.history.eval_steps[-1] != self.step:
+            self.evaluate()  # a resumed run that had already finished without its final evaluation
+            self.save()
+        write_json(self.out / METRICS_NAME, self.metrics())
+        return self.result()
+
+
+def prepare(config: TrainConfig, task: Task | None = None) -> Run:
+    """Build a run (data, model, recipe, optimizer) and, with ``config.resume``, restore its checkpoint.
+
+    Every error a user can cause (unknown recipe, missing --data file, incompatible checkpoint) is raised
+    here, before training starts.
+    """
+    run = Run(config, task)
+    if config.resume:
+        run.restore()
+    return run
+
+
+def finish(run: Run, on_step: Callable[[int, float], None] | None = None) -> RunResult:
+    """Train a prepared run to the end; writes out/ and the --json file."""
+    config = run.config
+    result = run.loop(on_step)
+    if config.json:
+        write_json(config.json, result.to_dict())
+    logger.info(
+        "%s/%s: %d steps in %.1f s, final train loss %s, %s %s",
+        config.task,
+        config.recipe,
+        result.steps,
+        result.seconds,
+        result.final_train_loss,
+        result.eval_name,
+        result.eval_metric,
+    )
+    return result
+
+
+def train(
+    config: TrainConfig, task: Task | None = None, on_step: Callable[[int, float], None] | None = None
+) -> RunResult:
+    """Run (or, with ``config.resume``, continue) one training run: ``finish(prepare(config, task))``."""
+    return finish(prepare(config, task), on_step)

@@ -1,0 +1,358 @@
+"""The three training tasks (gpt-shakespeare, vit-fashion, bert-rt): data, model, loss, evaluation, samplers.
+
+A task owns its data (loaded once in ``__init__``), builds a fresh model (``build_model``, called under the
+run's init seed), hands out batches through a sampler whose ``state_dict`` is the exact data position, and
+evaluates a model (held-out loss for the GPT, test accuracy in % for the classifiers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.experiments.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, ...]
+#: Evaluation batch sizes (forward only, so larger than the training batch).
+EVAL_WINDOWS_PER_BATCH = 64
+EVAL_EXAMPLES_PER_BATCH = 256
+#: ViT feed-forward width as a multiple of ``dim``.
+VIT_MLP_RATIO = 2
+
+
+class RandomWindowSampler:
+    """Random (x, y) windows of a token stream from one generator; its state is the generator's state."""
+
+    def __init__(
+        self, tokens: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator
+    ) -> None:
+        from lowbit.data import random_batch
+
+        self._random_batch = random_batch
+        self.tokens, self.block_size, self.batch_size, self.generator = (
+            tokens,
+            block_size,
+            batch_size,
+            generator,
+        )
+        self.batches = 0
+
+    def next(self) -> Batch:
+        """The next training batch: x (B, T) and targets (B, T)."""
+        self.batches += 1
+        return self._random_batch(self.tokens, self.block_size, self.batch_size, self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position."""
+        return {"kind": "windows", "generator": self.generator.get_state(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a data position written by ``state_dict``."""
+        if state.get("kind") != "windows":
+            raise ValueError(f"sampler state of kind {state.get('kind')!r}, expected 'windows'")
+        self.generator.set_state(state["generator"])
+        self.batches = int(state["batches"])
+
+
+class EpochSampler:
+    """Batches of example indices: a fresh seeded permutation per epoch, the incomplete last batch dropped."""
+
+    def __init__(self, n_examples: int, batch_size: int, generator: torch.Generator) -> None:
+        if n_examples < batch_size:
+            raise ValueError(
+                f"{n_examples} training examples are fewer than one batch of {batch_size}; lower --batch-size"
+            )
+        self.n_examples, self.batch_size, self.generator = n_examples, batch_size, generator
+        self.epoch, self.position = 0, 0
+        self.permutation = torch.randperm(n_examples, generator=generator)
+
+    def next(self) -> torch.Tensor:
+        """Indices (B,) of the next batch."""
+        if self.position + self.batch_size > self.n_examples:
+            self.epoch, self.position = self.epoch + 1, 0
+            self.permutation = torch.randperm(self.n_examples, generator=self.generator)
+        idx = self.permutation[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position: epoch, position in the epoch, its permutation and the generator state."""
+        return {
+            "kind": "epochs", "generator": self.generator.get_state(), "epoch": self.epoch,
+            "position": self.position, "permutation": self.permutation.clone(), "n_examples": self.n_examples,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a data position written by ``state_dict``."""
+        if state.get("kind") != "epochs" or state.get("n_examples") != self.n_examples:
+            raise ValueError(
+                f"sampler state ({state.get('kind')!r}, {state.get('n_examples')} examples) does not match "
+                f"this data ('epochs', {self.n_examples} examples)"
+            )
+        self.generator.set_state(state["generator"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.permutation = state["permutation"].clone()
+
+
+class Task(ABC):
+    """One training task; subclasses set the class attributes and implement the abstract methods."""
+
+    name: str
+    eval_name: str
+    higher_is_better: bool
+    unit: str  # what throughput counts: "tok" or "img" or "ex"
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (the caller seeds the global RNG with the run's init seed)."""
+
+    @abstractmethod
+    def make_sampler(self, generator: torch.Generator) -> RandomWindowSampler | EpochSampler:
+        """The training-data sampler drawing from ``generator``."""
+
+    @abstractmethod
+    def batch(self, draw: Any) -> Batch:
+        """Turn a sampler draw into model inputs."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean training loss of ``model`` on ``batch`` (scalar tensor with grad)."""
+
+    @abstractmethod
+    def units(self, batch: Batch) -> int:
+        """How many ``unit`` a batch holds (for throughput)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module) -> float:
+        """The evaluation metric (``eval_name``) of ``model`` on the held-out data."""
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes of the data, for logs and reports."""
+        return {}
+
+
+class GPTShakespeareTask(Task):
+    """Character-level GPT trained from scratch; metric: mean cross-entropy on the held-out play."""
+
+    name, eval_name, higher_is_better, unit = "gpt-shakespeare", "held-out loss", False, "tok"
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        from lowbit.data import CharTokenizer, load_shakespeare, load_text_file
+
+        splits = load_text_file(config.data) if config.data else load_shakespeare()
+        self.tokenizer = CharTokenizer.from_text(splits.train, splits.val)
+        train_text = splits.train[: config.max_train_examples] if config.max_train_examples else splits.train
+        self.train_tokens = self.tokenizer.encode(train_text)
+        self.val_tokens = self.tokenizer.encode(splits.val)
+        self.source = splits.name
+
+    def build_model(self) -> nn.Module:
+        from lowbit.models.gpt import GPT, GPTConfig
+
+        cfg = self.config
+        return GPT(GPTConfig(
+            vocab_size=self.tokenizer.vocab_size, block_size=cfg.seq_len, n_layer=cfg.layers,
+            n_head=cfg.heads, n_embd=cfg.dim,
+        ))  # fmt: skip
+
+    def make_sampler(self, generator: torch.Generator) -> RandomWindowSampler:
+        return RandomWindowSampler(self.train_tokens, self.config.seq_len, self.config.batch_size, generator)
+
+    def batch(self, draw: Batch) -> Batch:
+        return draw
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        _, loss = model(x, y)
+        return loss
+
+    def units(self, batch: Batch) -> int:
+        return batch[0].numel()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> float:
+        from lowbit.data import sequential_batches
+
+        max_batches = None
+        if self.config.max_eval_examples is not None:
+            max_batches = math.ceil(self.config.max_eval_examples / EVAL_WINDOWS_PER_BATCH)
+        total, count = 0.0, 0
+        for x, y in sequential_batches(
+            self.val_tokens, self.config.seq_len, EVAL_WINDOWS_PER_BATCH, max_batches
+        ):
+            _, loss = model(x, y)
+            total += float(loss) * y.numel()
+            count += y.numel()
+        return total / count
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "data": self.source, "vocab_size": self.tokenizer.vocab_size,
+            "train_tokens": self.train_tokens.numel(), "val_tokens": self.val_tokens.numel(),
+        }  # fmt: skip
+
+
+class _ClassificationTask(Task):
+    """Shared parts of the two classifiers: epoch sampling, cross-entropy, accuracy in percent."""
+
+    eval_name, higher_is_better = "accuracy %", True
+    n_train: int
+
+    def make_sampler(self, generator: torch.Generator) -> EpochSampler:
+        return EpochSampler(self.n_train, self.config.batch_size, generator)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        *inputs, labels = batch
+        return F.cross_entropy(model(*inputs), labels)
+
+    def units(self, batch: Batch) -> int:
+        return int(batch[-1].shape[0])
+
+    @torch.no_grad()
+    def _accuracy(self, model: nn.Module, batches: list[Batch]) -> float:
+        correct, count = 0, 0
+        for *inputs, labels in batches:
+            correct += int((model(*inputs).argmax(dim=-1) == labels).sum())
+            count += int(labels.shape[0])
+        return 100.0 * correct / count
+
+
+class ViTFashionTask(_ClassificationTask):
+    """A small ViT trained from scratch on Fashion-MNIST; metric: accuracy (%) on the 10k test images."""
+
+    name, unit = "vit-fashion", "img"
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        from lowbit.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist, to_float
+
+        x_train, y_train, x_test, y_test = load_fashion_mnist(config.data or DEFAULT_ROOT)
+        n_train, n_test = config.max_train_examples, config.max_eval_examples
+        self.x_train, self.y_train = to_float(x_train[:n_train]), y_train[:n_train]
+        self.x_test, self.y_test = to_float(x_test[:n_test]), y_test[:n_test]
+        self.n_train = int(self.y_train.shape[0])
+
+    def build_model(self) -> nn.Module:
+        from lowbit.models.vit import ViT, ViTConfig
+
+        cfg = self.config
+        return ViT(ViTConfig(
+            image_size=28, patch_size=cfg.patch_size, in_channels=1, n_classes=10, dim=cfg.dim,
+            depth=cfg.layers, heads=cfg.heads, mlp_dim=VIT_MLP_RATIO * cfg.dim,
+        ))  # fmt: skip
+
+    def batch(self, draw: torch.Tensor) -> Batch:
+        return self.x_train[draw], self.y_train[draw]
+
+    def evaluate(self, model: nn.Module) -> float:
+        step = EVAL_EXAMPLES_PER_BATCH
+        batches = [
+            (self.x_test[i : i + step], self.y_test[i : i + step]) for i in range(0, len(self.y_test), step)
+        ]
+        return self._accuracy(model, batches)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "data": "fashion-mnist",
+            "train_images": self.n_train,
+            "test_images": int(self.y_test.shape[0]),
+        }
+
+
+class BertRTTask(_ClassificationTask):
+    """all-MiniLM-L6-v2 + a linear head fine-tuned on Rotten Tomatoes; metric: held-out accuracy (%).
+
+    Everything but the word-embedding table is trained (the linear layers are what a recipe converts).
+    """
+
+    name, unit = "bert-rt", "ex"
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        if config.layers is not None or config.dim is not None or config.heads is not None:
+            raise ValueError(
+                "bert-rt fine-tunes the pretrained all-MiniLM-L6-v2, whose layers/dim/heads are fixed; "
+                "drop --layers/--dim/--heads"
+            )
+        from transformers import AutoTokenizer
+
+        from lowbit.data import load_rotten_tomatoes, load_text_csv
+        from lowbit.models.bert import minilm_path
+
+        splits = load_text_csv(config.data) if config.data else load_rotten_tomatoes()
+        self.n_classes = splits.n_classes
+        self.source = splits.name
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+        n_train, n_test = config.max_train_examples, config.max_eval_examples
+        self.train_ids = self._encode(tokenizer, splits.train_texts[:n_train])
+        self.train_labels = splits.train_labels[:n_train]
+        self.test_ids = self._encode(tokenizer, splits.test_texts[:n_test])
+        self.test_labels = splits.test_labels[:n_test]
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.n_train = len(self.train_ids)
+
+    def _encode(self, tokenizer: Any, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, [CLS] ... [SEP], cut at ``seq_len`` tokens."""
+        return tokenizer(texts, truncation=True, max_length=self.config.seq_len)["input_ids"]
+
+    def _collate(self, ids: list[list[int]], labels: torch.Tensor) -> Batch:
+        """Pad to the longest text of the batch: input_ids (B, T), attention_mask (B, T), labels (B,)."""
+        width = max(len(t) for t in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, t in enumerate(ids):
+            input_ids[row, : len(t)] = torch.tensor(t, dtype=torch.long)
+            mask[row, : len(t)] = 1
+        return input_ids, mask, labels
+
+    def build_model(self) -> nn.Module:
+        from lowbit.models.bert import SentenceClassifier, load_minilm
+
+        encoder, _ = load_minilm()
+        # The 30522 x 384 word-embedding table is half of MiniLM's parameters; training it would double the
+        # optimizer's memory and time for little gain on ~10k snippets, so it stays as pretrained.
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+        return SentenceClassifier(encoder, self.n_classes)
+
+    def batch(self, draw: torch.Tensor) -> Batch:
+        idx = draw.tolist()
+        return self._collate([self.train_ids[i] for i in idx], self.train_labels[draw])
+
+    def units(self, batch: Batch) -> int:
+        return int(batch[0].shape[0])
+
+    def evaluate(self, model: nn.Module) -> float:
+        order = sorted(range(len(self.test_ids)), key=lambda i: len(self.test_ids[i]))  # less padding
+        step = EVAL_EXAMPLES_PER_BATCH
+        batches = []
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
+            batches.append(self._collate([self.test_ids[i] for i in idx], self.test_labels[idx]))
+        return self._accuracy(model, batches)
+
+    def describe(self) -> dict[str, Any]:
+        return {"data": self.source, "train_examples": self.n_train, "test_examples": len(self.test_ids)}
+
+
+TASK_TYPES: dict[str, type[Task]] = {t.name: t for t in (GPTShakespeareTask, ViTFashionTask, BertRTTask)}
+
+
+def make_task(config: TrainConfig) -> Task:
+    """The task named by ``config.task``, with its data loaded."""
+    try:
+        task_type = TASK_TYPES[config.task]
+    except KeyError:
+        raise ValueError(f"unknown task {config.task!r}; choose one of: {', '.join(TASK_TYPES)}") from None
+    return task_type(config)

@@ -1,0 +1,108 @@
+"""``lowbit train --task T --recipe R``: train one task with one recipe (progress bar, checkpoints, --json).
+
+Writes ``OUT/metrics.json`` (per-step loss, periodic evaluation) and ``OUT/checkpoint.pt`` (atomic, every
+``--checkpoint-every`` steps and at the end); ``--resume`` continues from it so that the next loss is the one
+an uninterrupted run would have had, bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from lowbit.experiments.checkpoint import CheckpointError
+from lowbit.experiments.config import TASK_DEFAULTS, TASKS, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+#: Errors that are the user's to fix (bad value, missing file, wrong checkpoint): reported without traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError)
+
+
+def defaults_epilog() -> str:
+    """The per-task defaults, for ``--help``."""
+    lines = ["per-task defaults (each has a flag to change it):"]
+    for task, d in TASK_DEFAULTS.items():
+        sizes = ", ".join(
+            f"{k}={v}" for k, v in vars(d).items() if v is not None and k not in ("max_train_examples",)
+        )
+        lines.append(f"  {task}: {sizes}")
+    return "\n".join(lines)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``train`` and ``compare``; None means "the task's default"."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = defaults_epilog()
+    parser.add_argument("--task", required=True, choices=TASKS, help="what to train")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: per task, see below)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for init, data order and rounding (default 0)"
+    )
+    parser.add_argument(
+        "--data",
+        help="gpt-shakespeare: any UTF-8 text file (last 10%% held out); bert-rt: a CSV of text,label; "
+        "vit-fashion: a folder with the four Fashion-MNIST IDX .gz files",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    size = parser.add_argument_group("sizes (default: per task)")
+    size.add_argument("--batch-size", type=int, help="examples (GPT: windows) per step")
+    size.add_argument("--lr", type=float, help="peak learning rate (AdamW, warmup then cosine to 10%%)")
+    size.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices")
+    size.add_argument("--warmup-steps", type=int, help="linear warmup steps")
+    size.add_argument("--eval-every", type=int, help="evaluate every N steps (and at the end)")
+    size.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default: --eval-every)")
+    size.add_argument("--layers", type=int, help="Transformer blocks (GPT, ViT)")
+    size.add_argument("--dim", type=int, help="model width (GPT, ViT)")
+    size.add_argument("--heads", type=int, help="attention heads (GPT, ViT)")
+    size.add_argument("--seq-len", type=int, help="GPT: context window; bert-rt: max tokens per snippet")
+    size.add_argument("--patch-size", type=int, help="ViT patch size (must divide 28)")
+    size.add_argument(
+        "--max-train-examples", type=int, help="use only the first N training examples/characters"
+    )
+    size.add_argument(
+        "--max-eval-examples", type=int, help="evaluate on the first N held-out examples/windows"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lowbit train`` flags."""
+    add_common_arguments(parser)
+    parser.add_argument("--recipe", default="fp32", help="fp32, int8, int4 or int4-naive (default fp32)")
+    parser.add_argument("--out", help="output folder (default runs/TASK-RECIPE)")
+    parser.add_argument("--json", help="also write {task, recipe, steps, seconds, ...} to this JSON file")
+
+
+def config_from_args(args: argparse.Namespace, recipe: str, out: str) -> TrainConfig:
+    """The ``TrainConfig`` the flags describe (task defaults for every flag not given)."""
+    return TrainConfig.from_overrides(
+        args.task, recipe=recipe, out=out, steps=args.steps, seed=args.seed, data=args.data,
+        resume=args.resume, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        layers=args.layers, dim=args.dim, heads=args.heads, seq_len=args.seq_len, patch_size=args.patch_size,
+        max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
+        progress=not args.no_progress, json=getattr(args, "json", None),
+    )  # fmt: skip
+
+
+def report_user_error(command: str, err: Exception) -> int:
+    """Print ``lowbit COMMAND: error: ...`` (no traceback) and return the exit status 2."""
+    print(f"lowbit {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, print the result as JSON on stdout; 2 on a user error (message on stderr)."""
+    from lowbit.experiments.runner import finish, prepare
+
+    try:
+        config = config_from_args(args, args.recipe, args.out or f"runs/{args.task}-{args.recipe}")
+        prepared = prepare(config)
+    except USER_ERRORS as err:
+        return report_user_error("train", err)
+    result = finish(prepared)
+    print(json.dumps(result.to_dict()))
+    return 0
