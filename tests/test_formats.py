@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lowbit.formats as F
 from lowbit.formats import FloatFormat, IntFormat, MXFormat, get_format
@@ -116,7 +118,13 @@ def test_get_format_builds_unlisted_formats() -> None:
     assert get_format("int3-narrow") == IntFormat(3, narrow=True)
     assert get_format("uint6") == IntFormat(6, signed=False)
     assert get_format("e3m4") == FloatFormat(3, 4) and get_format("fp8-e3m4") == FloatFormat(3, 4)
-    assert get_format("mxint4") == MXFormat(IntFormat(4))
+    assert get_format("mxint4") == MXFormat(IntFormat(4)) and get_format("mxfp4-e2m1") == F.MXFP4
+    assert (
+        get_format("mxint4-block16")
+        == MXFormat(IntFormat(4), 16)
+        == get_format(MXFormat(IntFormat(4), 16).name)
+    )
+    assert get_format("fp8-e4m3-b8-ieee") == FloatFormat(4, 3, 8, "ieee")
     assert FloatFormat(4, 3, special="ieee").name == "fp8-e4m3-ieee"
     assert FloatFormat(4, 3, special="ieee").max == 240.0  # IEEE-style E4M3 (top exponent reserved)
 
@@ -150,3 +158,36 @@ def test_bad_arguments_name_the_argument(call, exc, words) -> None:
 def test_formats_are_frozen() -> None:
     with pytest.raises(AttributeError):
         F.INT4.bits = 3  # type: ignore[misc]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kind=st.sampled_from(["int", "float"]),
+    bits=st.integers(2, 8),
+    signed=st.booleans(),
+    narrow=st.booleans(),
+    exp_bits=st.integers(1, 6),
+    man_bits=st.integers(0, 7),
+    bias_shift=st.integers(-3, 3),
+    special=st.sampled_from([None, "ieee", "fn", "finite"]),
+    mx=st.booleans(),
+    block=st.sampled_from([16, 32, 64]),
+)
+def test_property_every_name_parses_back(
+    kind, bits, signed, narrow, exp_bits, man_bits, bias_shift, special, mx, block
+) -> None:
+    try:
+        if kind == "int":
+            fmt = IntFormat(bits, signed, narrow and signed)
+        else:
+            fmt = FloatFormat(exp_bits, man_bits, 2 ** (exp_bits - 1) - 1 + bias_shift, special)
+        if mx:
+            fmt = MXFormat(fmt, block) if kind == "float" or signed else fmt
+    except ValueError:
+        return  # an invalid combination (e.g. ieee with 1 exponent bit) is rejected, tested elsewhere
+    assert get_format(fmt.name) == fmt
+    codes = fmt.codes()
+    assert bool((codes[1:] > codes[:-1]).all()) and codes.numel() == len(set(codes.tolist()))
+    assert codes.max().item() == fmt.max
+    elem = fmt.element if isinstance(fmt, MXFormat) else fmt
+    assert codes.min().item() == (elem.qmin if isinstance(elem, IntFormat) else -elem.max)

@@ -253,8 +253,7 @@ class MXFormat:
         for alias, fmt in _MX_ALIASES.items():
             if fmt == self:
                 return alias
-        elem = self.element.name.replace("-", "").replace("narrow", "n")
-        return f"mx{elem}" + ("" if self.block == 32 else f"-k{self.block}")
+        return f"mx{self.element.name}" + ("" if self.block == 32 else f"-block{self.block}")
 
     @property
     def bits(self) -> int:
@@ -340,13 +339,15 @@ ALL_FORMATS: tuple[Format, ...] = (
 )  # fmt: skip
 
 _INT_RE = re.compile(r"(u?)int(\d+)(-narrow)?")
-_FLOAT_RE = re.compile(r"(?:fp(\d+)-)?e(\d+)m(\d+)")
+_FLOAT_RE = re.compile(r"(?:fp(\d+)-)?e(\d+)m(\d+)(?:-b(-?\d+))?(?:-(ieee|fn|finite))?")
+_BLOCK_RE = re.compile(r"(.*)-block(\d+)")
 
 
 def get_format(name: str | Format) -> Format:
     """Look a format up by name: ``"int4"``, ``"int8-narrow"``, ``"fp8-e4m3"``, ``"e3m4"``, ``"mxfp4"``.
 
-    Names are case-insensitive and ``_`` may stand for ``-``; a format object is returned unchanged.
+    Every format's ``.name`` parses back to it (``"fp8-e4m3-b8-ieee"``, ``"mxint4-block16"``). Names are
+    case-insensitive and ``_`` may stand for ``-``; a format object is returned unchanged.
     """
     if isinstance(name, IntFormat | FloatFormat | MXFormat):
         return name
@@ -359,18 +360,21 @@ def get_format(name: str | Format) -> Format:
     if key in _MX_ALIASES:
         return _MX_ALIASES[key]
     mx = key.startswith("mx")
-    body = key[2:] if mx else key
+    body, block = key[2:] if mx else key, 32
+    if mx and (m := _BLOCK_RE.fullmatch(body)):
+        body, block = m[1], int(m[2])
     fmt: IntFormat | FloatFormat | None = None
     if m := _INT_RE.fullmatch(body):
         fmt = IntFormat(int(m[2]), signed=not m[1], narrow=bool(m[3]))
     elif m := _FLOAT_RE.fullmatch(body):
-        fmt = FloatFormat(int(m[2]), int(m[3]))
+        bias = None if m[4] is None else int(m[4])
+        fmt = FloatFormat(int(m[2]), int(m[3]), bias, m[5])
         if m[1] is not None and int(m[1]) != fmt.bits:
             raise ValueError(f"format {name!r}: fp{m[1]} does not match e{m[2]}m{m[3]} ({fmt.bits} bits)")
     if fmt is None:
         known = ", ".join(f.name for f in ALL_FORMATS)
         raise ValueError(
             f"unknown format name {name!r}; known: {known}, "
-            "or intN / uintN / intN-narrow / fpN-eXmY / eXmY / mx<element>"
+            "or intN / uintN / intN-narrow / fpN-eXmY[-bB][-ieee|-fn|-finite] / eXmY / mx<element>[-blockK]"
         )
-    return MXFormat(fmt) if mx else fmt
+    return MXFormat(fmt, block) if mx else fmt

@@ -42,9 +42,12 @@ DEFAULT_BLOCK = 32  # "block" granularity for non-MX formats: the OCP MX block s
 
 @dataclass(frozen=True)
 class Granularity:
-    """Which elements share a scale: ``tensor``, ``row`` (last dim), ``column``, ``group`` of G along ``dim``.
+    """Which elements share a scale.
 
-    ``block`` is a group of the MX format's block size (32 for non-MX formats) along the last dim.
+    ``tensor``: one scale. ``row``: one per row, i.e. per index of all leading dims (per token), reduced over
+    the last dim. ``column``: one per index of the last dim (per channel), reduced over all other dims.
+    ``group``: groups of ``group_size`` consecutive elements along ``dim``. ``block``: groups of the MX
+    format's block size (32 for non-MX formats) along the last dim.
     """
 
     kind: str
@@ -68,6 +71,8 @@ class Granularity:
         """Accept a Granularity, "tensor", "row", "column", "block", ("group", G) or ("group", G, dim)."""
         if isinstance(spec, Granularity):
             return spec
+        if isinstance(spec, list):  # e.g. from JSON
+            spec = tuple(spec)
         if spec == "block":
             return cls("block", fmt.block if isinstance(fmt, MXFormat) else DEFAULT_BLOCK)
         if isinstance(spec, str) and spec in ("tensor", "row", "column"):

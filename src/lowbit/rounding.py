@@ -20,9 +20,10 @@ _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def check_float(name: str, x: object) -> torch.Tensor:
+    """``x`` if it is a float32/float64/half tensor; TypeError naming ``name`` and the fix otherwise."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point() or x.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+    if not x.is_floating_point() or x.dtype in _FP8_DTYPES:
         raise TypeError(
             f"{name} must be a float32/float64/bfloat16/float16 tensor, got {x.dtype}; "
             f"convert with {name}.float()"
@@ -31,6 +32,7 @@ def check_float(name: str, x: object) -> torch.Tensor:
 
 
 def check_rounding(rounding: str, generator: torch.Generator | None) -> None:
+    """ValueError/TypeError unless ``rounding`` is one of :data:`ROUNDINGS` and ``generator`` a Generator."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
