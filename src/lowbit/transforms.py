@@ -46,8 +46,8 @@ def hadamard(x: torch.Tensor, block: int | None = None) -> torch.Tensor:
 
 
 def _butterfly(x: torch.Tensor, block: int) -> torch.Tensor:
-    """log2(block) add/subtract stages between two buffers, then one multiply by 1/sqrt(block)."""
-    src = x.reshape(-1, block).clone()  # (rows, block); the input is never written
+    """One multiply by 1/sqrt(block) into a fresh buffer, then log2(block) add/subtract stages."""
+    src = x.reshape(-1, block) * (1.0 / math.sqrt(block))  # (rows, block); the input is never written
     dst = torch.empty_like(src)
     rows, h = src.shape[0], block // 2
     while h >= 1:
@@ -57,7 +57,7 @@ def _butterfly(x: torch.Tensor, block: int) -> torch.Tensor:
         torch.sub(s4[:, :, 0], s4[:, :, 1], out=d4[:, :, 1])
         src, dst = dst, src
         h //= 2
-    return src.mul_(1.0 / math.sqrt(block)).reshape(x.shape)
+    return src.reshape(x.shape)
 
 
 class _Hadamard(torch.autograd.Function):
