@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowbit.formats as F
-from lowbit.quantizers import QTensor, pack_int4, quantize, unpack_int4
+from lowbit.quantizers import Granularity, QTensor, pack_int4, quantize, unpack_int4
 from quant_refs import ref_mx, ref_round
 
 
@@ -195,3 +195,19 @@ def test_property_nearest_error_is_at_most_half_a_step(fmt, gran, rows, groups, 
     # re-quantizing the dequantized values with the same scales is exact (idempotent)
     again = quantize(deq, fmt, q.granularity, scale=q.scale)
     assert torch.equal(again.dequantize(torch.float64), deq)
+
+
+def test_qtensor_validates_its_fields() -> None:
+    codes, scale = torch.zeros(2, 8, dtype=torch.int8), torch.ones(2, 1)
+    row = Granularity("row")
+    assert QTensor(codes, scale, F.INT8, row).dequantize().shape == (2, 8)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        QTensor(codes, torch.ones(3, 1), F.INT8, row)
+    with pytest.raises(TypeError, match="float32"):
+        QTensor(codes, scale.double(), F.INT8, row)
+    with pytest.raises(TypeError, match="lowbit format"):
+        QTensor(codes, scale, "int8", row)
+    with pytest.raises(TypeError, match="Granularity"):
+        QTensor(codes, scale, F.INT8, "row")
+    assert Granularity.parse(["group", 4, 0]) == Granularity("group", 4, 0)
+    assert str(Granularity.parse(("group", 4, 0))) == "group4@dim0"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.formats import Format, IntFormat, MXFormat, get_format
+from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat, get_format
 from lowbit.rounding import ROUNDINGS, check_float, check_rounding, round_checked, round_to_format
 from lowbit.scales import MSE_RATIOS, SCALE_RULES, compute_scale, mx_scale
 
@@ -118,7 +118,7 @@ class Granularity:
         return grouped, (d + 1,)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no single truth value: compare fields explicitly
 class QTensor:
     """A quantized tensor: ``codes`` (original shape), ``scale`` (grouped shape), ``fmt``, ``granularity``.
 
@@ -135,9 +135,21 @@ class QTensor:
         if not isinstance(self.codes, torch.Tensor) or not isinstance(self.scale, torch.Tensor):
             raise TypeError("codes and scale must be torch tensors")
         if self.scale.dtype != torch.float32:
-            raise TypeError(f"scale must be float32, got {self.scale.dtype}")
+            raise TypeError(f"scale must be float32, got {self.scale.dtype}; pass scale.float()")
+        if not isinstance(self.fmt, IntFormat | FloatFormat | MXFormat):
+            raise TypeError(f"fmt must be a lowbit format, got {type(self.fmt).__name__}; see lowbit.formats")
+        if not isinstance(self.granularity, Granularity):
+            raise TypeError(
+                f"granularity must be a Granularity, got {self.granularity!r}; use Granularity.parse"
+            )
         grouped, _ = self.granularity.group_view(self.codes.shape)
-        torch.broadcast_shapes(grouped, self.scale.shape)
+        try:
+            torch.broadcast_shapes(grouped, self.scale.shape)
+        except RuntimeError as err:
+            raise ValueError(
+                f"scale of shape {tuple(self.scale.shape)} does not broadcast against the codes grouped as "
+                f"{grouped} for granularity {self.granularity}"
+            ) from err
 
     @property
     def shape(self) -> torch.Size:
