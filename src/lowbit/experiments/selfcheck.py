@@ -178,6 +178,22 @@ def check_int_gemm(gen: torch.Generator) -> str:
     return f"{count} products (int8/int4, nt/nn/tn, ragged shapes) exact on {native}"
 
 
+def check_fused_row_quantizer(gen: torch.Generator) -> str:
+    ops = importlib.import_module("lowbit.ops")
+    if not hasattr(ops, "quantize_rows"):
+        raise CheckSkipped("lowbit.ops has no quantize_rows")
+    backends = ["reference"] + ([] if ops.why_not_native() else ["native"])
+    x = torch.randn(37, 300, generator=gen) * torch.logspace(-3, 3, 37).unsqueeze(1)
+    x[5] = 0.0  # an all-zero row: scale 1
+    x[7, :4] = torch.tensor([0.5, 1.5, 2.5, -2.5]) * x[7].abs().max() / 127  # ties after scaling
+    for bits, backend in itertools.product((8, 7, 4), backends):
+        codes, scale = ops.quantize_rows(x, bits, backend=backend)
+        want = quantize(x, F.int_format(bits, narrow=True), "row")
+        _expect(torch.equal(scale, want.scale[:, 0]), f"{backend} bits={bits}: scales differ")
+        _expect(torch.equal(codes, want.codes), f"{backend} bits={bits}: codes differ")
+    return f"ops.quantize_rows == quantize(x, int_format(b, narrow=True), 'row') for b in 8/7/4 on {backends}"
+
+
 CHECKS: tuple[tuple[str, Callable[[torch.Generator], str]], ...] = (
     ("FP8 E4M3 rounding vs torch.float8_e4m3fn", lambda g: check_fp8(F.FP8_E4M3, g)),
     ("FP8 E5M2 rounding vs torch.float8_e5m2", lambda g: check_fp8(F.FP8_E5M2, g)),
@@ -187,6 +203,7 @@ CHECKS: tuple[tuple[str, Callable[[torch.Generator], str]], ...] = (
     ("INT4 packing round trip", check_pack_int4),
     ("Hadamard vs explicit Sylvester matrix", check_hadamard),
     ("integer GEMM vs exact int64 products", check_int_gemm),
+    ("fused row quantizer (ops) vs quantize()", check_fused_row_quantizer),
 )
 
 
