@@ -125,6 +125,16 @@ def gemm(
             if epi.bias is not None:
                 epi.out_f32.add_(epi.bias.reshape(1, -1))
         return
+    _check_packed(kind, a_packed, b_packed, colsum, m, n, k, off, out)
+    if epi.out_f32 is not None:
+        for name, t, length in (
+            ("a_scale", epi.a_scale, m),
+            ("b_scale", epi.b_scale, n),
+            ("bias", epi.bias, n),
+        ):
+            ok = t is not None and t.dtype == torch.float32 and t.is_contiguous() and t.numel() == length
+            if not ok and not (name == "bias" and t is None):
+                raise ValueError(f"{name} must be a contiguous float32 vector of {length} entries")
     rc = native.lib().lowbit_gemm(
         kind,
         a_packed.data_ptr(),
@@ -144,6 +154,28 @@ def gemm(
     )
     if rc != 0:
         raise MemoryError("lowbit_gemm could not allocate its per-thread tile buffers")
+
+
+def packed_nbytes(kind: int, rows: int, k: int, panel: int) -> int:
+    """Bytes of one operand packed for ``kind`` with ``panel`` rows per panel (MR for A, NR for B)."""
+    group, size = (2, 2) if kind == KIND_S16 else (4, 1)
+    return -(-rows // panel) * panel * (-(-k // group) * group) * size
+
+
+def _check_packed(kind, a_packed, b_packed, colsum, m, n, k, off, out) -> None:
+    """Guard the native call against mismatched buffers (a wrong size would read out of bounds)."""
+    if kind not in (KIND_U8S8, KIND_INT4, KIND_S16):
+        raise ValueError(f"unknown kernel kind {kind}")
+    for name, t, rows, panel in (("A", a_packed, m, MR), ("B", b_packed, n, NR)):
+        want = packed_nbytes(kind, rows, k, panel)
+        if not t.is_contiguous() or t.numel() * t.element_size() != want:
+            raise ValueError(
+                f"packed {name} has {t.numel() * t.element_size()} bytes, kind {kind} needs {want}"
+            )
+    if off and (colsum is None or colsum.numel() != n or colsum.dtype != torch.int32):
+        raise ValueError(f"offset {off} needs int32 column sums of B with {n} entries")
+    if out.shape != (m, n) or not out.is_contiguous():
+        raise ValueError(f"output must be contiguous ({m}, {n}), got {tuple(out.shape)}")
 
 
 def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str):
