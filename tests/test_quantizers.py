@@ -211,3 +211,14 @@ def test_qtensor_validates_its_fields() -> None:
         QTensor(codes, scale, F.INT8, "row")
     assert Granularity.parse(["group", 4, 0]) == Granularity("group", 4, 0)
     assert str(Granularity.parse(("group", 4, 0))) == "group4@dim0"
+
+
+def test_mx_shared_exponent_just_below_a_power_of_two() -> None:
+    # amax = 1 - 2^-40 (float64): floor(log2(amax)) = -1, so MXFP4's scale is 2^(-1 - 2); rounding amax to
+    # float32 first would give 1.0 and the wrong exponent 2^-2
+    x = torch.zeros(1, 32, dtype=torch.float64)
+    x[0, 0] = 1 - 2.0**-40
+    q = quantize(x, F.MXFP4)
+    assert q.scale.item() == 2.0**-3
+    # x / scale = 8 - 2^-37 is beyond E2M1's max 6: the OCP rule saturates it to 6 * 2^-3
+    assert q.dequantize(torch.float64)[0, 0].item() == 0.75

@@ -49,8 +49,8 @@ def round_units(t: torch.Tensor, rounding: str, generator: torch.Generator | Non
         return whole + torch.where(frac.abs() >= 0.5, torch.sign(t), torch.zeros_like(t))
     low = torch.floor(t)
     frac = t - low  # exact, in [0, 1)
-    u = torch.rand(t.shape, generator=generator, dtype=torch.float32, device=t.device)
-    return low + (u < frac).to(t.dtype)  # P(round up) = frac: E[result] = t
+    u = torch.rand(t.shape, generator=generator, dtype=t.dtype, device=t.device)
+    return low + (u < frac).to(t.dtype)  # P(round up) = frac (to the dtype's resolution): E[result] = t
 
 
 def round_to_format(

@@ -126,11 +126,11 @@ def mx_scale(x_g: torch.Tensor, reduce_dims: tuple[int, ...], fmt: MXFormat) -> 
     shape = tuple(1 if d in reduce_dims else n for d, n in enumerate(x_g.shape))
     if x_g.numel() == 0:
         return torch.ones(shape, dtype=torch.float32)
-    amax = _amax(x_g, reduce_dims, f"{fmt.name} shared scale").float()
+    amax = _amax(x_g, reduce_dims, f"{fmt.name} shared scale")  # in x's dtype: float32 could round it up
     _, exp = torch.frexp(amax)  # floor(log2(amax)) = exp - 1 for amax > 0
     # E8M0 reaches 2**-127; lowbit stops at 2**-126 so that scales stay float32 normals (Decisions).
     shared = (exp - 1 - fmt.element_emax).clamp(-126, E8M0_MAX_EXP)
-    scale = torch.ldexp(torch.ones_like(amax), shared)
+    scale = torch.ldexp(torch.ones(shared.shape, dtype=torch.float32), shared)  # powers of two: exact
     return torch.where(amax == 0, torch.ones_like(scale), scale)
 
 
