@@ -1,0 +1,209 @@
+"""``lowbit.ptq.quantize(model, config, calibration)``: the one PTQ entry point, dispatching on config type.
+
+Handlers are registered per config class with :func:`register_handler`; an unknown config raises
+``TypeError`` listing the known ones. Quantization replaces the selected ``nn.Linear`` modules *in place*
+(deep-copy the model first to keep the FP32 one) and returns a :class:`PTQSummary`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lowbit.formats import MXFormat
+from lowbit.ptq.calibrate import Calibration, select_linears
+from lowbit.ptq.config import PTQConfig, WeightOnlyConfig
+from lowbit.ptq.modules import LayerSpec, QuantLinear, build_layer
+from lowbit.ptq.weights import encode_weight
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[nn.Module, object, Calibration | None], "PTQSummary"]
+_HANDLERS: dict[type, Handler] = {}
+
+
+def register_handler(config_type: type) -> Callable[[Handler], Handler]:
+    """Decorator: make ``fn(model, config, calibration)`` the handler of ``config_type``."""
+
+    def deco(fn: Handler) -> Handler:
+        _HANDLERS[config_type] = fn
+        return fn
+
+    return deco
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One quantized linear: name, compute path, FP32 and quantized weight bytes, static input scale."""
+
+    name: str
+    path: str
+    fp32_bytes: int
+    quant_bytes: int
+    act_scale: float | None
+
+
+@dataclass
+class PTQSummary:
+    """What :func:`quantize` did: recipe, layers quantized, linears left in FP32, bytes before and after."""
+
+    recipe: str
+    layers: list[LayerReport] = field(default_factory=list)
+    kept_fp32: list[str] = field(default_factory=list)
+    model_bytes_before: int = 0
+    model_bytes_after: int = 0
+
+    @property
+    def weight_bytes_fp32(self) -> int:
+        """FP32 bytes of the quantized layers' weights."""
+        return sum(r.fp32_bytes for r in self.layers)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the quantized layers' weights now: codes + all scales."""
+        return sum(r.quant_bytes for r in self.layers)
+
+    @property
+    def weight_ratio(self) -> float:
+        return self.weight_bytes / max(self.weight_bytes_fp32, 1)
+
+    def table(self) -> str:
+        """A plain-text summary."""
+        lines = [
+            f"PTQ {self.recipe}: {len(self.layers)} linears quantized, {len(self.kept_fp32)} kept FP32 "
+            f"({', '.join(self.kept_fp32) or '-'})",
+            f"  quantized weights: {self.weight_bytes_fp32:,} B FP32 -> {self.weight_bytes:,} B "
+            f"({self.weight_ratio:.4f}x, scales included)",
+            f"  whole model state: {self.model_bytes_before:,} B -> {self.model_bytes_after:,} B "
+            f"({self.model_bytes_after / max(self.model_bytes_before, 1):.4f}x; embeddings, LayerNorm, "
+            "biases stay FP32)",
+        ]
+        if self.layers:
+            lines.append(f"  compute: {self.layers[0].path}")
+        return "\n".join(lines)
+
+
+def model_nbytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer (each storage counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = t.untyped_storage().data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def quantize(model: nn.Module, config: object, calibration: Calibration | None = None) -> PTQSummary:
+    """Quantize ``model`` in place under ``config`` (:class:`PTQConfig` or :class:`WeightOnlyConfig`).
+
+    ``calibration`` (from :func:`lowbit.ptq.calibrate`) is required when the config quantizes activations
+    with static per-tensor scales. Returns a :class:`PTQSummary`.
+    """
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
+        raise TypeError(f"no PTQ handler for config of type {type(config).__name__}; known configs: {known}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise ValueError("model already holds quantized layers; quantize a fresh FP32 copy instead")
+    return handler(model, config, calibration)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _run(
+    model: nn.Module,
+    config: PTQConfig | WeightOnlyConfig,
+    make: Callable[[str, nn.Linear], QuantLinear],
+) -> PTQSummary:
+    names = select_linears(model, config.modules, config.exclude)
+    before = model_nbytes(model)
+    summary = PTQSummary(config.describe(), model_bytes_before=before)
+    chosen = set(names)
+    summary.kept_fp32 = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in chosen]
+    with torch.no_grad():
+        for name in names:
+            linear = model.get_submodule(name)
+            qlayer = make(name, linear)
+            scale = float(qlayer.act_scale) if qlayer.act_scale is not None else None
+            summary.layers.append(
+                LayerReport(
+                    name, qlayer.compute_path(), linear.weight.numel() * 4, qlayer.weight_nbytes(), scale
+                )
+            )
+            _replace(model, name, qlayer)
+    summary.model_bytes_after = model_nbytes(model)
+    logger.info("%s", summary.table())
+    return summary
+
+
+@register_handler(PTQConfig)
+def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibration | None) -> PTQSummary:
+    if config.needs_calibration and calibration is None:
+        raise ValueError(
+            f"{config.describe()} uses static activation scales: pass "
+            "calibration=lowbit.ptq.calibrate(model, batches) "
+            "(or use activation_granularity='token' for dynamic scales)"
+        )
+    kind = config.kind
+    if kind == "mx":
+        layer_kind, act_gran = "emulated", "block"
+    else:
+        layer_kind, act_gran = kind, config.activation_granularity
+
+    def make(name: str, linear: nn.Linear) -> QuantLinear:
+        spec = LayerSpec(
+            kind=layer_kind,
+            in_features=linear.in_features,
+            out_features=linear.out_features,
+            weight=config.weight.name,
+            weight_granularity="block" if kind == "mx" else config.weight_granularity,
+            activation=config.activation.name,
+            activation_granularity=act_gran,
+            fp8_compute=config.fp8_compute if kind == "fp8" else None,
+            has_bias=linear.bias is not None,
+        )
+        buffers = encode_weight(
+            linear.weight, config.weight, config.weight_granularity, None, config.weight_scale
+        )
+        act_scale = calibration.scale(name, config.activation) if spec.static_activation else None
+        return build_layer(spec, buffers, linear.bias, act_scale)
+
+    return _run(model, config, make)
+
+
+@register_handler(WeightOnlyConfig)
+def _quantize_weight_only(
+    model: nn.Module, config: WeightOnlyConfig, calibration: Calibration | None
+) -> PTQSummary:
+    del calibration  # weight-only: nothing to calibrate
+    mx = isinstance(config.weight, MXFormat)
+
+    def make(name: str, linear: nn.Linear) -> QuantLinear:
+        spec = LayerSpec(
+            kind="emulated",
+            in_features=linear.in_features,
+            out_features=linear.out_features,
+            weight=config.weight.name,
+            weight_granularity="block" if mx else config.weight_granularity,
+            group_size=config.group_size,
+            has_bias=linear.bias is not None,
+        )
+        buffers = encode_weight(
+            linear.weight, config.weight, config.weight_granularity, config.group_size, config.weight_scale
+        )
+        return build_layer(spec, buffers, linear.bias)
+
+    return _run(model, config, make)

@@ -1,0 +1,217 @@
+"""Quantized linear layers that replace ``nn.Linear`` after PTQ: INT8 on the integer engine, FP8, emulated.
+
+* :class:`Int8Linear` — int8 weight codes; activations quantized with the calibrated static scale (or per
+  token), ``lowbit.ops.int_matmul_scaled``: exact int32 accumulation, dequantization and bias fused.
+* :class:`FP8Linear` — float8 weight codes; activations cast to FP8 with the static scale (or per token).
+  ``fp8_compute="emulated"`` (default) upcasts both FP8 operands to float32 — exact, every FP8 value is a
+  float32 — and runs one float32 GEMM: each product of two FP8 values (≤ 8 significant bits) is exact in
+  float32, so this is an FP8 GEMM with float32 accumulation; the scales are applied afterwards.
+  ``fp8_compute="scaled_mm"`` calls ``torch._scaled_mm`` on the float8 tensors instead.
+  Measured on this machine (AMD EPYC, AVX2, no AVX-512/AMX, torch 2.13 CPU, 2 shared cores; run
+  ``benchmarks/ptq.py``): ``_scaled_mm`` gives the same numbers as the emulation but no speed-up —
+  0.35–0.6× FP32 vs 0.3–0.6× for the emulation at MiniLM shapes (M=2048, K/N ∈ {384, 1536}), i.e. the CPU
+  has no usable FP8 product; both are slower than FP32 because of the float8 → float32 upcasts. The
+  emulation is the default since it needs no private torch API.
+* :class:`EmulatedLinear` — weight-only formats (INT4 packed, INT8, FP8, MXFP8, MXFP4) and MX weight +
+  activation recipes: the weight is decoded to float32 on each call (exact), MX activations are quantized
+  per 32-element block on the fly, and the product runs in float32.
+
+Each layer keeps only its low-precision buffers (no FP32 weight copy), reports ``weight_nbytes()`` and
+carries a :class:`LayerSpec` from which :mod:`lowbit.ptq.serialization` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit import ops
+from lowbit.formats import Format, get_format
+from lowbit.ptq.weights import decode_weight, nbytes
+from lowbit.quantizers import quantize
+
+KINDS = ("int8", "fp8", "emulated")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything but the tensors of a quantized linear: kind, shape, formats, granularities, compute path."""
+
+    kind: str
+    in_features: int
+    out_features: int
+    weight: str
+    weight_granularity: str
+    group_size: int | None = None
+    activation: str | None = None  # None: FP32 activations (weight-only)
+    activation_granularity: str | None = None  # "tensor" (static), "token" (dynamic), "block" (MX)
+    fp8_compute: str | None = None
+    has_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"layer kind must be one of {KINDS}, got {self.kind!r}")
+        get_format(self.weight)
+        if self.activation is not None:
+            get_format(self.activation)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LayerSpec:
+        return cls(**json.loads(text))
+
+    @property
+    def static_activation(self) -> bool:
+        """True when the activation scale is a calibrated constant stored with the layer."""
+        return self.activation is not None and self.activation_granularity == "tensor"
+
+
+class QuantLinear(nn.Module):
+    """Base of the quantized linears: holds the spec, the weight buffers, bias and the static input scale."""
+
+    def __init__(
+        self,
+        spec: LayerSpec,
+        weight_buffers: dict[str, torch.Tensor],
+        bias: torch.Tensor | None,
+        act_scale: float | torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.in_features = spec.in_features
+        self.out_features = spec.out_features
+        self.weight_format: Format = get_format(spec.weight)
+        self.act_format: Format | None = get_format(spec.activation) if spec.activation else None
+        self._weight_names = tuple(sorted(weight_buffers))
+        for name, t in weight_buffers.items():
+            self.register_buffer(name, t)
+        if (bias is not None) != spec.has_bias:
+            raise ValueError(
+                f"spec.has_bias={spec.has_bias} but bias is {'given' if bias is not None else 'None'}"
+            )
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        if spec.static_activation:
+            if act_scale is None:
+                raise ValueError("a static activation format needs act_scale (run lowbit.ptq.calibrate)")
+            scale_t = torch.as_tensor(act_scale, dtype=torch.float32).reshape(())
+            if not bool(torch.isfinite(scale_t)) or float(scale_t) <= 0:
+                raise ValueError(f"act_scale must be positive and finite, got {float(scale_t)}")
+            self.register_buffer("act_scale", scale_t.clone())
+        else:
+            self.act_scale = None
+
+    def weight_buffers(self) -> dict[str, torch.Tensor]:
+        """The low-precision weight buffers (codes and scales)."""
+        return {n: getattr(self, n) for n in self._weight_names}
+
+    def weight_nbytes(self) -> int:
+        """Bytes of weight codes + weight scales + the static activation scale (bias not included)."""
+        extra = 4 if self.act_scale is not None else 0
+        return nbytes(self.weight_buffers()) + extra
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 (out, in) weight these codes represent."""
+        return decode_weight(self.weight_buffers(), self.weight_format, (self.out_features, self.in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input with last dim {self.in_features}, got shape {tuple(x.shape)}")
+        x2 = x.reshape(-1, self.in_features).float()  # (M, K)
+        y = self._linear(x2)  # (M, N) float32
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _linear(self, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compute_path(self) -> str:
+        """Which arithmetic runs the product (for summaries)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        act = f"{self.spec.activation}/{self.spec.activation_granularity}" if self.spec.activation else "fp32"
+        return (
+            f"in={self.in_features}, out={self.out_features}, W {self.spec.weight}/"
+            f"{self.spec.weight_granularity}, A {act}, {self.compute_path()}"
+        )
+
+
+class Int8Linear(QuantLinear):
+    """INT8 weights × INT8 activations on ``lowbit.ops`` (int32 accumulation, fused dequant + bias)."""
+
+    def _linear(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.act_scale is not None:  # static per-tensor scale from calibration, saturating
+            a_codes = quantize(x2, self.act_format, "tensor", scale=self.act_scale).codes
+            a_scale = self.act_scale
+        else:  # dynamic per token
+            a_codes, a_scale = ops.quantize_rows(x2.contiguous(), 8)
+        return ops.int_matmul_scaled(a_codes, self.w_codes, a_scale, self.w_scale, self.bias, bits=8)
+
+    def compute_path(self) -> str:
+        return f"int8 GEMM, int32 accumulate ({ops.backend()})"
+
+
+class FP8Linear(QuantLinear):
+    """FP8 weights × FP8 activations, product emulated exactly in float32 or by ``torch._scaled_mm``."""
+
+    def _linear(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.act_scale is not None:
+            q = quantize(x2, self.act_format, "tensor", scale=self.act_scale)
+            a_scale = self.act_scale
+        else:
+            q = quantize(x2, self.act_format, "row")
+            a_scale = q.scale  # (M, 1)
+        a_fp8, w_fp8 = q.codes, self.w_codes  # (M, K), (N, K) float8
+        w_scale = self.w_scale  # (1,) or (N,)
+        if self.spec.fp8_compute == "scaled_mm":
+            if a_scale.numel() == 1 and w_scale.numel() == 1:
+                sa, sb = a_scale.reshape(()), w_scale.reshape(())
+            else:  # row-wise form: (M, 1) and (1, N)
+                sa = a_scale.reshape(-1, 1).expand(a_fp8.shape[0], 1).contiguous()
+                sb = w_scale.reshape(1, -1).expand(1, self.out_features).contiguous()
+            y = torch._scaled_mm(a_fp8, w_fp8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
+        else:
+            acc = a_fp8.float() @ w_fp8.float().t()  # exact products, float32 accumulation (M, N)
+            y = acc.mul_(a_scale).mul_(w_scale)
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y
+
+    def compute_path(self) -> str:
+        if self.spec.fp8_compute == "scaled_mm":
+            return "FP8 torch._scaled_mm"
+        return "FP8 emulated (exact upcast, float32 GEMM)"
+
+
+class EmulatedLinear(QuantLinear):
+    """Weight decoded to float32 per call; MX activations (if any) quantized per block; float32 GEMM."""
+
+    def _linear(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.act_format is not None:
+            x2 = quantize(x2, self.act_format).dequantize()  # MX: dynamic per-block scale
+        return F.linear(x2, self.dequantized_weight(), self.bias)
+
+    def compute_path(self) -> str:
+        return "decode to float32, float32 GEMM"
+
+
+LAYER_CLASSES: dict[str, type[QuantLinear]] = {
+    "int8": Int8Linear,
+    "fp8": FP8Linear,
+    "emulated": EmulatedLinear,
+}
+
+
+def build_layer(
+    spec: LayerSpec,
+    weight_buffers: dict[str, torch.Tensor],
+    bias: torch.Tensor | None,
+    act_scale: float | torch.Tensor | None = None,
+) -> QuantLinear:
+    """The quantized linear class for ``spec.kind``, holding the given buffers."""
+    return LAYER_CLASSES[spec.kind](spec, weight_buffers, bias, act_scale)

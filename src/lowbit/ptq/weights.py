@@ -1,0 +1,129 @@
+"""Low-precision weight storage: encode an FP32 (N, K) weight into codes + scales, and decode it back exactly.
+
+Storage per format (every buffer is what really sits in memory and in the safetensors file):
+
+* int8 — ``w_codes`` int8 (N, K); int4 — ``w_codes`` uint8 (N, K/2), two codes per byte (``pack_int4``);
+* fp8-e4m3 / fp8-e5m2 — ``w_codes`` as ``torch.float8_e4m3fn`` / ``float8_e5m2`` (N, K);
+* ``w_scale`` float32: (1,) per tensor, (N,) per output channel, (N, K/G) per group of G along K;
+* MX formats — element codes (float8 for MXFP8, int8 for MXINT8, packed nibbles for MXFP4: sign in bit 3,
+  magnitude index in bits 0–2) and ``w_exp`` uint8 (N, K/32): the E8M0 shared exponent, scale = 2^(e−127).
+
+The 8-bit formats cost 1 byte per weight plus their scales: 0.25× FP32 per tensor/channel, ~0.258× for MXFP8.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat
+from lowbit.quantizers import pack_int4, quantize, unpack_int4
+
+E8M0_BIAS = 127
+
+
+def _granularity(weight_granularity: str, group_size: int | None) -> object:
+    if weight_granularity == "tensor":
+        return "tensor"
+    if weight_granularity == "channel":
+        return "row"  # one scale per row of W (N, K) = per output channel
+    if weight_granularity == "group":
+        return ("group", group_size)
+    raise ValueError(f"weight granularity must be 'tensor', 'channel' or 'group', got {weight_granularity!r}")
+
+
+def _nibble_table(fmt: FloatFormat) -> torch.Tensor:
+    """Non-negative values of a 4-bit minifloat, ascending: nibble magnitude index -> value."""
+    codes = fmt.codes()
+    table = codes[codes >= 0]
+    if table.numel() != 8:
+        raise ValueError(f"{fmt.name} is not a 4-bit sign-magnitude float (got {table.numel()} magnitudes)")
+    return table
+
+
+def _pack_minifloat4(values: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
+    """On-grid FP4 values (float32) -> uint8, two per byte; nibble = sign << 3 | magnitude index."""
+    table = _nibble_table(fmt).float()
+    idx = torch.searchsorted(table, values.abs().contiguous())
+    if not bool((table[idx.clamp(max=7)] == values.abs()).all()):
+        raise ValueError(f"values are not on the {fmt.name} grid; quantize them first")
+    nibble = idx | ((values < 0).long() << 3)
+    # the nibble read as a two's complement int4, so pack_int4 can store it
+    as_int4 = torch.where(nibble >= 8, nibble - 16, nibble).to(torch.int8)
+    return pack_int4(as_int4)
+
+
+def _unpack_minifloat4(packed: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
+    nibble = unpack_int4(packed).long() & 0xF
+    table = _nibble_table(fmt).float()
+    mag = table[nibble & 7]
+    return torch.where(nibble >= 8, -mag, mag)
+
+
+def encode_weight(
+    w: torch.Tensor,
+    fmt: Format,
+    weight_granularity: str = "tensor",
+    group_size: int | None = None,
+    scale_rule: str = "absmax",
+) -> dict[str, torch.Tensor]:
+    """Quantize a (N, K) weight (nearest-even, saturating) into its storage buffers (see module doc)."""
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"weight must be a 2-D float tensor (out, in), got {getattr(w, 'shape', type(w))}")
+    w = w.detach().float()
+    n, k = w.shape
+    if isinstance(fmt, MXFormat):
+        if k % fmt.block:
+            raise ValueError(f"{fmt.name} needs in_features divisible by {fmt.block}, got {k}")
+        q = quantize(w, fmt)  # codes (N, K), scale (N, K/32, 1) powers of two
+        _, exp = torch.frexp(q.scale.reshape(n, k // fmt.block))  # scale = 0.5 * 2**exp
+        w_exp = (exp - 1 + E8M0_BIAS).to(torch.uint8)
+        elem = fmt.element
+        if isinstance(elem, FloatFormat) and elem.bits == 4:
+            codes = _pack_minifloat4(q.codes, elem)
+        elif q.codes.dtype in (torch.float8_e4m3fn, torch.float8_e5m2, torch.int8):
+            codes = q.codes
+        else:
+            raise ValueError(f"lowbit stores MX weights with 8-bit or 4-bit elements, not {fmt.name}")
+        return {"w_codes": codes.contiguous(), "w_exp": w_exp.contiguous()}
+    gran = _granularity(weight_granularity, group_size)
+    q = quantize(w, fmt, gran, scale=scale_rule)
+    if weight_granularity == "tensor":
+        scale = q.scale.reshape(1)
+    elif weight_granularity == "channel":
+        scale = q.scale.reshape(n)
+    else:
+        scale = q.scale.reshape(n, k // group_size)
+    codes = q.codes
+    if isinstance(fmt, IntFormat) and fmt.bits == 4:
+        codes = pack_int4(codes)
+    elif (isinstance(fmt, IntFormat) and fmt.bits != 8) or (
+        isinstance(fmt, FloatFormat) and fmt.torch_dtype is None
+    ):
+        raise ValueError(f"lowbit stores int8, int4, fp8-e4m3, fp8-e5m2 or MX weights, not {fmt.name}")
+    return {"w_codes": codes.contiguous(), "w_scale": scale.contiguous()}
+
+
+def decode_weight(buffers: dict[str, torch.Tensor], fmt: Format, shape: tuple[int, int]) -> torch.Tensor:
+    """The float32 (N, K) weight the buffers encode (codes × scale; exact in float32)."""
+    n, k = shape
+    codes = buffers["w_codes"]
+    if isinstance(fmt, MXFormat):
+        elem = fmt.element
+        if isinstance(elem, FloatFormat) and elem.bits == 4:
+            values = _unpack_minifloat4(codes, elem)
+        else:
+            values = codes.float()
+        exp = buffers["w_exp"].to(torch.int32) - E8M0_BIAS
+        scale = torch.ldexp(torch.ones(exp.shape), exp)  # (N, K/32)
+        return (values.reshape(n, k // fmt.block, fmt.block) * scale.unsqueeze(-1)).reshape(n, k)
+    values = unpack_int4(codes).float() if codes.dtype == torch.uint8 else codes.float()
+    scale = buffers["w_scale"]
+    if scale.dim() == 2:  # (N, K/G): groups along K
+        groups = scale.shape[1]
+        return (values.reshape(n, groups, k // groups) * scale.unsqueeze(-1)).reshape(n, k)
+    return values * (scale.unsqueeze(1) if scale.numel() > 1 else scale)
+
+
+def nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    """Bytes held by a dict of tensors (numel × element size)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
