@@ -160,7 +160,7 @@ def test_formats_are_frozen() -> None:
         F.INT4.bits = 3  # type: ignore[misc]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)  # seeded: the same cases in CI
 @given(
     kind=st.sampled_from(["int", "float"]),
     bits=st.integers(2, 8),

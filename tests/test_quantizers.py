@@ -168,7 +168,7 @@ def test_bad_arguments(call, exc, words) -> None:
 
 
 # ---------------------------------------------------------------------------------- property tests
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)  # seeded: the same cases in CI
 @given(
     fmt=st.sampled_from([F.INT2, F.INT4, F.INT8, F.FP8_E4M3, F.FP8_E5M2, F.FP6_E3M2, F.FP4_E2M1]),
     gran=st.sampled_from(["tensor", "row", "column", ("group", 4)]),

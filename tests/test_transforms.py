@@ -83,7 +83,7 @@ def test_gradient_is_the_transform_itself(gen) -> None:
     np.testing.assert_allclose(x.grad.numpy(), blockwise(g.numpy(), 16), rtol=0, atol=F64_TOL)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)  # seeded: the same cases in CI
 @given(
     log_block=st.integers(0, 6),
     blocks=st.integers(1, 4),

@@ -102,12 +102,19 @@ class IntFormat:
         return self.name
 
 
+def _default_special(exp_bits: int, man_bits: int) -> str:
+    """OCP conventions: E4M3 is "fn", sub-8-bit formats (and E1My) are all finite, others IEEE-like."""
+    if (exp_bits, man_bits) == (4, 3):
+        return "fn"
+    return "finite" if 1 + exp_bits + man_bits < 8 or exp_bits < 2 else "ieee"
+
+
 @dataclass(frozen=True)
 class FloatFormat:
     """A sign + ExMy minifloat; ``bias`` defaults to ``2^(E-1)-1``, ``special`` to the OCP convention.
 
     The default ``special`` is ``"fn"`` for E4M3, ``"finite"`` for formats narrower than 8 bits (OCP MX FP6
-    and FP4) and ``"ieee"`` otherwise.
+    and FP4) or with one exponent bit, and ``"ieee"`` otherwise.
     """
 
     exp_bits: int
@@ -127,13 +134,7 @@ class FloatFormat:
         if self.bias is None:
             object.__setattr__(self, "bias", 2 ** (self.exp_bits - 1) - 1)
         if self.special is None:
-            if (self.exp_bits, self.man_bits) == (4, 3):
-                default = "fn"
-            elif self.bits < 8:
-                default = "finite"
-            else:
-                default = "ieee"
-            object.__setattr__(self, "special", default)
+            object.__setattr__(self, "special", _default_special(self.exp_bits, self.man_bits))
         _check_int("bias", self.bias, -128, 255, "pass bias=None for the standard 2^(E-1)-1")
         if self.special not in FLOAT_SPECIALS:
             raise ValueError(f"special must be one of {FLOAT_SPECIALS}, got {self.special!r}")
@@ -160,7 +161,7 @@ class FloatFormat:
         name = f"fp{self.bits}-e{self.exp_bits}m{self.man_bits}"
         if self.bias != 2 ** (self.exp_bits - 1) - 1:
             name += f"-b{self.bias}"
-        if self != FloatFormat(self.exp_bits, self.man_bits, self.bias):
+        if self.special != _default_special(self.exp_bits, self.man_bits):
             name += f"-{self.special}"
         return name
 
