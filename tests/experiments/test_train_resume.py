@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lowbit.experiments.checkpoint import CHECKPOINT_NAME, CheckpointError
-from lowbit.experiments.runner import METRICS_NAME, prepare, train
+from lowbit.experiments.runner import METRICS_NAME, finish, prepare, train
+from lowbit.experiments.tasks import GPTShakespeareTask
 
 
 class Interrupted(Exception):
@@ -31,8 +32,6 @@ def _run_interrupted_then_resumed(config_of, out):
         train(config_of(out), on_step=_interrupt_at(3, losses))
     resumed = prepare(config_of(out, resume=True))
     assert resumed.step == 3
-    from lowbit.experiments.runner import finish
-
     finish(resumed, on_step=lambda step, loss: losses.append(loss))
     return losses, resumed.model.state_dict()
 
@@ -47,8 +46,6 @@ def test_resume_is_bit_identical(task, tmp_path, text_file, tiny):
 
     full_losses = []
     reference = prepare(config_of(tmp_path / "full"))
-    from lowbit.experiments.runner import finish
-
     finish(reference, on_step=lambda step, loss: full_losses.append(loss))
     losses, weights = _run_interrupted_then_resumed(config_of, tmp_path / "resumed")
     assert losses == full_losses  # exact float equality, every step
@@ -82,3 +79,45 @@ def test_resume_from_corrupt_checkpoint_is_refused(tmp_path, text_file, tiny):
     (tmp_path / "run" / CHECKPOINT_NAME).write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="corrupt"):
         prepare(tiny("gpt-shakespeare", tmp_path / "run", text_file, resume=True))
+
+
+class _NoisyLinear(torch.nn.Linear):
+    """A stand-in for a quantized layer: adds noise from its own generator (like stochastic rounding)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__(n_in, n_out)
+        self.noise_generator = torch.Generator().manual_seed(123)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(x.shape, generator=self.noise_generator) - 0.5
+        return super().forward(x + 0.1 * noise)
+
+
+class _NoisyTask(GPTShakespeareTask):
+    """The tiny GPT task with a noisy layer in front of the LM head (its generator lives in the module)."""
+
+    def build_model(self) -> torch.nn.Module:
+        model = super().build_model()
+        model.lm_head = torch.nn.Sequential(
+            _NoisyLinear(model.config.n_embd, model.config.n_embd), model.lm_head
+        )
+        return model
+
+
+def test_resume_restores_generators_held_by_modules(tmp_path, text_file, tiny):
+    def config_of(out, **kw):
+        return tiny("gpt-shakespeare", out, text_file, checkpoint_every=3, **kw)
+
+    full = []
+    finish(
+        prepare(config_of(tmp_path / "full"), _NoisyTask(config_of(tmp_path))),
+        on_step=lambda s, v: full.append(v),
+    )
+    part = []
+    with pytest.raises(Interrupted):
+        train(
+            config_of(tmp_path / "resumed"), _NoisyTask(config_of(tmp_path)), on_step=_interrupt_at(3, part)
+        )
+    resumed = prepare(config_of(tmp_path / "resumed", resume=True), _NoisyTask(config_of(tmp_path)))
+    finish(resumed, on_step=lambda s, v: part.append(v))
+    assert part == full

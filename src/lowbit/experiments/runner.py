@@ -19,6 +19,7 @@ from torch import nn
 
 from lowbit.experiments.checkpoint import (
     CHECKPOINT_NAME,
+    CheckpointError,
     atomic_write_text,
     load_checkpoint,
     save_checkpoint,
@@ -103,6 +104,17 @@ def check_recipe(recipe: str) -> None:
     get_recipe(recipe)
 
 
+def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
+    """Every ``torch.Generator`` a submodule holds as an attribute (e.g. a quantizer's stochastic rounding),
+    keyed ``"module.path:attribute"``, so checkpoints can save and restore their states."""
+    found: dict[str, torch.Generator] = {}
+    for module_name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.Generator):
+                found[f"{module_name}:{attr}"] = value
+    return found
+
+
 class _History:
     """Per-step training losses and periodic evaluations; plain lists, so they fit a checkpoint."""
 
@@ -151,7 +163,10 @@ class Run:
         return {
             "identity": self.config.identity(), "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "quant": self.quant_generator.get_state()},
+            "rng": {
+                "torch": torch.get_rng_state(), "quant": self.quant_generator.get_state(),
+                "modules": {k: g.get_state() for k, g in module_generators(self.model).items()},
+            },
             "sampler": self.sampler.state_dict(), "history": self.history.state(), "seconds": self.seconds,
         }  # fmt: skip
 
@@ -163,6 +178,15 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.quant_generator.set_state(state["rng"]["quant"])
+        generators = module_generators(self.model)
+        saved = state["rng"].get("modules", {})
+        if set(saved) != set(generators):
+            raise CheckpointError(
+                f"checkpoint {self.out / CHECKPOINT_NAME} has random generators {sorted(saved)}, the model "
+                f"has {sorted(generators)}; it was written by another lowbit version, run without --resume"
+            )
+        for key, generator in generators.items():
+            generator.set_state(saved[key])
         self.torch_rng = state["rng"]["torch"]
         self.history = _History(state["history"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
