@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -14,7 +15,15 @@ from lowbit.rounding import round_float, round_to_format
 from quant_refs import boundary_values, ref_round
 
 FP8 = [(F.FP8_E4M3, torch.float8_e4m3fn), (F.FP8_E5M2, torch.float8_e5m2)]
-MINIFLOATS = [F.FP8_E4M3, F.FP8_E5M2, F.FP6_E3M2, F.FP6_E2M3, F.FP4_E2M1, F.float_format(3, 4)]
+MINIFLOATS = [
+    F.FP8_E4M3,
+    F.FP8_E5M2,
+    F.FP6_E3M2,
+    F.FP6_E2M3,
+    F.FP4_E2M1,
+    F.float_format(3, 4),
+    F.float_format(3, 0),
+]
 FIVE_SIGMA = 5.0  # issue 2: stochastic rounding mean error within a 5-sigma bound
 
 
@@ -71,6 +80,27 @@ def test_round_to_format_matches_reference(fmt, mode, gen) -> None:
     ours = round_to_format(x, fmt, rounding=mode)
     assert torch.equal(ours, torch.from_numpy(ref_round(x.numpy(), fmt, mode)))
     assert fmt.codes().min() <= ours.min() and ours.max() <= fmt.codes().max()
+
+
+def test_custom_minifloats_match_reference(gen) -> None:
+    # every E1..E5 x M0..M4 format under each special-code convention, incl. M0 (log-like) grids whose
+    # ties-to-even is decided by the exponent field's last bit
+    checked = 0
+    for exp_bits, man_bits, special in itertools.product(range(1, 6), range(0, 5), ("ieee", "fn", "finite")):
+        try:
+            fmt = F.float_format(exp_bits, man_bits, special=special)
+        except ValueError:
+            continue  # e.g. ieee with one exponent bit
+        x = boundary_values(fmt, gen)[:600]
+        for mode, dtype in itertools.product(("nearest", "nearest-away"), (torch.float32, torch.float64)):
+            ours = round_to_format(x.to(dtype), fmt, mode).double()
+            assert torch.equal(ours, torch.from_numpy(ref_round(x.to(dtype).double().numpy(), fmt, mode))), (
+                fmt.name,
+                mode,
+                dtype,
+            )
+        checked += 1
+    assert checked > 60
 
 
 def test_ties_and_saturation_examples() -> None:

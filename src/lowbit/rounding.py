@@ -100,5 +100,11 @@ def round_float(
     step_exp = exp.sub_(1 + fmt.man_bits).clamp_(min=fmt.emin - fmt.man_bits)
     # Scaling by powers of two is exact (FloatFormat keeps its range inside float32's normals); max is on the
     # grid, so no rounded value exceeds it.
-    units = round_units(torch.ldexp(mag, step_exp.neg()), rounding, generator)
-    return torch.ldexp(units, step_exp).copysign_(x)
+    units = torch.ldexp(mag, step_exp.neg())
+    rounded = round_units(units, rounding, generator)
+    if fmt.man_bits == 0 and rounding == "nearest":
+        # With no mantissa bits a tie 1.5 * 2^e lies between codes whose exponent fields differ in their last
+        # bit; ties-to-even keeps the even bit pattern (round() picked 2 * 2^e, the even *integer*).
+        odd_lower = (step_exp + fmt.bias) % 2 == 1
+        rounded = torch.where((units == 1.5) & ~odd_lower, torch.ones_like(rounded), rounded)
+    return torch.ldexp(rounded, step_exp).copysign_(x)
