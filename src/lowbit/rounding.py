@@ -6,7 +6,8 @@ grid values (as floats, saturated to the format's finite range) come out.
 * ``"nearest"``: round half to even (IEEE default; equals torch's FP8 casts bit for bit);
 * ``"nearest-away"``: round half away from zero;
 * ``"stochastic"``: round up with probability equal to the fractional distance to the lower grid value, so
-  ``E[round(x)] = x`` inside the range; random numbers come from the ``generator`` passed in.
+  ``E[round(x)] = x`` inside the range; random numbers come from the ``generator`` passed in (``None``
+  uses torch's default generator, reproducible only through ``torch.manual_seed``).
 """
 
 from __future__ import annotations

@@ -40,6 +40,15 @@ def test_formats_prints_every_format_with_range_and_steps(tmp_path: Path, capsys
     assert rows["mxfp4"]["notes"].startswith("32 x fp4-e2m1") and rows["int4"]["values"] == 16
 
 
+def test_formats_codes_lists_one_format(capsys) -> None:
+    assert main(["formats", "--codes", "fp4_e2m1"]) == 0
+    head, values = capsys.readouterr().out.splitlines()
+    assert head == "fp4-e2m1: 15 values from -6 to 6"
+    assert [float(v) for v in values.split()] == F.FP4_E2M1.codes().tolist()
+    with pytest.raises(ValueError, match="unknown format name"):
+        main(["formats", "--codes", "fp5"])
+
+
 def test_selfcheck_passes_every_check(capsys) -> None:
     assert main(["selfcheck", "--seed", "1"]) == 0
     text = capsys.readouterr().out

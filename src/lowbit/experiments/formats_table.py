@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lowbit.formats import ALL_FORMATS, FloatFormat, Format, IntFormat, int_format
+from lowbit.formats import ALL_FORMATS, FloatFormat, Format, IntFormat, get_format, int_format
 
 # The named constants plus the narrow (symmetric) integer variants most used in practice.
 TABLE_FORMATS: tuple[Format, ...] = (*ALL_FORMATS[:7], int_format(4, narrow=True), int_format(8, narrow=True),
@@ -23,6 +23,9 @@ COLUMNS = ("name", "bits", "max", "min normal", "min subnormal", "values", "min 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the table as JSON to FILE")
+    parser.add_argument(
+        "--codes", metavar="NAME", help="instead of the table, list every value of one format (e.g. fp4-e2m1)"
+    )
 
 
 def _notes(fmt: Format) -> str:
@@ -95,6 +98,12 @@ def render(rows: list[dict[str, object]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.codes is not None:
+        fmt = get_format(args.codes)
+        values = fmt.codes().tolist()
+        print(f"{fmt.name}: {len(values)} values from {_num(values[0])} to {_num(values[-1])}")
+        print(" ".join(_num(v) for v in values))
+        return 0
     rows = [format_row(f) for f in TABLE_FORMATS]
     print(render(rows))
     print(
