@@ -180,3 +180,16 @@ def test_bad_arguments(kwargs, exc, words) -> None:
         round_to_format(**args)
     with pytest.raises(TypeError, match=r"x\.float\(\)"):
         round_to_format(torch.ones(3, dtype=torch.int64), F.INT4)
+
+
+@pytest.mark.parametrize("fmt", [F.INT4, F.FP4_E2M1, F.FP8_E4M3, F.float_format(2, 0)], ids=lambda f: f.name)
+def test_result_is_detached_and_input_untouched(fmt, gen) -> None:
+    x = torch.randn(16, generator=gen, requires_grad=True)
+    before = x.detach().clone()
+    for mode in ("nearest", "nearest-away", "stochastic"):
+        y = round_to_format(x * 3, fmt, mode, gen)
+        assert not y.requires_grad
+    assert torch.equal(x.detach(), before)
+    ste = x + (round_to_format(x, fmt) - x).detach()  # the documented straight-through pattern
+    ste.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))

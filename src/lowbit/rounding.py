@@ -63,7 +63,8 @@ def round_to_format(
     """Round ``x`` (already in the format's units) to the nearest grid values, saturating at ±max.
 
     Returns the on-grid values in ``x``'s dtype (float32 for half types). For MX formats this rounds to the
-    element grid. ±Inf saturates; NaN raises ``ValueError``.
+    element grid. ±Inf saturates; NaN raises ``ValueError``. The result carries no gradient (for training,
+    use a straight-through estimator such as ``x + (round_to_format(x, fmt) - x).detach()``).
     """
     check_float("x", x)
     check_rounding(rounding, generator)
@@ -82,6 +83,7 @@ def round_checked(
     x: torch.Tensor, fmt: IntFormat | FloatFormat, rounding: str, generator: torch.Generator | None
 ) -> torch.Tensor:
     """:func:`round_to_format` for callers that validated ``x`` (float32/64, no NaN) and the arguments."""
+    x = x.detach()  # rounding has no useful gradient: callers build their own straight-through estimator
     if isinstance(fmt, IntFormat):
         return round_units(x.clamp(fmt.qmin, fmt.qmax), rounding, generator)
     if rounding == "nearest" and x.dtype == torch.float32 and fmt.torch_dtype is not None:
