@@ -222,3 +222,10 @@ def test_mx_shared_exponent_just_below_a_power_of_two() -> None:
     assert q.scale.item() == 2.0**-3
     # x / scale = 8 - 2^-37 is beyond E2M1's max 6: the OCP rule saturates it to 6 * 2^-3
     assert q.dequantize(torch.float64)[0, 0].item() == 0.75
+
+
+@pytest.mark.parametrize("scale", ["absmax", "mse", ("percentile", 99.0), "pow2"], ids=str)
+def test_quantize_carries_no_gradient(scale, gen) -> None:
+    x = torch.randn(4, 32, generator=gen, requires_grad=True)
+    q = quantize(x * 2, F.INT4, "row", scale=scale)
+    assert not q.codes.requires_grad and not q.scale.requires_grad and not q.dequantize().requires_grad

@@ -197,7 +197,8 @@ def quantize(
             f"use granularity='block' (got {granularity!r})"
         )
     grouped, reduce_dims = gran.group_view(x.shape)
-    x_g = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    x_g = x.detach()  # quantization is not differentiable: codes and scales carry no gradient
+    x_g = x_g.float() if x.dtype in (torch.float16, torch.bfloat16) else x_g
     x_g = x_g.reshape(grouped)
     if isinstance(fmt, MXFormat):
         if scale != "absmax":
