@@ -70,3 +70,14 @@ def tiny_config(task: str, out: Path, data: Path | None = None, **overrides: obj
 def tiny():
     """``tiny_config`` as a fixture (test modules cannot import a conftest by name)."""
     return tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One CPU thread: tiny models only lose time to thread spin-waits on a shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

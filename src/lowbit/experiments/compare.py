@@ -18,7 +18,13 @@ from lowbit.experiments.checkpoint import CheckpointError
 from lowbit.experiments.config import TrainConfig
 from lowbit.experiments.runner import RunResult, check_recipe, finish, prepare, write_json
 from lowbit.experiments.tasks import Task, make_task
-from lowbit.experiments.train import USER_ERRORS, add_common_arguments, config_from_args, report_user_error
+from lowbit.experiments.train import (
+    USER_ERRORS,
+    add_common_arguments,
+    apply_threads,
+    config_from_args,
+    report_user_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         recipes = parse_recipes(args.recipes)
         configs = [config_from_args(args, r, str(Path(out) / r)) for r in recipes]
+        apply_threads(configs[0])
         task = setup(configs)
     except USER_ERRORS as err:
         return report_user_error("compare", err)

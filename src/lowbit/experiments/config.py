@@ -82,6 +82,7 @@ class TrainConfig:
     patch_size: int | None = None
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    threads: int | None = None  # torch CPU threads; None = torch's default (set by the CLI, not the runner)
     data: str | None = None
     out: str = "runs/train"
     json: str | None = None
@@ -94,15 +95,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "layers",
-            "dim",
-            "heads",
-            "seq_len",
-            "patch_size",
-            "max_train_examples",
-            "max_eval_examples",
-        ):
+        sizes = ("layers", "dim", "heads", "seq_len", "patch_size", "max_train_examples", "max_eval_examples")
+        for name in (*sizes, "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

@@ -66,6 +66,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-eval-examples", type=int, help="evaluate on the first N held-out examples/windows"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,8 +89,16 @@ def config_from_args(args: argparse.Namespace, recipe: str, out: str) -> TrainCo
         warmup_steps=args.warmup_steps, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         layers=args.layers, dim=args.dim, heads=args.heads, seq_len=args.seq_len, patch_size=args.patch_size,
         max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
-        progress=not args.no_progress, json=getattr(args, "json", None),
+        progress=not args.no_progress, json=getattr(args, "json", None), threads=args.threads,
     )  # fmt: skip
+
+
+def apply_threads(config: TrainConfig) -> None:
+    """Set torch's CPU thread count when the config names one (process-wide: done by the CLI only)."""
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
 
 
 def report_user_error(command: str, err: Exception) -> int:
@@ -100,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args, args.recipe, args.out or f"runs/{args.task}-{args.recipe}")
+        apply_threads(config)
         prepared = prepare(config)
     except USER_ERRORS as err:
         return report_user_error("train", err)
