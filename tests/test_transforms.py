@@ -117,3 +117,16 @@ def test_property_orthonormal_and_involutive(log_block: int, blocks: int, rows: 
 def test_bad_arguments(call, exc, words) -> None:
     with pytest.raises(exc, match=words):
         call()
+
+
+def test_non_contiguous_input_and_half_dtypes(gen) -> None:
+    base = torch.randn(64, 6, generator=gen, dtype=torch.float64)
+    x = base.T  # (6, 64), non-contiguous
+    before = base.clone()
+    np.testing.assert_allclose(
+        hadamard(x, 16).numpy(), blockwise(x.contiguous().numpy(), 16), rtol=0, atol=F64_TOL
+    )
+    assert torch.equal(base, before)  # input untouched
+    y = hadamard(x.to(torch.bfloat16), 16)
+    assert y.dtype == torch.bfloat16
+    np.testing.assert_allclose(y.double().numpy(), blockwise(x.numpy(), 16), rtol=0, atol=0.05)
