@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lowbit.formats as F
-from lowbit.ptq.modules import FP8Linear, Int8Linear, LayerSpec, build_layer
+from lowbit.ptq.modules import FP8Linear, Int8Linear, LayerSpec, build_layer, quantize_static
 from lowbit.ptq.weights import decode_weight, encode_weight, nbytes
 from lowbit.quantizers import quantize
 
@@ -128,3 +128,18 @@ def test_layer_errors(gen) -> None:
     layer = build_layer(_spec("int8", w, "int8", bias=False), encode_weight(w, F.INT8), None, 0.1)
     with pytest.raises(ValueError, match="last dim 96"):
         layer(torch.zeros(2, 95))
+
+
+@pytest.mark.parametrize("fmt", [F.INT8, F.FP8_E4M3, F.FP8_E5M2], ids=["int8", "e4m3", "e5m2"])
+def test_static_activation_codes_equal_the_quantizer(gen, fmt) -> None:
+    """The layers' fused static activation quantizer gives quantize()'s codes bit for bit."""
+    s_x = torch.tensor(0.0625)
+    grid = fmt.codes().float() * s_x
+    mids = (grid[1:] + grid[:-1]) / 2  # ties: half to even
+    x = torch.cat([grid, mids, torch.randn(500, generator=gen) * 3, grid[-1:] * 5, -grid[-1:] * 5])
+    got = quantize_static(x, fmt, s_x)
+    ref = quantize(x, fmt, "tensor", scale=s_x).codes
+    assert got.dtype == ref.dtype
+    assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        quantize_static(torch.tensor([1.0, float("nan")]), fmt, s_x)

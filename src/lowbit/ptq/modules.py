@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit import ops
-from lowbit.formats import Format, get_format
+from lowbit.formats import Format, IntFormat, get_format
 from lowbit.ptq.weights import decode_weight, nbytes
 from lowbit.quantizers import quantize
 
@@ -146,8 +146,7 @@ class Int8Linear(QuantLinear):
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         if self.act_scale is not None:  # static per-tensor scale from calibration, saturating
-            a_codes = quantize(x2, self.act_format, "tensor", scale=self.act_scale).codes
-            a_scale = self.act_scale
+            a_codes, a_scale = quantize_static(x2, self.act_format, self.act_scale), self.act_scale
         else:  # dynamic per token
             a_codes, a_scale = ops.quantize_rows(x2.contiguous(), 8)
         return ops.int_matmul_scaled(a_codes, self.w_codes, a_scale, self.w_scale, self.bias, bits=8)
@@ -160,13 +159,12 @@ class FP8Linear(QuantLinear):
     """FP8 weights × FP8 activations, product emulated exactly in float32 or by ``torch._scaled_mm``."""
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
-        if self.act_scale is not None:
-            q = quantize(x2, self.act_format, "tensor", scale=self.act_scale)
-            a_scale = self.act_scale
+        if self.act_scale is not None:  # static per-tensor scale from calibration, saturating
+            a_fp8, a_scale = quantize_static(x2, self.act_format, self.act_scale), self.act_scale
         else:
             q = quantize(x2, self.act_format, "row")
-            a_scale = q.scale  # (M, 1)
-        a_fp8, w_fp8 = q.codes, self.w_codes  # (M, K), (N, K) float8
+            a_fp8, a_scale = q.codes, q.scale  # (M, K), (M, 1)
+        w_fp8 = self.w_codes  # (N, K) float8
         w_scale = self.w_scale  # (1,) or (N,)
         if self.spec.fp8_compute == "scaled_mm":
             if a_scale.numel() == 1 and w_scale.numel() == 1:
@@ -198,6 +196,21 @@ class EmulatedLinear(QuantLinear):
 
     def compute_path(self) -> str:
         return "decode to float32, float32 GEMM"
+
+
+def quantize_static(x: torch.Tensor, fmt: Format, scale: torch.Tensor) -> torch.Tensor:
+    """Codes of ``x`` (float32) for a fixed scalar step: ``quantize(x, fmt, scale=scale).codes`` bit for bit
+    (round half to even, saturating at the format's range), in a single fused pass — the generic quantizer
+    costs ~50x more per call. int8 codes for INT8, float8 codes for FP8. NaN/Inf raise ``ValueError``.
+    """
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"input holds {int(torch.isnan(x).sum())} NaN and {int(torch.isinf(x).sum())} infinite values; "
+            "a quantized layer needs finite activations"
+        )
+    if isinstance(fmt, IntFormat):
+        return torch.round(x / scale).clamp_(fmt.qmin, fmt.qmax).to(torch.int8)
+    return (x / scale).clamp_(-fmt.max, fmt.max).to(fmt.torch_dtype)  # the cast rounds half to even
 
 
 LAYER_CLASSES: dict[str, type[QuantLinear]] = {

@@ -1,0 +1,111 @@
+"""quantize(model, config) on a tiny BertModel: selection, dispatch, bytes, fidelity, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowbit import ptq
+from lowbit.ptq import FP8Linear, Int8Linear, PTQConfig, WeightOnlyConfig
+
+ENCODER_LINEARS = 12  # 2 layers x (query, key, value, attention out, intermediate, output)
+
+
+def _out(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch).last_hidden_state
+
+
+def test_default_selection_is_every_encoder_linear(tiny_bert) -> None:
+    names = ptq.select_linears(tiny_bert)
+    assert len(names) == ENCODER_LINEARS and all(n.startswith("encoder.layer.") for n in names)
+    assert "pooler.dense" not in names
+
+
+def test_explicit_selection_and_errors(tiny_bert) -> None:
+    assert ptq.select_linears(tiny_bert, ["encoder.layer.*.attention.self.query"]) == [
+        "encoder.layer.0.attention.self.query",
+        "encoder.layer.1.attention.self.query",
+    ]
+    assert len(ptq.select_linears(tiny_bert, exclude=("*intermediate*",))) == ENCODER_LINEARS - 2
+    with pytest.raises(ValueError, match="not found"):
+        ptq.select_linears(tiny_bert, ["encoder.layer.9.query"])
+    with pytest.raises(TypeError, match="not an nn.Linear"):
+        ptq.select_linears(tiny_bert, ["embeddings.LayerNorm"])
+    with pytest.raises(ValueError, match="no nn.Linear under"):
+        ptq.select_linears(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize(
+    ("config", "layer_type", "min_cos"),
+    [
+        (PTQConfig("fp8-e4m3", "fp8-e4m3"), FP8Linear, 0.999),
+        (PTQConfig("fp8-e5m2", "fp8-e5m2", weight_granularity="channel"), FP8Linear, 0.99),
+        (PTQConfig("int8", "int8"), Int8Linear, 0.999),
+        (PTQConfig("int8", "int8", "channel", "token"), Int8Linear, 0.999),
+        (PTQConfig("mxfp8-e4m3", "mxfp8-e4m3"), ptq.EmulatedLinear, 0.999),
+        (WeightOnlyConfig("int4", "group", group_size=32), ptq.EmulatedLinear, 0.99),
+        (WeightOnlyConfig("mxfp4"), ptq.EmulatedLinear, 0.99),
+    ],
+    ids=["e4m3", "e5m2-channel", "int8", "int8-channel-token", "mxfp8", "int4-w-only", "mxfp4-w-only"],
+)
+def test_quantize_replaces_layers_and_stays_close(tiny_bert, batches, config, layer_type, min_cos) -> None:
+    ref = _out(tiny_bert, batches[2])
+    model = copy.deepcopy(tiny_bert)
+    calib = ptq.calibrate(model, batches[:2])
+    summary = ptq.quantize(model, config, calib)
+    quantized = [m for m in model.modules() if isinstance(m, ptq.QuantLinear)]
+    assert len(quantized) == ENCODER_LINEARS and all(isinstance(m, layer_type) for m in quantized)
+    assert isinstance(model.pooler.dense, torch.nn.Linear) and summary.kept_fp32 == ["pooler.dense"]
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.encoder.modules())  # no FP32 copy left
+    out = _out(model, batches[2])
+    cos = F.cosine_similarity(out.flatten(), ref.flatten(), dim=0)
+    assert cos > min_cos
+    assert not torch.equal(out, ref)
+    limit = 0.27 if config.weight.bits == 8 else 0.17
+    assert summary.weight_bytes <= limit * summary.weight_bytes_fp32
+    assert summary.model_bytes_after < summary.model_bytes_before
+    assert summary.weight_bytes == sum(m.weight_nbytes() for m in quantized)
+
+
+def test_static_scales_come_from_calibration(tiny_bert, batches) -> None:
+    calib = ptq.calibrate(tiny_bert, batches, observer="max")
+    model = copy.deepcopy(tiny_bert)
+    summary = ptq.quantize(model, PTQConfig("fp8-e4m3", "fp8-e4m3"), calib)
+    name = "encoder.layer.0.attention.self.query"
+    seen = []
+    handle = tiny_bert.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    for b in batches:
+        _out(tiny_bert, b)
+    handle.remove()
+    amax = max(float(x.abs().max()) for x in seen)
+    report = next(r for r in summary.layers if r.name == name)
+    assert report.act_scale == pytest.approx(amax / 448, rel=1e-6)
+
+
+def test_dispatch_and_config_errors(tiny_bert, batches) -> None:
+    with pytest.raises(TypeError, match="known configs: PTQConfig, WeightOnlyConfig"):
+        ptq.quantize(tiny_bert, {"weight": "fp8"})
+    with pytest.raises(ValueError, match="calibrate"):
+        ptq.quantize(copy.deepcopy(tiny_bert), PTQConfig("int8", "int8"))
+    with pytest.raises(ValueError, match="unknown format"):
+        PTQConfig("float8", "fp8-e4m3")
+    with pytest.raises(ValueError, match="WeightOnlyConfig"):
+        PTQConfig("fp8-e4m3", "int8")
+    with pytest.raises(ValueError, match="WeightOnlyConfig"):
+        PTQConfig("int4", "int4")
+    with pytest.raises(ValueError, match="both be MX"):
+        PTQConfig("mxfp4", "fp8-e4m3")
+    with pytest.raises(ValueError, match="group_size"):
+        WeightOnlyConfig("int4", "group")
+    with pytest.raises(ValueError, match="observer"):
+        ptq.calibrate(tiny_bert, batches, observer="minmax")
+    with pytest.raises(ValueError, match="no batches"):
+        ptq.calibrate(tiny_bert, [])
+    model = copy.deepcopy(tiny_bert)
+    ptq.quantize(model, PTQConfig("int8", "int8", activation_granularity="token"))  # dynamic: no calibration
+    with pytest.raises(ValueError, match="already holds quantized"):
+        ptq.quantize(model, PTQConfig("int8", "int8", activation_granularity="token"))
