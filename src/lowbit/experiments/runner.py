@@ -83,27 +83,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
 
 
-def apply_recipe(model: nn.Module, recipe: str, generator: torch.Generator) -> Any:
-    """Convert ``model`` in place with ``lowbit.convert`` (head kept in FP32 by its default); its summary.
-
-    ``fp32`` is the reference: the plain torch model, left as built.
-    """
-    if recipe == REFERENCE_RECIPE:
-        return "fp32 reference: model left unconverted"
-    from lowbit.training import convert
-
-    return convert(model, recipe, generator=generator)
-
-
-def check_recipe(recipe: str) -> None:
-    """ValueError naming the known recipes when ``recipe`` is not one (before any data is loaded)."""
-    if recipe == REFERENCE_RECIPE:
-        return
-    from lowbit.training import get_recipe
-
-    get_recipe(recipe)
-
-
 def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
     """Every ``torch.Generator`` a submodule holds as an attribute (e.g. a quantizer's stochastic rounding),
     keyed ``"module.path:attribute"``, so checkpoints can save and restore their states."""
@@ -113,6 +92,32 @@ def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
             if isinstance(value, torch.Generator):
                 found[f"{module_name}:{attr}"] = value
     return found
+
+
+def apply_recipe(model: nn.Module, recipe: str, seed: int) -> Any:
+    """Convert ``model`` in place with ``lowbit.convert`` (head kept in FP32 by its default); its summary.
+
+    ``fp32`` is the reference: the plain torch model, left as built. After conversion, every random generator
+    the converted layers own (stochastic rounding, row sampling) is re-seeded from the run's seed and the
+    layer's name, so ``--seed`` alone fixes the quantizers' randomness, independently of init and data order.
+    """
+    if recipe == REFERENCE_RECIPE:
+        return "fp32 reference: model left unconverted"
+    from lowbit.training import convert
+
+    summary = convert(model, recipe)
+    for key, generator in module_generators(model).items():
+        generator.manual_seed(derive_seed(seed, f"quant:{key}"))
+    return summary
+
+
+def check_recipe(recipe: str) -> None:
+    """ValueError naming the known recipes when ``recipe`` is not one (before any data is loaded)."""
+    if recipe == REFERENCE_RECIPE:
+        return
+    from lowbit.training import get_recipe
+
+    get_recipe(recipe)
 
 
 class _History:
@@ -148,8 +153,7 @@ class Run:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "init"))
             self.model = self.task.build_model()
-        self.quant_generator = torch.Generator().manual_seed(derive_seed(config.seed, "quant"))
-        self.convert_summary = apply_recipe(self.model, config.recipe, self.quant_generator)
+        self.convert_summary = apply_recipe(self.model, config.recipe, config.seed)
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.sampler = self.task.make_sampler(torch.Generator().manual_seed(derive_seed(config.seed, "data")))
@@ -164,7 +168,7 @@ class Run:
             "identity": self.config.identity(), "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": {
-                "torch": torch.get_rng_state(), "quant": self.quant_generator.get_state(),
+                "torch": torch.get_rng_state(),
                 "modules": {k: g.get_state() for k, g in module_generators(self.model).items()},
             },
             "sampler": self.sampler.state_dict(), "history": self.history.state(), "seconds": self.seconds,
@@ -177,7 +181,6 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
-        self.quant_generator.set_state(state["rng"]["quant"])
         generators = module_generators(self.model)
         saved = state["rng"].get("modules", {})
         if set(saved) != set(generators):
