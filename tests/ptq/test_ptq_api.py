@@ -109,3 +109,13 @@ def test_dispatch_and_config_errors(tiny_bert, batches) -> None:
     ptq.quantize(model, PTQConfig("int8", "int8", activation_granularity="token"))  # dynamic: no calibration
     with pytest.raises(ValueError, match="already holds quantized"):
         ptq.quantize(model, PTQConfig("int8", "int8", activation_granularity="token"))
+
+
+def test_failure_on_a_later_layer_leaves_the_model_untouched() -> None:
+    model = torch.nn.Module()
+    model.encoder = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 8))
+    with pytest.raises(
+        ValueError, match="does not divide"
+    ):  # the second layer's K=48 is not a multiple of 32
+        ptq.quantize(model, WeightOnlyConfig("int4", "group", group_size=32))
+    assert all(type(m) is torch.nn.Linear for m in model.encoder)

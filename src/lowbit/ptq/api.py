@@ -133,17 +133,17 @@ def _run(
     summary = PTQSummary(config.describe(), model_bytes_before=before)
     chosen = set(names)
     summary.kept_fp32 = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in chosen]
+    built: dict[str, QuantLinear] = {}
     with torch.no_grad():
-        for name in names:
-            linear = model.get_submodule(name)
-            qlayer = make(name, linear)
-            scale = float(qlayer.act_scale) if qlayer.act_scale is not None else None
-            summary.layers.append(
-                LayerReport(
-                    name, qlayer.compute_path(), linear.weight.numel() * 4, qlayer.weight_nbytes(), scale
-                )
-            )
-            _replace(model, name, qlayer)
+        for name in names:  # build every layer first: an error leaves the model untouched
+            built[name] = make(name, model.get_submodule(name))
+    for name, qlayer in built.items():
+        fp32_bytes = model.get_submodule(name).weight.numel() * 4
+        scale = float(qlayer.act_scale) if qlayer.act_scale is not None else None
+        summary.layers.append(
+            LayerReport(name, qlayer.compute_path(), fp32_bytes, qlayer.weight_nbytes(), scale)
+        )
+        _replace(model, name, qlayer)
     summary.model_bytes_after = model_nbytes(model)
     logger.info("%s", summary.table())
     return summary
