@@ -37,20 +37,20 @@ class TaskDefaults:
     max_eval_examples: int | None = None
 
 
-#: gpt-shakespeare: 4 blocks x 128 wide char GPT, 64-character windows, 16 windows (1024 tokens) per step, 300
+#: gpt-shakespeare: 4 blocks x 128 wide char GPT, 64-character windows, 16 windows (1024 tokens) per step, 500
 #:   steps; held-out loss over the first 512 windows (32k characters) of Hamlet.
 #: vit-fashion: 4 blocks x 64 wide ViT (FFN 128) on 7x7 patches (16 tokens + class token), 64 images per step,
-#:   500 steps (about half an epoch); accuracy on all 10k test images.
+#:   900 steps (about one epoch); accuracy on all 10k test images.
 #: bert-rt: all-MiniLM-L6-v2 (6 x 384, fixed) fine-tuned, snippets cut at 48 tokens, 16 per step, 150 steps;
 #:   accuracy on the whole held-out split (2,550 snippets), measured at the end.
-#: Sized for a few minutes per run on 2 busy CPU cores; scale up with --steps/--dim/--layers/--batch-size.
+#: Sized for a few minutes per run on 2 busy CPU cores (with --threads 1); scale up with --steps/--dim/--layers/--batch-size.
 TASK_DEFAULTS: dict[str, TaskDefaults] = {
     "gpt-shakespeare": TaskDefaults(
-        steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100, weight_decay=0.1,
+        steps=500, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100, weight_decay=0.1,
         layers=4, dim=128, heads=4, seq_len=64, max_eval_examples=512,
     ),
     "vit-fashion": TaskDefaults(
-        steps=500, batch_size=64, lr=2e-3, warmup_steps=50, eval_every=250, weight_decay=0.05,
+        steps=900, batch_size=64, lr=2e-3, warmup_steps=50, eval_every=300, weight_decay=0.05,
         layers=4, dim=64, heads=4, patch_size=7,
     ),
     "bert-rt": TaskDefaults(
