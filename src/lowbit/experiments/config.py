@@ -43,7 +43,7 @@ class TaskDefaults:
 #:   900 steps (about one epoch); accuracy on all 10k test images.
 #: bert-rt: all-MiniLM-L6-v2 (6 x 384, fixed) fine-tuned, snippets cut at 48 tokens, 16 per step, 150 steps;
 #:   accuracy on the whole held-out split (2,550 snippets), measured at the end.
-#: Sized for a few minutes per run on 2 busy CPU cores (with --threads 1); scale up with --steps/--dim/--layers/--batch-size.
+#: Sized for a few minutes per run on 2 busy CPU cores (with --threads 1); flags scale every size up.
 TASK_DEFAULTS: dict[str, TaskDefaults] = {
     "gpt-shakespeare": TaskDefaults(
         steps=500, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100, weight_decay=0.1,
