@@ -77,3 +77,16 @@ def test_cli_rejects_unknown_task(capsys):
         cli.main(["train", "--task", "gpt-wikipedia"])
     assert exc.value.code == 2
     assert "invalid choice: 'gpt-wikipedia'" in capsys.readouterr().err
+
+
+def test_compare_resume_reuses_finished_runs_and_starts_missing_ones(tmp_path, text_file, tiny):
+    (done,), _ = compare([tiny("gpt-shakespeare", tmp_path / "cmp" / "fp32", text_file)], tmp_path / "cmp")
+    checkpoint = tmp_path / "cmp" / "fp32" / "checkpoint.pt"
+    mtime = checkpoint.stat().st_mtime_ns
+    resumed = tiny("gpt-shakespeare", tmp_path / "cmp" / "fp32", text_file, resume=True)
+    (again,), _ = compare([resumed], tmp_path / "cmp")
+    assert again == done  # nothing retrained: same numbers, same seconds
+    assert checkpoint.stat().st_mtime_ns == mtime
+    missing = tiny("gpt-shakespeare", tmp_path / "new" / "fp32", text_file, resume=True)
+    (fresh,), _ = compare([missing], tmp_path / "new")  # no checkpoint yet: starts from step 0
+    assert fresh.steps == 6 and fresh.final_train_loss == done.final_train_loss

@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from lowbit.experiments.checkpoint import CheckpointError
+from lowbit.experiments.checkpoint import CHECKPOINT_NAME, CheckpointError
 from lowbit.experiments.config import TrainConfig
 from lowbit.experiments.runner import RunResult, check_recipe, finish, prepare, write_json
 from lowbit.experiments.tasks import Task, make_task
@@ -77,6 +77,10 @@ def compare(
     results, histories = [], {}
     for config in configs:
         logger.info("compare %s: recipe %s", config.task, config.recipe)
+        if config.resume and not (Path(config.out) / CHECKPOINT_NAME).is_file():
+            # compare --resume continues the recipes that have a checkpoint and starts the others
+            logger.info("no checkpoint in %s yet: %s starts from step 0", config.out, config.recipe)
+            config = config.replace(resume=False)
         run = prepare(config, task)
         results.append(finish(run))
         histories[config.recipe] = run.metrics()
