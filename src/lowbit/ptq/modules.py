@@ -7,11 +7,13 @@
   float32 — and runs one float32 GEMM: each product of two FP8 values (≤ 8 significant bits) is exact in
   float32, so this is an FP8 GEMM with float32 accumulation; the scales are applied afterwards.
   ``fp8_compute="scaled_mm"`` calls ``torch._scaled_mm`` on the float8 tensors instead.
-  Measured on this machine (AMD EPYC, AVX2, no AVX-512/AMX, torch 2.13 CPU, 2 shared cores; run
-  ``benchmarks/ptq.py``): ``_scaled_mm`` gives the same numbers as the emulation but no speed-up —
-  0.35–0.6× FP32 vs 0.3–0.6× for the emulation at MiniLM shapes (M=2048, K/N ∈ {384, 1536}), i.e. the CPU
-  has no usable FP8 product; both are slower than FP32 because of the float8 → float32 upcasts. The
-  emulation is the default since it needs no private torch API.
+  Measured on this machine (AMD EPYC, AVX2, no AVX-512/AMX; torch 2.13 CPU; 2 cores shared with other
+  jobs; ``python benchmarks/ptq.py``, M=2048 tokens, MiniLM's K×N ∈ {384×384, 384×1536, 1536×384}, variants
+  interleaved in one process): the bare ``torch._scaled_mm`` FP8 GEMM runs at 0.39–0.54× the speed of the
+  FP32 GEMM, the bare emulated product (upcasts + FP32 GEMM) at 0.54–0.76×; end to end the layer is
+  0.4–0.5× FP32 emulated and 0.3× with ``_scaled_mm``. Both give the same values up to float32 summation
+  order. So this CPU has no usable real FP8 product, and the emulation is the default (faster, and no
+  private torch API).
 * :class:`EmulatedLinear` — weight-only formats (INT4 packed, INT8, FP8, MXFP8, MXFP4) and MX weight +
   activation recipes: the weight is decoded to float32 on each call (exact), MX activations are quantized
   per 32-element block on the fly, and the product runs in float32.
@@ -175,6 +177,9 @@ class FP8Linear(QuantLinear):
             y = torch._scaled_mm(a_fp8, w_fp8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
         else:
             acc = a_fp8.float() @ w_fp8.float().t()  # exact products, float32 accumulation (M, N)
+            if a_scale.numel() == 1:  # one pass: acc * (s_x * s_w) + bias
+                scale = a_scale * w_scale
+                return torch.addcmul(self.bias, acc, scale) if self.bias is not None else acc.mul_(scale)
             y = acc.mul_(a_scale).mul_(w_scale)
         if self.bias is not None:
             y = y.add_(self.bias)
@@ -203,7 +208,8 @@ def quantize_static(x: torch.Tensor, fmt: Format, scale: torch.Tensor) -> torch.
     (round half to even, saturating at the format's range), in a single fused pass — the generic quantizer
     costs ~50x more per call. int8 codes for INT8, float8 codes for FP8. NaN/Inf raise ``ValueError``.
     """
-    if not bool(torch.isfinite(x).all()):
+    # One cheap reduction: any NaN/Inf makes the sum non-finite (a finite sum that overflows is rechecked).
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(
             f"input holds {int(torch.isnan(x).sum())} NaN and {int(torch.isinf(x).sum())} infinite values; "
             "a quantized layer needs finite activations"
