@@ -10,7 +10,9 @@ embed the held-out snippets and compare with the FP32 embeddings (computed once 
 
 Formats: ``fp32``, ``fp8-e4m3``, ``fp8-e5m2``, ``int8`` (weights and activations, static calibrated scales),
 ``mxfp8-e4m3``, ``mxfp4`` (MX weights and activations, dynamic block scales), ``int4`` (weight-only, groups of
-32). ``--json`` writes ``[{format, embedding_cosine, accuracy, weight_bytes, ...}]``.
+32). An entry may carry its own granularities and observer: ``int8/channel/token``, ``int8@mse``
+(calibrations are shared between entries with the same observer).
+``--json`` writes ``[{format, embedding_cosine, accuracy, weight_bytes, ...}]``.
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lowbit.experiments.checkpoint import atomic_write_text
-from lowbit.ptq import PTQConfig, WeightOnlyConfig, calibrate, quantize, save_quantized
+from lowbit.ptq import ObserverSpec, PTQConfig, WeightOnlyConfig, calibrate, quantize, save_quantized
 from lowbit.ptq.fidelity import embed_sorted, embedding_cosine, layer_sqnr, plot_sqnr
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FORMATS = "fp32,fp8-e4m3,fp8-e5m2,int8"
 KNOWN_FORMATS = ("fp32", "fp8-e4m3", "fp8-e5m2", "int8", "mxfp8-e4m3", "mxfp4", "int4")
+OBSERVERS = ("max", "percentile", "mse")
 SQNR_TEXTS = 32  # held-out snippets in the per-layer SQNR batch
 
 
@@ -42,11 +46,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default="minilm", help="'minilm' or a local Hugging Face BERT-family folder"
     )
     parser.add_argument(
-        "--formats", default=DEFAULT_FORMATS, help=f"comma list of {', '.join(KNOWN_FORMATS)}"
+        "--formats",
+        default=DEFAULT_FORMATS,
+        help=f"comma list of {', '.join(KNOWN_FORMATS)}, each optionally NAME/WGRAN/AGRAN@OBSERVER "
+        "(e.g. int8/channel/token, int8@mse)",
     )
     parser.add_argument("--calib-batches", type=int, default=8, help="calibration batches (default 8)")
     parser.add_argument("--calib-batch-size", type=int, default=32, help="snippets per calibration batch")
-    parser.add_argument("--observer", default="max", help="max | percentile | mse (default max, the paper)")
+    parser.add_argument(
+        "--observer",
+        default="max",
+        choices=OBSERVERS,
+        help="activation calibration rule (default max, the paper)",
+    )
     parser.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile")
     parser.add_argument(
         "--granularity",
@@ -78,30 +90,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_formats(text: str) -> list[str]:
-    """``"fp32, int8"`` -> ``["fp32", "int8"]``; unknown or repeated names raise ``ValueError``."""
-    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
-    if not formats:
+@dataclass(frozen=True)
+class FormatEntry:
+    """One ``--formats`` entry: ``NAME[/WEIGHT_GRAN[/ACT_GRAN]][@OBSERVER]``, e.g. ``int8/channel/token``."""
+
+    label: str
+    name: str
+    weight_granularity: str
+    activation_granularity: str
+    observer: str
+
+
+def parse_formats(text: str, args: argparse.Namespace) -> list[FormatEntry]:
+    """``"fp32, int8@mse, int8/channel/token"`` -> entries; defaults come from --granularity,
+    --act-granularity and --observer. Unknown names, granularities or observers and repeated entries
+    raise ``ValueError``.
+    """
+    labels = [f.strip().lower() for f in text.split(",") if f.strip()]
+    if not labels:
         raise ValueError("--formats is empty; e.g. --formats fp32,fp8-e4m3,int8")
-    bad = [f for f in formats if f not in KNOWN_FORMATS]
-    if bad:
-        raise ValueError(f"unknown format(s) {bad}; known: {', '.join(KNOWN_FORMATS)}")
-    if len(set(formats)) != len(formats):
-        raise ValueError(f"--formats repeats a format: {formats}")
-    return formats
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--formats repeats an entry: {labels}")
+    entries = []
+    for label in labels:
+        body, _, observer = label.partition("@")
+        name, *grans = body.split("/")
+        if name not in KNOWN_FORMATS:
+            raise ValueError(f"unknown format {name!r} in {label!r}; known: {', '.join(KNOWN_FORMATS)}")
+        if len(grans) > 2:
+            raise ValueError(f"{label!r}: use NAME[/WEIGHT_GRAN[/ACT_GRAN]][@OBSERVER]")
+        w_gran = grans[0] if grans else args.granularity
+        a_gran = grans[1] if len(grans) > 1 else args.act_granularity
+        if w_gran not in ("tensor", "channel") or a_gran not in ("tensor", "token"):
+            raise ValueError(
+                f"{label!r}: weight granularity tensor|channel, activation granularity tensor|token"
+            )
+        observer = observer or args.observer
+        if observer not in OBSERVERS:
+            raise ValueError(f"{label!r}: observer must be one of {OBSERVERS}")
+        entries.append(FormatEntry(label, name, w_gran, a_gran, observer))
+    return entries
 
 
-def config_for(fmt: str, args: argparse.Namespace) -> PTQConfig | WeightOnlyConfig:
+def config_for(entry: FormatEntry, args: argparse.Namespace) -> PTQConfig | WeightOnlyConfig:
     """The PTQ recipe a ``--formats`` entry stands for."""
-    if fmt == "int4":
+    if entry.name == "int4":
         return WeightOnlyConfig("int4", "group", group_size=32)
-    if fmt.startswith("mx"):
-        return PTQConfig(fmt, fmt)
+    if entry.name.startswith("mx"):
+        return PTQConfig(entry.name, entry.name)
     return PTQConfig(
-        fmt,
-        fmt,
-        weight_granularity=args.granularity,
-        activation_granularity=args.act_granularity,
+        entry.name,
+        entry.name,
+        weight_granularity=entry.weight_granularity,
+        activation_granularity=entry.activation_granularity,
         fp8_compute=args.fp8_compute,
     )
 
@@ -149,18 +190,18 @@ def _load_model(name: str) -> tuple[torch.nn.Module, object]:
 
 def _table(records: list[dict]) -> str:
     head = (
-        f"{'format':<12} {'emb cosine':>10} {'min cos':>8} {'accuracy':>8} {'Δacc':>6} "
+        f"{'format':<24} {'emb cosine':>10} {'min cos':>8} {'accuracy':>8} {'Δacc':>6} "
         f"{'weight bytes':>12} {'ratio':>6} {'SQNR dB':>8} {'seconds':>7}"
     )
     lines = [head, "-" * len(head)]
-    ref_acc = next((r["accuracy"] for r in records if r["format"] == "fp32"), None)
+    ref_acc = next((r["accuracy"] for r in records if r["recipe"] == "FP32"), None)
     for r in records:
         acc = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.2f}"
         delta = "" if r["accuracy"] is None or ref_acc is None else f"{r['accuracy'] - ref_acc:+.2f}"
         sq = r.get("mean_layer_sqnr_db")
         sq_txt = "inf" if sq is None or math.isinf(sq) else f"{sq:.1f}"
         lines.append(
-            f"{r['format']:<12} {r['embedding_cosine']:>10.6f} {r['min_cosine']:>8.5f} {acc:>8} {delta:>6} "
+            f"{r['format']:<24} {r['embedding_cosine']:>10.6f} {r['min_cosine']:>8.5f} {acc:>8} {delta:>6} "
             f"{r['weight_bytes']:>12,} {r['weight_ratio']:>6.3f} {sq_txt:>8} {r['seconds']:>7.1f}"
         )
     return "\n".join(lines)
@@ -170,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison; print the table; write OUT/sqnr.png and the JSON. Returns the exit code."""
     start = time.perf_counter()
     try:
-        formats = parse_formats(args.formats)
-        configs = {f: config_for(f, args) for f in formats if f != "fp32"}
+        entries = parse_formats(args.formats, args)
+        configs = {e.label: config_for(e, args) for e in entries if e.name != "fp32"}
         if args.calib_batches < 1 or args.max_test < 1:
             raise ValueError("--calib-batches and --max-test must be >= 1")
         calib_texts, eval_texts, eval_labels, train_texts, train_labels = _load_data(args)
@@ -195,29 +236,31 @@ def run(args: argparse.Namespace) -> int:
         head = train_linear_head(train_emb, train_labels, 2, epochs=200, seed=args.seed)
         logger.info("head trained on %d FP32 embeddings: %.1f s", len(train_texts), time.perf_counter() - t0)
 
-    needs_calib = any(isinstance(c, PTQConfig) and c.needs_calibration for c in configs.values())
-    calibration = None
-    if needs_calib:
-        batches = [
-            dict(tokenizer(calib_texts[i : i + args.calib_batch_size], padding=True, truncation=True,
-                           max_length=args.max_length, return_tensors="pt"))
-            for i in range(0, len(calib_texts), args.calib_batch_size)
-        ][: args.calib_batches]  # fmt: skip
-        observer = ("percentile", args.percentile) if args.observer == "percentile" else args.observer
-        calibration = calibrate(model, batches, observer=observer)
+    batches = [
+        dict(tokenizer(calib_texts[i : i + args.calib_batch_size], padding=True, truncation=True,
+                       max_length=args.max_length, return_tensors="pt"))
+        for i in range(0, len(calib_texts), args.calib_batch_size)
+    ][: args.calib_batches]  # fmt: skip
+    calibrations = {}  # observer -> Calibration, each computed once
+    for e in entries:
+        cfg = configs.get(e.label)
+        if isinstance(cfg, PTQConfig) and cfg.needs_calibration and e.observer not in calibrations:
+            spec = ObserverSpec("percentile", args.percentile) if e.observer == "percentile" else e.observer
+            calibrations[e.observer] = calibrate(model, batches, observer=spec)
 
     fp32_bytes = sum(m.weight.numel() * 4 for n, m in model.named_modules()
                      if isinstance(m, torch.nn.Linear) and "encoder" in n.split("."))  # fmt: skip
     records, curves = [], {}
     sqnr_texts = eval_texts[:SQNR_TEXTS]
-    for fmt in formats:
+    for entry in entries:
+        fmt = entry.label
         t0 = time.perf_counter()
-        if fmt == "fp32":
+        if entry.name == "fp32":
             emb, weight_bytes, mean_sqnr = ref_emb, fp32_bytes, math.inf
             seconds = fp32_seconds
         else:
             qmodel = copy.deepcopy(model)
-            summary = quantize(qmodel, configs[fmt], calibration)
+            summary = quantize(qmodel, configs[fmt], calibrations.get(entry.observer))
             emb = embed_sorted(qmodel, tokenizer, eval_texts, args.batch_size, args.max_length)
             seconds = time.perf_counter() - t0
             weight_bytes = summary.weight_bytes
@@ -225,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
             curves[fmt] = (in_model, isolated)
             mean_sqnr = sum(in_model.values()) / len(in_model)
             if args.save:
-                save_quantized(qmodel, out / f"{fmt}.safetensors")
+                save_quantized(qmodel, out / f"{fmt.replace('/', '_')}.safetensors")
             del qmodel
         cos = embedding_cosine(ref_emb, emb)
         acc = None if head is None else evaluate_head(head, emb, eval_labels)
@@ -239,14 +282,18 @@ def run(args: argparse.Namespace) -> int:
                 "weight_bytes_fp32": int(fp32_bytes),
                 "weight_ratio": weight_bytes / fp32_bytes,
                 "mean_layer_sqnr_db": None if math.isinf(mean_sqnr) else mean_sqnr,
-                "recipe": "FP32" if fmt == "fp32" else configs[fmt].describe(),
+                "recipe": "FP32" if entry.name == "fp32" else configs[fmt].describe(),
+                "observer": None if entry.name == "fp32" else entry.observer,
                 "seconds": seconds,
             }
         )
         logger.info("%s: cosine %.6f, accuracy %s", fmt, records[-1]["embedding_cosine"], acc)
 
     what = f"{len(eval_texts)} {'--texts sentences' if args.texts else 'held-out Rotten Tomatoes snippets'}"
-    print(f"model {args.model}; {what}; observer {args.observer}; calibration {args.calib_batches} batches")
+    print(
+        f"model {args.model}; {what}; default observer {args.observer}; "
+        f"calibration {args.calib_batches} batches of {args.calib_batch_size}"
+    )
     if head is not None:
         print(f"accuracy: logistic head trained on FP32 embeddings of {len(train_texts)} training snippets")
     print(_table(records))
