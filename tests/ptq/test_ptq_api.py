@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lowbit import ptq
+from lowbit.formats import INT8
 from lowbit.ptq import FP8Linear, Int8Linear, PTQConfig, WeightOnlyConfig
 
 ENCODER_LINEARS = 12  # 2 layers x (query, key, value, attention out, intermediate, output)
@@ -119,3 +120,20 @@ def test_failure_on_a_later_layer_leaves_the_model_untouched() -> None:
     ):  # the second layer's K=48 is not a multiple of 32
         ptq.quantize(model, WeightOnlyConfig("int4", "group", group_size=32))
     assert all(type(m) is torch.nn.Linear for m in model.encoder)
+
+
+def test_config_observer_applies_any_rule_to_one_calibration(tiny_bert, batches) -> None:
+    calib = ptq.calibrate(tiny_bert, batches)  # default rule: max
+    name = "encoder.layer.1.output.dense"
+    scales = {}
+    for rule in ("max", ("percentile", 90.0), "mse"):
+        model = copy.deepcopy(tiny_bert)
+        summary = ptq.quantize(model, PTQConfig("int8", "int8", observer=rule), calib)
+        scales[str(rule)] = next(r.act_scale for r in summary.layers if r.name == name)
+        expected = calib.observers[name].scale(INT8, ptq.ObserverSpec.parse(rule))
+        assert scales[str(rule)] == pytest.approx(expected, rel=1e-7)
+    obs = calib.observers[name]
+    assert scales["max"] == pytest.approx(obs.amax / 127, rel=1e-6)
+    assert scales[str(("percentile", 90.0))] < 0.8 * scales["max"]  # the 90th percentile clips hard
+    assert scales["mse"] <= scales["max"]
+    assert PTQConfig("int8", "int8", observer="mse").describe() == "W int8/tensor A int8/tensor (mse)"

@@ -11,7 +11,7 @@ embed the held-out snippets and compare with the FP32 embeddings (computed once 
 Formats: ``fp32``, ``fp8-e4m3``, ``fp8-e5m2``, ``int8`` (weights and activations, static calibrated scales),
 ``mxfp8-e4m3``, ``mxfp4`` (MX weights and activations, dynamic block scales), ``int4`` (weight-only, groups of
 32). An entry may carry its own granularities and observer: ``int8/channel/token``, ``int8@mse``
-(calibrations are shared between entries with the same observer).
+(one calibration pass serves every observer).
 ``--json`` writes ``[{format, embedding_cosine, accuracy, weight_bytes, ...}]``.
 """
 
@@ -138,12 +138,16 @@ def config_for(entry: FormatEntry, args: argparse.Namespace) -> PTQConfig | Weig
         return WeightOnlyConfig("int4", "group", group_size=32)
     if entry.name.startswith("mx"):
         return PTQConfig(entry.name, entry.name)
+    observer = (
+        ObserverSpec("percentile", args.percentile) if entry.observer == "percentile" else entry.observer
+    )
     return PTQConfig(
         entry.name,
         entry.name,
         weight_granularity=entry.weight_granularity,
         activation_granularity=entry.activation_granularity,
         fp8_compute=args.fp8_compute,
+        observer=observer,
     )
 
 
@@ -241,12 +245,9 @@ def run(args: argparse.Namespace) -> int:
                        max_length=args.max_length, return_tensors="pt"))
         for i in range(0, len(calib_texts), args.calib_batch_size)
     ][: args.calib_batches]  # fmt: skip
-    calibrations = {}  # observer -> Calibration, each computed once
-    for e in entries:
-        cfg = configs.get(e.label)
-        if isinstance(cfg, PTQConfig) and cfg.needs_calibration and e.observer not in calibrations:
-            spec = ObserverSpec("percentile", args.percentile) if e.observer == "percentile" else e.observer
-            calibrations[e.observer] = calibrate(model, batches, observer=spec)
+    calibration = None  # one pass: every observer rule reads the same statistics (config.observer picks)
+    if any(isinstance(c, PTQConfig) and c.needs_calibration for c in configs.values()):
+        calibration = calibrate(model, batches)
 
     fp32_bytes = sum(m.weight.numel() * 4 for n, m in model.named_modules()
                      if isinstance(m, torch.nn.Linear) and "encoder" in n.split("."))  # fmt: skip
@@ -260,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
             seconds = fp32_seconds
         else:
             qmodel = copy.deepcopy(model)
-            summary = quantize(qmodel, configs[fmt], calibrations.get(entry.observer))
+            summary = quantize(qmodel, configs[fmt], calibration)
             emb = embed_sorted(qmodel, tokenizer, eval_texts, args.batch_size, args.max_length)
             seconds = time.perf_counter() - t0
             weight_bytes = summary.weight_bytes

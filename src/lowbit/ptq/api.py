@@ -178,7 +178,9 @@ def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibrati
         buffers = encode_weight(
             linear.weight, config.weight, config.weight_granularity, None, config.weight_scale
         )
-        act_scale = calibration.scale(name, config.activation) if spec.static_activation else None
+        act_scale = None
+        if spec.static_activation:
+            act_scale = calibration.scale(name, config.activation, config.observer)
         return build_layer(spec, buffers, linear.bias, act_scale)
 
     return _run(model, config, make)

@@ -71,14 +71,16 @@ class Calibration:
     observers: dict[str, HistogramObserver] = field(default_factory=dict)
     batches: int = 0
 
-    def scale(self, name: str, fmt: Format) -> float:
-        """Static activation step size of module ``name`` for ``fmt`` under the calibration rule."""
+    def scale(self, name: str, fmt: Format, rule: ObserverSpec | None = None) -> float:
+        """Static activation step size of module ``name`` for ``fmt`` under ``rule`` (default: the rule
+        given to :func:`calibrate`; any rule can be applied afterwards, the statistics are shared).
+        """
         if name not in self.observers:
             raise KeyError(
                 f"module {name!r} was not calibrated (calibrated: {sorted(self.observers)[:10]} ...); "
                 "calibrate with the same module selection as the config"
             )
-        return self.observers[name].scale(fmt)
+        return self.observers[name].scale(fmt, rule)
 
 
 def _run_batch(model: nn.Module, batch: object) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat, get_format
+from lowbit.ptq.observers import ObserverSpec
 
 WEIGHT_GRANULARITIES = ("tensor", "channel", "group")
 ACTIVATION_GRANULARITIES = ("tensor", "token")
@@ -73,6 +74,9 @@ class PTQConfig:
     activations. weight_granularity: ``"tensor"`` (the paper), ``"channel"`` (one scale per output row).
     activation_granularity: ``"tensor"`` (static scale from calibration, the paper) or ``"token"``
     (dynamic, one scale per row at run time; no calibration needed). weight_scale: ``"absmax"`` or ``"mse"``.
+    observer: the calibration rule for static activation scales — ``"max"`` (the paper), ``"percentile"``
+    / ``("percentile", p)``, ``"mse"`` or an :class:`~lowbit.ptq.observers.ObserverSpec`; None uses the rule
+    given to :func:`~lowbit.ptq.calibrate` (the statistics serve every rule, so one calibration is enough).
     fp8_compute: ``"emulated"`` (FP8 codes upcast exactly to FP32, one FP32 GEMM, scales in the epilogue)
     or ``"scaled_mm"`` (``torch._scaled_mm`` on float8 operands); see :mod:`lowbit.ptq.modules` for the
     measurement behind the default.
@@ -87,10 +91,13 @@ class PTQConfig:
     modules: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     fp8_compute: str = "emulated"
+    observer: object = None
 
     def __post_init__(self) -> None:
         w = _parse_format("weight", self.weight)
         a = _parse_format("activation", self.activation)
+        if self.observer is not None:
+            object.__setattr__(self, "observer", ObserverSpec.parse(self.observer))
         object.__setattr__(self, "weight", w)
         object.__setattr__(self, "activation", a)
         _check_common(self)
@@ -135,13 +142,14 @@ class PTQConfig:
         return self.kind != "mx" and self.activation_granularity == "tensor"
 
     def describe(self) -> str:
-        """One line: formats and granularities."""
+        """One line: formats, granularities and (if set) the calibration rule."""
         if self.kind == "mx":
             return f"W {self.weight.name}/block32 A {self.activation.name}/block32"
-        return (
+        text = (
             f"W {self.weight.name}/{self.weight_granularity} "
             f"A {self.activation.name}/{self.activation_granularity}"
         )
+        return text + (f" ({self.observer})" if self.observer is not None and self.needs_calibration else "")
 
 
 @dataclass(frozen=True)

@@ -105,21 +105,25 @@ class HistogramObserver:
             self.range *= 2.0
         self.hist += torch.histc(mag, bins=self.spec.bins, min=0.0, max=self.range).double()
 
-    def clip_value(self, fmt: Format) -> float:
-        """The clipping value ``c`` under the spec's rule for ``fmt`` (0 when everything seen was zero)."""
+    def clip_value(self, fmt: Format, rule: ObserverSpec | None = None) -> float:
+        """The clipping value ``c`` for ``fmt`` under ``rule`` (default: the observer's own spec); 0 when
+        everything seen was zero. Every rule reads the same amax and histogram, so one calibration pass
+        serves them all.
+        """
+        rule = rule or self.spec
         if self.count == 0:
             raise ValueError("observer saw no data: run calibration batches through the model first")
-        if self.amax == 0.0 or self.spec.rule == "max":
+        if self.amax == 0.0 or rule.rule == "max":
             return self.amax
-        if self.spec.rule == "percentile":
-            return self._percentile(self.spec.percentile)
+        if rule.rule == "percentile":
+            return self._percentile(rule.percentile)
         return self._mse_clip(fmt)
 
-    def scale(self, fmt: Format) -> float:
+    def scale(self, fmt: Format, rule: ObserverSpec | None = None) -> float:
         """Static step size ``c / fmt.max`` (1 when ``c`` is 0; never below the smallest float32 normal)."""
         if isinstance(fmt, MXFormat):
             raise ValueError(f"{fmt.name} uses dynamic per-block scales; it takes no calibrated scale")
-        clip = self.clip_value(fmt)
+        clip = self.clip_value(fmt, rule)
         if clip == 0.0:
             return 1.0
         step = float(torch.tensor(clip / fmt.max, dtype=torch.float32))
@@ -129,17 +133,17 @@ class HistogramObserver:
         target = p / 100.0 * float(self.hist.sum())
         cum = torch.cumsum(self.hist, 0)
         idx = int(torch.searchsorted(cum, torch.tensor([target], dtype=torch.float64)))
-        idx = min(idx, self.spec.bins - 1)
+        idx = min(idx, self.hist.numel() - 1)
         before = float(cum[idx - 1]) if idx > 0 else 0.0
         in_bin = float(self.hist[idx])
         frac = (target - before) / in_bin if in_bin > 0 else 1.0
-        width = self.range / self.spec.bins
+        width = self.range / self.hist.numel()
         clip = min((idx + frac) * width, self.amax)
         return clip if clip > 0 else self.amax
 
     def _mse_clip(self, fmt: Format) -> float:
-        width = self.range / self.spec.bins
-        centres = (torch.arange(self.spec.bins, dtype=torch.float64) + 0.5) * width
+        width = self.range / self.hist.numel()
+        centres = (torch.arange(self.hist.numel(), dtype=torch.float64) + 0.5) * width
         centres = centres.clamp(max=self.amax)  # the top bin's mass is at most amax
         elem = fmt.element if isinstance(fmt, MXFormat) else fmt
         best_clip, best_err = self.amax, math.inf
