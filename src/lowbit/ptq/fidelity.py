@@ -113,7 +113,7 @@ def plot_sqnr(
     """Draw per-layer SQNR (in-model and isolated) for each format into a PNG at ``path``."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 8), layout="constrained")
+    fig = Figure(figsize=(14, 8), layout="constrained")
     axes = fig.subplots(2, 1, sharex=True)
     names: list[str] = []
     for fmt, (in_model, isolated) in curves.items():
@@ -129,7 +129,7 @@ def plot_sqnr(
     for ax in axes:
         ax.set_ylabel("SQNR (dB)")
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower left", fontsize=8)
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: no data hidden
     axes[1].set_xticks(range(len(names)), [_short(n) for n in names], rotation=90, fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
