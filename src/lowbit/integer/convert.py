@@ -1,0 +1,204 @@
+"""``convert(model, calib_batches)``: calibrate activation ranges on FP32 runs, fold every scale into integer
+constants, and build the integer-only graph (lowbit's Integer-Transformer GPT; MiniLM in ``convert_bert``).
+
+Scales (conversion-time floats, never used at run time): weights symmetric int8 per output channel
+(absmax/127); activations int8 per tensor (calibrated absmax/127); the residual stream int32 at one scale with
+``RESIDUAL_BITS`` of headroom-adjusted resolution. Every ratio of scales becomes a :class:`Dyadic`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lowbit.integer import kernels
+from lowbit.integer.graph import IntAttention, IntegerGPT, IntGPTBlock, IntLinear, IntNorm
+from lowbit.integer.scaled import Dyadic
+
+logger = logging.getLogger(__name__)
+
+#: The residual stream's calibrated absmax (times RESIDUAL_HEADROOM) maps to 2^RESIDUAL_BITS.
+RESIDUAL_BITS = 20
+RESIDUAL_HEADROOM = 2.0
+#: Fractional bits of the P·V per-row constant (row_const ≈ 2^ROW_CONST_BITS · s_v / (127 · s_y)).
+ROW_CONST_BITS = 20
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Choices of the conversion: activation qmax (127 = full int8; 63 = 7-bit, the faster GEMM path)."""
+
+    act_qmax: int = 127
+    weight_qmax: int = 127
+
+    def __post_init__(self) -> None:
+        for name in ("act_qmax", "weight_qmax"):
+            if not 1 <= getattr(self, name) <= 127:
+                raise ValueError(f"ConvertConfig.{name} must be in [1, 127], got {getattr(self, name)}")
+
+
+class _Ranges:
+    """Forward hooks recording the running absmax of named module inputs/outputs."""
+
+    def __init__(self) -> None:
+        self.absmax: dict[str, float] = {}
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _update(self, key: str, t: torch.Tensor) -> None:
+        v = float(t.detach().abs().max())
+        self.absmax[key] = max(self.absmax.get(key, 0.0), v)
+
+    def watch(self, module: nn.Module, key: str, where: str = "out") -> None:
+        if where == "out":
+            self.handles.append(module.register_forward_hook(lambda m, i, o: self._update(key, o)))
+        else:
+            self.handles.append(module.register_forward_pre_hook(lambda m, i: self._update(key, i[0])))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _weight_codes(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 codes and float64 scales of a (N, K) weight."""
+    w64 = w.detach().to(torch.float64)
+    scale = (w64.abs().amax(1) / qmax).clamp_min(1e-12)
+    codes = torch.round(w64 / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
+    return codes, scale
+
+
+def _dyadic32(ratio: torch.Tensor | float, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    d = Dyadic.from_ratio(torch.as_tensor(ratio, dtype=torch.float64).expand(n).contiguous())
+    return d.mult.to(torch.int32).contiguous(), d.shift.to(torch.int32).contiguous()
+
+
+def fold_linear(lin: nn.Linear, s_x: float, s_y: float, cfg: ConvertConfig, relu: bool = False) -> IntLinear:
+    """Fold an FP32 linear with int8 input at ``s_x`` and output at ``s_y`` (int8, or the int32 residual)."""
+    codes, s_w = _weight_codes(lin.weight, cfg.weight_qmax)
+    bias = None
+    if lin.bias is not None:
+        b = torch.round(lin.bias.detach().to(torch.float64) / (s_x * s_w))
+        bias = b.clamp(-(2**31), 2**31 - 1).to(torch.int32).contiguous()
+    mult, shift = _dyadic32(s_x * s_w / s_y, codes.shape[0])
+    return IntLinear(codes.contiguous(), bias, mult, shift, relu)
+
+
+def _act_scale(absmax: float, qmax: int) -> float:
+    return max(absmax, 1e-8) / qmax
+
+
+def fold_norm(norm: nn.Module, kind: str, s_res: float, res_absmax: float, s_out: float) -> IntNorm:
+    """Fold an L1LayerNorm/LayerNorm on the int32 residual at ``s_res`` into an int8-output integer norm."""
+    k = kernels.norm_constants(kind, s_res, res_absmax, norm.weight, norm.bias, norm.eps, s_out)
+    k = kernels.NormConstants(
+        k.pre_shift, k.eps, k.gamma.to(torch.int32), k.gamma_shift, k.beta.to(torch.int32)
+    )
+    return IntNorm(kind, k)
+
+
+@torch.no_grad()
+def convert(
+    model: nn.Module, calib_batches: Iterable[torch.Tensor], config: ConvertConfig | None = None
+) -> IntegerGPT:
+    """Convert lowbit's Integer-Transformer ``GPT`` (attention "poly", norm "l1", activation "relu").
+
+    ``calib_batches``: token-id tensors (B, T) run through the FP32 model to calibrate activation ranges.
+    """
+    from lowbit.models.gpt import GPT
+
+    cfg = config or ConvertConfig()
+    if not isinstance(model, GPT):
+        raise TypeError(
+            f"convert takes lowbit.models.gpt.GPT (MiniLM: convert_bert), got {type(model).__name__}"
+        )
+    mc = model.config
+    if (mc.attention, mc.norm, mc.activation) != ("poly", "l1", "relu"):
+        raise ValueError(
+            "convert needs the Integer Transformer (attention='poly', norm='l1', activation='relu'), got "
+            f"attention={mc.attention!r}, norm={mc.norm!r}, activation={mc.activation!r}"
+        )
+    model.eval()
+    ranges = _Ranges()
+    for i, blk in enumerate(model.blocks):
+        ranges.watch(blk, "residual", "in")
+        ranges.watch(blk, "residual")
+        for nm in ("norm1", "norm2"):
+            ranges.watch(getattr(blk, nm), f"{i}.{nm}")
+        for nm in ("q_proj", "k_proj", "v_proj"):
+            ranges.watch(getattr(blk.attn, nm), f"{i}.{nm}")
+        ranges.watch(blk.attn.out_proj, f"{i}.attn_y", "in")
+        ranges.watch(blk.mlp.fc_out, f"{i}.hidden", "in")
+    ranges.watch(model.ln_f, "ln_f")
+    n_batches = 0
+    try:
+        for idx in calib_batches:
+            model(idx)
+            n_batches += 1
+    finally:
+        ranges.remove()
+    if n_batches == 0:
+        raise ValueError("convert needs at least one calibration batch")
+    a = ranges.absmax
+    res_absmax = a["residual"] * RESIDUAL_HEADROOM
+    s_res = res_absmax / 2**RESIDUAL_BITS
+    qa = cfg.act_qmax
+
+    c = mc.n_embd
+    wte, s_wte = _weight_codes(model.wte.weight.t(), cfg.weight_qmax)  # per embedding channel
+    wpe, s_wpe = _weight_codes(model.wpe.weight.t(), cfg.weight_qmax)
+    wte_mult, wte_shift = _dyadic32(s_wte / s_res, c)
+    wpe_mult, wpe_shift = _dyadic32(s_wpe / s_res, c)
+
+    blocks = []
+    for i, blk in enumerate(model.blocks):
+        s_n1, s_n2 = (_act_scale(a[f"{i}.{nm}"], qa) for nm in ("norm1", "norm2"))
+        s_q, s_k, s_v = (_act_scale(a[f"{i}.{nm}"], qa) for nm in ("q_proj", "k_proj", "v_proj"))
+        s_y, s_h = _act_scale(a[f"{i}.attn_y"], qa), _act_scale(a[f"{i}.hidden"], qa)
+        att = blk.attn
+        s_sc = s_q * s_k / math.sqrt(att.head_dim)
+        bias = torch.round(att.poly_b.detach().to(torch.float64) / s_sc).to(torch.int64)
+        delta = round(abs(float(att.poly_delta)) / s_sc**2)
+        row_const = round(2**ROW_CONST_BITS * s_v / (127 * s_y))
+        if att.poly_power != 2:
+            raise ValueError(f"integer poly attention implements n=2, got {att.poly_power}")
+        blocks.append(
+            IntGPTBlock(
+                norm1=fold_norm(blk.norm1, "l1", s_res, res_absmax, s_n1),
+                q=fold_linear(att.q_proj, s_n1, s_q, cfg),
+                k=fold_linear(att.k_proj, s_n1, s_k, cfg),
+                v=fold_linear(att.v_proj, s_n1, s_v, cfg),
+                attn=IntAttention(
+                    att.n_head,
+                    "poly",
+                    row_const,
+                    kernels.ROW_FRAC_BITS + ROW_CONST_BITS,
+                    bias=bias,
+                    delta=max(delta, 0),
+                ),
+                out=fold_linear(att.out_proj, s_y, s_res, cfg),
+                norm2=fold_norm(blk.norm2, "l1", s_res, res_absmax, s_n2),
+                fc_in=fold_linear(blk.mlp.fc_in, s_n2, s_h, cfg, relu=True),
+                fc_out=fold_linear(blk.mlp.fc_out, s_h, s_res, cfg),
+            )
+        )
+    s_f = _act_scale(a["ln_f"], qa)
+    head, s_head = _weight_codes(model.lm_head.weight, cfg.weight_qmax)
+    logger.info("converted GPT: residual scale %.3g (absmax %.3g), %d blocks", s_res, res_absmax, len(blocks))
+    return IntegerGPT(
+        wte=wte.t().contiguous(),
+        wte_mult=wte_mult,
+        wte_shift=wte_shift,
+        wpe=wpe.t().contiguous(),
+        wpe_mult=wpe_mult,
+        wpe_shift=wpe_shift,
+        blocks=tuple(blocks),
+        ln_f=fold_norm(model.ln_f, "l1", s_res, res_absmax, s_f),
+        lm_head=head.contiguous(),
+        logit_scale=(s_f * s_head).to(torch.float32),
+        block_size=mc.block_size,
+    )

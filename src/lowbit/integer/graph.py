@@ -1,0 +1,245 @@
+"""The integer-only graph's run-time pieces: integer linear layers, attention, dtype tracing, the IntegerGPT.
+
+Everything between the input (token ids) and the output dequantization (logits) is integer: int8 between
+operations, int32 accumulators and residual stream, int64 inside kernels where products need the width.
+Pass a :class:`DtypeTrace` to ``forward`` to record the dtype of every intermediate tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from lowbit.integer import kernels
+from lowbit.integer.fast import requant_channels, requant_rows
+from lowbit.ops import int_matmul
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DtypeTrace:
+    """Records (name, dtype, shape) of every intermediate tensor an integer graph produces."""
+
+    records: list[tuple[str, torch.dtype, tuple[int, ...]]] = field(default_factory=list)
+
+    def record(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """Log one tensor and return it unchanged."""
+        self.records.append((name, t.dtype, tuple(t.shape)))
+        return t
+
+    def non_integer(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """The records whose dtype is not an integer type (empty for an integer-only run)."""
+        return [r for r in self.records if r[1].is_floating_point or r[1].is_complex or r[1] == torch.bool]
+
+
+def _rec(trace: DtypeTrace | None, name: str, t: torch.Tensor) -> torch.Tensor:
+    return trace.record(name, t) if trace is not None else t
+
+
+@dataclass(frozen=True, eq=False)
+class IntLinear:
+    """int8 x (M, K) · int8 weight (N, K)ᵀ → int32 (+ int32 bias) → dyadic per-channel rescale.
+
+    Output int8 at the next operation's scale, or (``residual``) added into an int32 residual stream.
+    """
+
+    weight: torch.Tensor  # int8 (N, K)
+    bias: torch.Tensor | None  # int32 (N,) at scale s_x · s_w
+    mult: torch.Tensor  # int32 (N,)
+    shift: torch.Tensor  # int32 (N,)
+    relu: bool = False
+
+    def accumulate(self, x: torch.Tensor, trace: DtypeTrace | None, name: str) -> torch.Tensor:
+        """The raw int32 accumulator (M, N)."""
+        return _rec(trace, f"{name}.acc", int_matmul(x, self.weight, bits=8, layout="nt"))
+
+    def __call__(
+        self, x: torch.Tensor, trace: DtypeTrace | None, name: str, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        acc = self.accumulate(x, trace, name)
+        y = requant_channels(acc, self.bias, self.mult, self.shift, relu=self.relu, residual=residual)
+        return _rec(trace, name, y)
+
+    def nbytes(self) -> int:
+        """Stored bytes (codes, bias, multipliers, shifts)."""
+        extra = self.bias.nbytes if self.bias is not None else 0
+        return self.weight.nbytes + extra + self.mult.nbytes + self.shift.nbytes
+
+
+@dataclass(frozen=True, eq=False)
+class IntAttention:
+    """Integer multi-head attention on int8 q, k, v: scores int32, poly or softmax weights, P·V rescale.
+
+    ``kind="poly"``: ``ReLU(s + b)^2 + |δ|`` (``bias`` (H, 1, 1) int64, ``delta`` int in score² units);
+    ``kind="softmax"``: i-exp with ``exp`` constants. Rows are normalised by :func:`kernels.normalize_rows`,
+    and P·V is rescaled per row by ``row_const`` with ``row_shift``.
+    """
+
+    n_head: int
+    kind: str
+    row_const: int
+    row_shift: int
+    bias: torch.Tensor | None = None
+    delta: int = 0
+    exp: kernels.ExpConstants | None = None
+
+    def weights(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Un-normalised non-negative int64 weights (B, H, T, T)."""
+        if self.kind == "poly":
+            return kernels.poly_weights(scores, self.bias, self.delta, mask)
+        return kernels.softmax_weights(scores, self.exp, mask)
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        trace: DtypeTrace | None,
+        name: str,
+    ) -> torch.Tensor:
+        """q, k, v int8 (B, T, C) → int8 (B, T, C); mask bool broadcastable to (B, H, T, T), True = attend."""
+        b, t, c = q.shape
+        hd = c // self.n_head
+        scores = torch.empty(b, self.n_head, t, t, dtype=torch.int32)  # (B, H, T, T)
+        for i in range(b):
+            for h in range(self.n_head):
+                cols = slice(h * hd, (h + 1) * hd)
+                int_matmul(q[i, :, cols], k[i, :, cols], bits=8, layout="nt", out=scores[i, h])
+        _rec(trace, f"{name}.scores", scores)
+        w = _rec(trace, f"{name}.weights", self.weights(scores, mask))
+        codes, row_mult = kernels.normalize_rows(w, self.row_const)  # int8 (B,H,T,T), int64 (B,H,T,1)
+        _rec(trace, f"{name}.probs", codes)
+        _rec(trace, f"{name}.row_mult", row_mult)
+        y = torch.empty(b, t, c, dtype=torch.int8)
+        acc = torch.empty(t, hd, dtype=torch.int32)
+        row_mult = row_mult.squeeze(-1).contiguous()
+        for i in range(b):
+            for h in range(self.n_head):
+                cols = slice(h * hd, (h + 1) * hd)
+                int_matmul(codes[i, h], v[i, :, cols], bits=8, layout="nn", out=acc)
+                requant_rows(acc, row_mult[i, h], self.row_shift, y[i, :, cols])
+        _rec(trace, f"{name}.pv_acc", acc)
+        return _rec(trace, name, y)
+
+
+@dataclass(frozen=True, eq=False)
+class IntNorm:
+    """An integer L1 ("l1") or standard ("layer") LayerNorm from int32 input to int8."""
+
+    kind: str
+    consts: kernels.NormConstants
+
+    def __call__(self, x: torch.Tensor, trace: DtypeTrace | None, name: str) -> torch.Tensor:
+        fn = kernels.l1_layernorm if self.kind == "l1" else kernels.layernorm
+        return _rec(trace, name, fn(x, self.consts))
+
+    def nbytes(self) -> int:
+        return self.consts.gamma.nbytes + self.consts.beta.nbytes
+
+
+@dataclass(frozen=True, eq=False)
+class IntGPTBlock:
+    """Pre-norm block on the int32 residual: r += out(attn(norm1(r))); r += fc_out(relu(fc_in(norm2(r))))."""
+
+    norm1: IntNorm
+    q: IntLinear
+    k: IntLinear
+    v: IntLinear
+    attn: IntAttention
+    out: IntLinear
+    norm2: IntNorm
+    fc_in: IntLinear
+    fc_out: IntLinear
+
+    def __call__(self, r: torch.Tensor, mask: torch.Tensor, trace: DtypeTrace | None, name: str) -> None:
+        """Update the residual r (B, T, C) int32 in place."""
+        b, t, c = r.shape
+        r2 = r.view(b * t, c)
+        x = self.norm1(r2, trace, f"{name}.norm1")
+        q, k, v = (
+            lin(x, trace, f"{name}.{nm}").view(b, t, c)
+            for nm, lin in (("q", self.q), ("k", self.k), ("v", self.v))
+        )
+        y = self.attn(q, k, v, mask, trace, f"{name}.attn")
+        self.out(y.view(b * t, c), trace, f"{name}.out_proj", residual=r2)
+        x = self.norm2(r2, trace, f"{name}.norm2")
+        h = self.fc_in(x, trace, f"{name}.fc_in")
+        self.fc_out(h, trace, f"{name}.fc_out", residual=r2)
+        _rec(trace, f"{name}.residual", r)
+
+    def nbytes(self) -> int:
+        parts = (self.norm1, self.q, self.k, self.v, self.out, self.norm2, self.fc_in, self.fc_out)
+        return sum(p.nbytes() for p in parts)
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerGPT:
+    """The Integer Transformer GPT as an integer-only graph; ``forward(idx)`` → dequantized float32 logits."""
+
+    wte: torch.Tensor  # int8 (V, C)
+    wte_mult: torch.Tensor  # int32 (C,): dyadic wte scale -> residual scale
+    wte_shift: torch.Tensor
+    wpe: torch.Tensor  # int8 (block_size, C)
+    wpe_mult: torch.Tensor
+    wpe_shift: torch.Tensor
+    blocks: tuple[IntGPTBlock, ...]
+    ln_f: IntNorm
+    lm_head: torch.Tensor  # int8 (V, C)
+    logit_scale: torch.Tensor  # float32 (V,): s_lnf · s_w — the output dequantization
+    block_size: int
+
+    def forward(self, idx: torch.Tensor, trace: DtypeTrace | None = None) -> torch.Tensor:
+        """idx (B, T) int64 → logits (B, T, V) float32."""
+        b, t = idx.shape
+        if t > self.block_size:
+            raise ValueError(f"sequence length {t} exceeds block_size {self.block_size}")
+        c = self.wte.shape[1]
+        tok = _rec(trace, "wte", self.wte[idx].view(b * t, c).to(torch.int32))
+        zero = torch.zeros(c, dtype=torch.int32)
+        r = requant_channels(
+            tok, None, self.wte_mult, self.wte_shift, residual=torch.zeros(b * t, c, dtype=torch.int32)
+        )
+        pos = self.wpe[:t].to(torch.int32).repeat(b, 1)
+        requant_channels(pos, zero, self.wpe_mult, self.wpe_shift, residual=r)
+        r = _rec(trace, "embed", r).view(b, t, c)
+        mask = torch.ones(t, t, dtype=torch.bool).tril()
+        for i, block in enumerate(self.blocks):
+            block(r, mask, trace, f"blocks.{i}")
+        x = self.ln_f(r.view(b * t, c), trace, "ln_f")
+        acc = _rec(trace, "lm_head.acc", int_matmul(x, self.lm_head, bits=8, layout="nt"))
+        return (acc.to(torch.float32) * self.logit_scale).view(b, t, -1)  # output dequantization
+
+    __call__ = forward
+
+    def weight_bytes(self) -> int:
+        """Bytes of every stored weight-side tensor (int8 codes, int32 biases/multipliers, norm constants)."""
+        emb = sum(
+            t.nbytes
+            for t in (
+                self.wte,
+                self.wte_mult,
+                self.wte_shift,
+                self.wpe,
+                self.wpe_mult,
+                self.wpe_shift,
+                self.lm_head,
+                self.logit_scale,
+            )
+        )
+        return emb + sum(blk.nbytes() for blk in self.blocks) + self.ln_f.nbytes()
+
+
+def integer_lm_loss(model: IntegerGPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Token-weighted mean cross-entropy of an IntegerGPT's dequantized logits over (x, y) batches."""
+    total, count = 0.0, 0
+    for x, y in batches:
+        logits = model(x)  # (B, T, V) float32: the output dequantization
+        total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+        count += y.numel()
+    if count == 0:
+        raise ValueError("integer_lm_loss got no batches")
+    return total / count
