@@ -1,0 +1,30 @@
+"""INT4/INT8 training (Xi et al. 2023): recipes, ``QuantLinear`` and its autograd Functions, ``convert``.
+
+``convert(model, "int4")`` replaces a model's ``nn.Linear`` layers (the output head kept in full precision)
+by :class:`QuantLinear`, whose forward, activation-gradient and weight-gradient products all run on
+``lowbit.ops``' integer engine.
+"""
+
+from __future__ import annotations
+
+from lowbit.training.bit_split import bit_merge, bit_split
+from lowbit.training.convert import HEAD_NAMES, ConversionSummary, convert
+from lowbit.training.layers import QuantLinear
+from lowbit.training.leverage import leverage_probabilities, select_rows
+from lowbit.training.recipes import RECIPES, OperandSpec, ProductSpec, Recipe, get_recipe
+
+__all__ = [
+    "HEAD_NAMES",
+    "RECIPES",
+    "ConversionSummary",
+    "OperandSpec",
+    "ProductSpec",
+    "QuantLinear",
+    "Recipe",
+    "bit_merge",
+    "bit_split",
+    "convert",
+    "get_recipe",
+    "leverage_probabilities",
+    "select_rows",
+]

@@ -1,0 +1,51 @@
+"""Bit splitting (Xi et al. §4.2): a gradient tensor as two INT4 tensors, ``g ≈ (14·hi + lo) · unit``.
+
+``scale = 196 / (2·max|g|)``, ``t = g·scale`` in [-98, 98]; ``hi = clamp(round(t/14), ±c)`` (nearest),
+``lo = clamp(round_stochastic(t − 14·hi), ±c)``; ``unit = 1/scale``. SPEC's text uses c = 6, which clips
+|t| > 90 (the low half cannot absorb a residual of up to 14) and so biases the largest entries; lowbit's
+default is c = 7, still inside INT4's [-8, 7], for which ``|t − 14·hi| <= 7`` always and stochastic rounding
+of the residual makes ``E[(14·hi + lo)·unit] = g`` exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SPLIT_TOP = 98.0  # = 196 / 2: max|t|
+SPLIT_RADIX = 14  # weight of the high half
+
+
+def round_stochastic(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``floor(x + U)``, U ~ U[0, 1): unbiased rounding to an integer (same as round(x + U − 0.5) a.s.)."""
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return torch.floor(x + u)
+
+
+def bit_split(
+    g: torch.Tensor, *, clamp: int = 7, rounding: str = "stochastic", generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(hi, lo, unit)``: int8 tensors with values in [-clamp, clamp] and the float unit of ``lo``.
+
+    ``g ≈ (SPLIT_RADIX · hi + lo) · unit``; an all-zero ``g`` gives zeros and unit 1.
+    """
+    if rounding not in ("stochastic", "nearest"):
+        raise ValueError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
+    g32 = g.detach().float()
+    amax = float(g32.abs().max()) if g32.numel() else 0.0
+    if not torch.isfinite(torch.tensor(amax)):
+        raise ValueError(f"the gradient holds non-finite values (max |g| = {amax}); cannot bit-split")
+    if amax == 0.0:
+        zeros = torch.zeros(g32.shape, dtype=torch.int8)
+        return zeros, zeros.clone(), 1.0
+    scale = SPLIT_TOP / amax
+    t = g32 * scale  # in [-98, 98]
+    hi = torch.round(t / SPLIT_RADIX).clamp_(-clamp, clamp)
+    resid = t - SPLIT_RADIX * hi  # in [-7, 7] when clamp == 7
+    lo = round_stochastic(resid, generator) if rounding == "stochastic" else torch.round(resid)
+    lo = lo.clamp_(-clamp, clamp)
+    return hi.to(torch.int8), lo.to(torch.int8), 1.0 / scale
+
+
+def bit_merge(hi: torch.Tensor, lo: torch.Tensor, unit: float) -> torch.Tensor:
+    """The float32 value a bit split represents."""
+    return (SPLIT_RADIX * hi.float() + lo.float()) * unit

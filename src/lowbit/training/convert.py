@@ -1,0 +1,111 @@
+"""``convert(model, recipe, skip=...)``: replace a model's ``nn.Linear`` layers by ``QuantLinear`` in place.
+
+Which layers stay in full precision (the paper keeps the final classifier in floating point):
+
+1. every Linear whose qualified name matches one of ``skip`` (exact names or ``fnmatch`` globs, e.g.
+   ``"encoder.layer.0.*"``);
+2. with ``keep_head=True`` (default), every Linear whose name has a component in :data:`HEAD_NAMES`
+   (``lm_head``, ``classifier``, ``head``, ``cls``, ``score``, ``qa_outputs``, ...), e.g. ``lm_head`` or
+   ``classifier.out_proj``; if no Linear is named so, the *last* Linear in registration order
+   (``model.named_modules()``) is taken as the head — the output layer of an ``nn.Sequential``, the pooler
+   of a bare ``BertModel``.
+
+Only exact ``torch.nn.Linear`` instances are converted (not subclasses, not GPT-2's ``Conv1D``). The
+``fp32`` recipe converts nothing. Each converted layer's generator is seeded from ``seed`` and its name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from lowbit.training.layers import QuantLinear
+from lowbit.training.recipes import Recipe, get_recipe
+
+HEAD_NAMES = frozenset(
+    {"lm_head", "classifier", "head", "heads", "cls", "score", "qa_outputs", "output_head"}
+)
+
+
+@dataclass
+class ConversionSummary:
+    """What ``convert`` did: converted and kept Linear names (with the reason kept) and parameter counts."""
+
+    recipe: str
+    converted: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+    converted_params: int = 0
+    kept_params: int = 0
+
+    def __str__(self) -> str:
+        total = self.converted_params + self.kept_params
+        share = 100.0 * self.converted_params / total if total else 0.0
+        lines = [
+            f"recipe {self.recipe}: {len(self.converted)} Linear layers converted "
+            f"({self.converted_params:,} parameters, {share:.1f}% of Linear parameters), "
+            f"{len(self.kept)} kept in full precision ({self.kept_params:,} parameters)"
+        ]
+        lines += [f"  kept {name}: {why}" for name, why in self.kept.items()]
+        return "\n".join(lines)
+
+
+def _layer_seed(seed: int, name: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def _head_names(linears: list[str]) -> set[str]:
+    named = {n for n in linears if HEAD_NAMES.intersection(n.split("."))}
+    if named or not linears:
+        return named
+    return {linears[-1]}
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+
+
+def convert(
+    model: nn.Module,
+    recipe: str | Recipe,
+    skip: Iterable[str] = (),
+    *,
+    keep_head: bool = True,
+    seed: int = 0,
+) -> ConversionSummary:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by a ``QuantLinear`` running ``recipe``.
+
+    The new layers share the old weight/bias Parameters. Returns a :class:`ConversionSummary`. Raises
+    ``TypeError`` for a model that is not an ``nn.Module`` and ``ValueError`` for an unknown recipe name or
+    a model that is a bare ``nn.Linear`` (it cannot be replaced in place; wrap it or use ``QuantLinear``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    rec = get_recipe(recipe)
+    if type(model) is nn.Linear:
+        raise ValueError("model is a bare nn.Linear: use QuantLinear.from_linear(model, recipe) instead")
+    patterns = [skip] if isinstance(skip, str) else list(skip)
+    summary = ConversionSummary(rec.name)
+    linears = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    heads = _head_names([n for n, _ in linears]) if keep_head else set()
+    for name, lin in linears:
+        n_params = sum(p.numel() for p in lin.parameters())
+        reason = None
+        if any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns):
+            reason = "matches skip"
+        elif name in heads:
+            reason = "output head (kept in full precision)"
+        elif not rec.converts:
+            reason = "fp32 recipe"
+        if reason is not None:
+            summary.kept[name] = reason
+            summary.kept_params += n_params
+            continue
+        _set_submodule(model, name, QuantLinear.from_linear(lin, rec, seed=_layer_seed(seed, name)))
+        summary.converted.append(name)
+        summary.converted_params += n_params
+    return summary

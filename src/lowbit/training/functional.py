@@ -1,0 +1,173 @@
+"""The autograd Functions of the quantized linear layer, one per recipe kind; all products on ``lowbit.ops``.
+
+Each Function takes 2-D float32 ``x`` (N, D), ``weight`` (C, D), ``bias`` (C,) or None, and the recipe as an
+argument; ``forward`` returns ``Y = X Wᵀ + b`` (N, C) computed by ``int_matmul_scaled`` (layout "nt"), and
+``backward`` computes grad_input with layout "nn" (``∇Y · W``) and grad_weight with layout "tn"
+(``∇Yᵀ · X``). No float matmul runs on the quantized path; the float work is quantization, the Hadamard
+butterflies and the O(N·C) bit splitting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lowbit.ops import int_matmul_scaled, quantize_rows
+from lowbit.training.bit_split import SPLIT_RADIX, bit_split
+from lowbit.training.hadamard_quant import block_transform
+from lowbit.training.leverage import select_rows
+from lowbit.training.lsq import clip_mask, lsq_quantize, lsq_step_grad
+from lowbit.training.recipes import Recipe
+
+INT4_QMAX = 7  # symmetric absmax INT4 (int4-naive)
+
+
+def _row_norms(codes: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(codes.float(), dim=1)
+
+
+def _empty_safe_scaled(a, b, sa, sb, *, bits: int, layout: str, shape: tuple[int, int]) -> torch.Tensor:
+    """``int_matmul_scaled`` that returns zeros of ``shape`` when the reduction or row set is empty."""
+    if a.shape[0] == 0:
+        return torch.zeros(shape, dtype=torch.float32)
+    return int_matmul_scaled(a, b, sa, sb, bits=bits, layout=layout)
+
+
+class Int4HQLinearFn(torch.autograd.Function):
+    """Xi et al.: Hadamard + LSQ forward, bit-split ∇Y with leverage-score row selection backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, x_step, w_step, block: int, recipe: Recipe, generator):  # noqa: D102
+        xh, wh = block_transform(x, block), block_transform(weight, block)  # (N, D), (C, D)
+        x_int4, x_dq = lsq_quantize(xh, x_step)
+        w_int4, w_dq = lsq_quantize(wh, w_step)
+        sx, sw = x_step.detach().float().reshape(()), w_step.detach().float().reshape(())
+        y = int_matmul_scaled(
+            x_int4, w_int4, sx, sw, None if bias is None else bias.detach().float(), bits=4, layout="nt"
+        )  # (N, C) = s_x s_w · int(XH) int(WH)ᵀ + b
+        ctx.save_for_backward(x_int4, w_int4, x_dq, w_dq, sx, sw)
+        ctx.block, ctx.recipe, ctx.generator, ctx.has_bias = block, recipe, generator, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_out):  # noqa: D102
+        x_int4, w_int4, x_dq, w_dq, sx, sw = ctx.saved_tensors
+        recipe: Recipe = ctx.recipe
+        n, c = grad_out.shape
+        d = x_int4.shape[1]
+        hi, lo, unit = bit_split(
+            grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
+        )
+        g_stack = torch.cat([hi, lo])  # (2N, C): ∇Y↕, rows [hi; lo]
+        row_unit = torch.cat([torch.full((n,), SPLIT_RADIX * unit), torch.full((n,), unit)])  # (2N,)
+        g_norm = _row_norms(g_stack) * row_unit
+        grad_x = grad_w = grad_b = gx_step = gw_step = None
+
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
+            # grad_input: ∇(XH) = Σ_kept (w_r · ∇Y↕_r) Ŵ, scored by ‖∇Y↕_r‖; rows summed back onto tokens
+            idx, weight = select_rows(g_norm, recipe.lss, ctx.generator)
+            part = _empty_safe_scaled(
+                g_stack[idx], w_int4, row_unit[idx] * weight, sw, bits=4, layout="nn", shape=(0, d)
+            )  # (R, D)
+            grad_xh = torch.zeros((n, d), dtype=torch.float32).index_add_(0, idx % n, part)
+            gx_step = lsq_step_grad(grad_xh, x_dq).reshape(sx.shape)
+            grad_x = block_transform(grad_xh * clip_mask(x_dq), ctx.block)  # STE, then H⁻¹ = H
+
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[4]:
+            # grad_weight: ∇(WH) = Σ_kept w_r · ∇Y↕_rᵀ X̂↕_r, scored by ‖∇Y↕_r‖·‖X̂↕_r‖
+            x_norm = _row_norms(x_int4)
+            idx, weight = select_rows(g_norm * torch.cat([x_norm, x_norm]), recipe.lss, ctx.generator)
+            x_rows = x_int4[idx % n]  # (R, D)
+            if recipe.lss == "sample":
+                # the 1/p weights sit on the reduction dim: re-split the weighted rows (unbiased, INT4 again)
+                weighted = g_stack[idx].float() * (row_unit[idx] * weight)[:, None]  # (R, C)
+                hi2, lo2, unit2 = bit_split(
+                    weighted, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
+                )
+                pairs = ((hi2, x_rows, SPLIT_RADIX * unit2), (lo2, x_rows, unit2))
+            else:
+                is_hi = idx < n
+                pairs = (
+                    (g_stack[idx[is_hi]], x_rows[is_hi], SPLIT_RADIX * unit),
+                    (g_stack[idx[~is_hi]], x_rows[~is_hi], unit),
+                )
+            grad_wh = torch.zeros((c, d), dtype=torch.float32)
+            for g_rows, xr, u in pairs:
+                if g_rows.shape[0]:
+                    grad_wh += int_matmul_scaled(g_rows, xr, u, sx, bits=4, layout="tn")  # (C, D)
+            gw_step = lsq_step_grad(grad_wh, w_dq).reshape(sw.shape)
+            grad_w = block_transform(grad_wh * clip_mask(w_dq), ctx.block)
+
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(0)
+        return grad_x, grad_w, grad_b, gx_step, gw_step, None, None, None
+
+
+def _per_tensor_int4(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax per-tensor INT4 codes (nearest-even) and the float32 scalar scale."""
+    t32 = t.detach().float()
+    amax = t32.abs().max() if t32.numel() else torch.tensor(0.0)
+    scale = torch.where(amax > 0, amax / INT4_QMAX, torch.ones_like(amax))
+    return torch.round(t32 / scale).clamp_(-INT4_QMAX, INT4_QMAX).to(torch.int8), scale
+
+
+class Int4NaiveLinearFn(torch.autograd.Function):
+    """Per-tensor round-to-nearest INT4 for X, W and ∇Y; no Hadamard, no bit splitting, no sampling."""
+
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, recipe: Recipe):  # noqa: D102
+        x_int4, sx = _per_tensor_int4(x)
+        w_int4, sw = _per_tensor_int4(weight)
+        y = int_matmul_scaled(
+            x_int4, w_int4, sx, sw, None if bias is None else bias.detach().float(), bits=4, layout="nt"
+        )
+        ctx.save_for_backward(x_int4, w_int4, sx, sw)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_out):  # noqa: D102
+        x_int4, w_int4, sx, sw = ctx.saved_tensors
+        g_int4, sg = _per_tensor_int4(grad_out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # grad_input = ∇Ŷ Ŵ  (absmax scales: nothing clips, plain STE)
+            grad_x = int_matmul_scaled(g_int4, w_int4, sg, sw, bits=4, layout="nn")
+        if ctx.needs_input_grad[1]:  # grad_weight = ∇Ŷᵀ X̂
+            grad_w = int_matmul_scaled(g_int4, x_int4, sg, sx, bits=4, layout="tn")
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+class Int8LinearFn(torch.autograd.Function):
+    """INT8 baseline: per-token X / per-channel W forward; per-token ∇Y × per-feature W; per-channel ∇Yᵀ ×
+    per-feature X (scales never on a reduction dim, so every product dequantizes in the epilogue)."""
+
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, recipe: Recipe):  # noqa: D102
+        x_int8, sx = quantize_rows(x.detach().float().contiguous(), 8)  # per token (N,)
+        w_int8, sw = quantize_rows(weight.detach().float().contiguous(), 8)  # per output channel (C,)
+        y = int_matmul_scaled(
+            x_int8, w_int8, sx, sw, None if bias is None else bias.detach().float(), bits=8, layout="nt"
+        )
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_out):  # noqa: D102
+        x, weight = ctx.saved_tensors
+        g32 = grad_out.float().contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # grad_input (N, D) = ∇Y(per token) · W(per input feature)
+            g_tok, sg_tok = quantize_rows(g32, 8)
+            w_feat, sw_feat = quantize_rows(weight.detach().float().t().contiguous(), 8)  # (D, C), (D,)
+            grad_x = int_matmul_scaled(g_tok, w_feat.t(), sg_tok, sw_feat, bits=8, layout="nn")
+        if ctx.needs_input_grad[1]:  # grad_weight (C, D) = ∇Y(per channel)ᵀ · X(per input feature)
+            g_ch, sg_ch = quantize_rows(g32.t().contiguous(), 8)  # (C, N), (C,)
+            x_feat, sx_feat = quantize_rows(x.detach().float().t().contiguous(), 8)  # (D, N), (D,)
+            grad_w = int_matmul_scaled(g_ch.t(), x_feat.t(), sg_ch, sx_feat, bits=8, layout="tn")
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(0)
+        return grad_x, grad_w, grad_b, None

@@ -1,0 +1,124 @@
+"""``QuantLinear``: a drop-in ``nn.Linear`` whose three products run on lowbit's integer engine per a recipe.
+
+Parameters keep ``nn.Linear``'s names (``weight``, ``bias``), so its state dicts load (strict) into a
+``QuantLinear`` and back. INT4 (Hadamard + LSQ) layers add ``x_step``/``w_step`` (learned LSQ step sizes) and
+buffers ``hadamard_block`` and ``steps_done``; when those are missing from a loaded state dict they are
+(re)initialised at the next forward. The layer owns a ``torch.Generator`` (``self.generator``) for stochastic
+rounding and row sampling, seeded from ``seed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.training.functional import Int4HQLinearFn, Int4NaiveLinearFn, Int8LinearFn
+from lowbit.training.hadamard_quant import block_transform, resolve_block, search_block
+from lowbit.training.lsq import lsq_init
+from lowbit.training.recipes import Recipe, get_recipe
+
+_LAZY_KEYS = ("x_step", "w_step", "hadamard_block", "steps_done")
+_UNSET = 0  # hadamard_block / step value meaning "initialise at the next forward"
+
+
+class QuantLinear(nn.Linear):
+    """``y = x Wᵀ + b`` with quantized forward, activation-gradient and weight-gradient products.
+
+    ``recipe``: a registered name or a :class:`Recipe` (not ``fp32``). Inputs of any shape ``(..., D)``;
+    float32 compute. ``seed`` seeds the layer's own generator.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        recipe: str | Recipe = "int4",
+        seed: int = 0,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.recipe = get_recipe(recipe)
+        if not self.recipe.converts:
+            raise ValueError("recipe 'fp32' has nothing to quantize; use torch.nn.Linear")
+        self.generator = torch.Generator().manual_seed(seed)
+        if self.recipe.kind == "int4":
+            fixed = resolve_block(self.recipe.hadamard_block, in_features)
+            self.x_step = nn.Parameter(torch.tensor(float(_UNSET)))
+            self.w_step = nn.Parameter(torch.tensor(float(_UNSET)))
+            self.register_buffer("hadamard_block", torch.tensor(fixed or _UNSET, dtype=torch.int64))
+            self.register_buffer("steps_done", torch.tensor(0, dtype=torch.int64))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, recipe: str | Recipe, seed: int = 0) -> QuantLinear:
+        """A ``QuantLinear`` sharing ``linear``'s weight and bias Parameters (optimizers keep working)."""
+        q = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            recipe=recipe,
+            seed=seed,
+            device="meta",
+        )
+        q.weight, q.bias = linear.weight, linear.bias
+        if q.recipe.kind == "int4":  # the meta-device placeholders of __init__ → real tensors
+            q.x_step = nn.Parameter(torch.tensor(float(_UNSET), device=linear.weight.device))
+            q.w_step = nn.Parameter(torch.tensor(float(_UNSET), device=linear.weight.device))
+            fixed = resolve_block(q.recipe.hadamard_block, q.in_features)
+            q.hadamard_block = torch.tensor(fixed or _UNSET, dtype=torch.int64)
+            q.steps_done = torch.tensor(0, dtype=torch.int64)
+        return q
+
+    def _prepare_int4(self, x2d: torch.Tensor) -> int:
+        """Search the block size and initialise the LSQ steps when unset; cold-start reset while training."""
+        with torch.no_grad():
+            if int(self.hadamard_block) == _UNSET:
+                self.hadamard_block.fill_(search_block(x2d, self.weight))
+            block = int(self.hadamard_block)
+            cold = self.training and int(self.steps_done) < self.recipe.cold_start_steps
+            if cold or float(self.x_step) == _UNSET:
+                self.x_step.copy_(lsq_init(block_transform(x2d, block)))
+            if cold or float(self.w_step) == _UNSET:
+                self.w_step.copy_(lsq_init(block_transform(self.weight, block)))
+            if self.training:
+                self.steps_done += 1
+        return block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input last dim {x.shape[-1]} != in_features {self.in_features}")
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features).float()  # (N, D)
+        kind = self.recipe.kind
+        if kind == "int4":
+            block = self._prepare_int4(x2d)
+            y = Int4HQLinearFn.apply(
+                x2d, self.weight, self.bias, self.x_step, self.w_step, block, self.recipe, self.generator
+            )
+        elif kind == "int4-naive":
+            y = Int4NaiveLinearFn.apply(x2d, self.weight, self.bias, self.recipe)
+        else:
+            y = Int8LinearFn.apply(x2d, self.weight, self.bias, self.recipe)
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for key in _LAZY_KEYS:  # an nn.Linear state dict: the quantizer state is rebuilt lazily
+            if prefix + key in missing_keys:
+                missing_keys.remove(prefix + key)
+                if key in ("x_step", "w_step"):
+                    getattr(self, key).data.fill_(_UNSET)
+                elif key == "hadamard_block":
+                    fixed = resolve_block(self.recipe.hadamard_block, self.in_features)
+                    self.hadamard_block.fill_(fixed or _UNSET)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"{super().extra_repr()}, recipe={self.recipe.name}"

@@ -1,0 +1,162 @@
+"""Training recipes: frozen configs naming how each operand of each product is quantized, and the registry.
+
+A linear layer ``Y = X Wᵀ + b`` has three products: forward (fprop) ``X Wᵀ``, activation gradient (dgrad)
+``∇Y W`` and weight gradient (wgrad) ``∇Yᵀ X``. A :class:`Recipe` names, for each product, the format and
+algorithm of its two operands (:class:`OperandSpec`); the layer (``lowbit.training.layers``) dispatches on
+``Recipe.kind``. Registered names: ``fp32`` (nothing converted), ``int8`` (the paper's INT8 baseline),
+``int4`` (Xi et al.: Hadamard quantizer + LSQ, bit splitting, leverage-score row selection, keep-non-zero
+mode of the released code), ``int4-sample`` (the same with the paper's unbiased Bernoulli sampling) and
+``int4-naive`` (per-tensor round-to-nearest INT4 everywhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+KINDS = ("fp32", "int8", "int4", "int4-naive")
+ALGORITHMS = (
+    "none",  # kept in floating point
+    "per-token",  # one absmax scale per row (token) of the operand, nearest rounding
+    "per-channel",  # one absmax scale per row of the weight (output channel) / column, nearest rounding
+    "per-feature",  # one absmax scale per input feature (column of X or of W), nearest rounding
+    "per-tensor",  # one absmax scale for the whole tensor, nearest rounding
+    "hadamard-lsq",  # block Hadamard along D, then LSQ learned per-tensor step, nearest rounding
+    "bit-split",  # two INT4 tensors hi/lo, per-tensor scale, stochastic rounding of lo
+    "reuse",  # the codes of the forward pass are reused
+)
+LSS_MODES = ("none", "nonzero", "sample")
+ROUNDINGS = ("nearest", "stochastic")
+
+
+@dataclass(frozen=True)
+class OperandSpec:
+    """How one operand of one product is quantized: integer ``bits`` (0 = float) and ``algorithm``."""
+
+    bits: int
+    algorithm: str
+
+    def __post_init__(self) -> None:
+        if self.bits not in (0, 4, 8):
+            raise ValueError(f"bits must be 0 (float), 4 or 8, got {self.bits!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if (self.bits == 0) != (self.algorithm == "none"):
+            raise ValueError(f"bits={self.bits} does not fit algorithm {self.algorithm!r} (float <=> 'none')")
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """The two operands of one product, in the order they are multiplied (e.g. fprop: input, weight)."""
+
+    lhs: OperandSpec
+    rhs: OperandSpec
+
+
+_FLOAT = OperandSpec(0, "none")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A complete training quantization recipe.
+
+    ``fprop`` = (input, weight), ``dgrad`` = (grad_output, weight), ``wgrad`` = (grad_output, input).
+    ``hadamard_block``: fixed block size of the Hadamard quantizer, or None to search g in {1, ..., 1024}
+    (dividing D) at the first forward. ``lss``: leverage-score row selection in both backward products
+    ("nonzero": keep every non-zero row, released code; "sample": Bernoulli with Σp = N and 1/p
+    reweighting, paper text; "none"). ``grad_rounding``: rounding of the low half of the bit split
+    ("stochastic" makes it unbiased; "nearest" is deterministic). ``cold_start_steps``: for this many
+    training forwards the LSQ steps are reset to ``2·mean|·|/√7`` instead of learned. ``split_clamp``: the
+    hi/lo code range ±split_clamp (see ``bit_split``).
+    """
+
+    name: str
+    kind: str
+    fprop: ProductSpec = field(default_factory=lambda: ProductSpec(_FLOAT, _FLOAT))
+    dgrad: ProductSpec = field(default_factory=lambda: ProductSpec(_FLOAT, _FLOAT))
+    wgrad: ProductSpec = field(default_factory=lambda: ProductSpec(_FLOAT, _FLOAT))
+    hadamard_block: int | None = 32
+    lss: str = "none"
+    grad_rounding: str = "stochastic"
+    cold_start_steps: int = 0
+    split_clamp: int = 7
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.lss not in LSS_MODES:
+            raise ValueError(f"lss must be one of {LSS_MODES}, got {self.lss!r}")
+        if self.grad_rounding not in ROUNDINGS:
+            raise ValueError(f"grad_rounding must be one of {ROUNDINGS}, got {self.grad_rounding!r}")
+        if self.hadamard_block is not None and (
+            self.hadamard_block < 1 or self.hadamard_block & (self.hadamard_block - 1)
+        ):
+            raise ValueError(f"hadamard_block must be a power of two or None, got {self.hadamard_block!r}")
+        if self.cold_start_steps < 0:
+            raise ValueError(f"cold_start_steps must be >= 0, got {self.cold_start_steps!r}")
+        if self.split_clamp not in (6, 7):
+            raise ValueError(f"split_clamp must be 6 (SPEC text) or 7 (unbiased), got {self.split_clamp!r}")
+
+    @property
+    def converts(self) -> bool:
+        """False for the float reference (``convert`` leaves the model untouched)."""
+        return self.kind != "fp32"
+
+
+_I8_TOK, _I8_CH, _I8_FEAT = (
+    OperandSpec(8, "per-token"),
+    OperandSpec(8, "per-channel"),
+    OperandSpec(8, "per-feature"),
+)
+_I4_HQ, _I4_BS, _I4_REUSE = (
+    OperandSpec(4, "hadamard-lsq"),
+    OperandSpec(4, "bit-split"),
+    OperandSpec(4, "reuse"),
+)
+_I4_TENSOR = OperandSpec(4, "per-tensor")
+
+_INT4_COMMON = dict(
+    kind="int4",
+    fprop=ProductSpec(_I4_HQ, _I4_HQ),
+    dgrad=ProductSpec(_I4_BS, _I4_REUSE),
+    wgrad=ProductSpec(_I4_BS, _I4_REUSE),
+)
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("fp32", "fp32"),
+        # wgrad reduces over tokens, so its operands are scaled per output channel / input feature
+        Recipe(
+            "int8",
+            "int8",
+            fprop=ProductSpec(_I8_TOK, _I8_CH),
+            dgrad=ProductSpec(_I8_TOK, _I8_FEAT),
+            wgrad=ProductSpec(_I8_CH, _I8_FEAT),
+            hadamard_block=None,
+            grad_rounding="nearest",
+        ),
+        Recipe("int4", lss="nonzero", **_INT4_COMMON),
+        Recipe("int4-sample", lss="sample", **_INT4_COMMON),
+        Recipe(
+            "int4-naive",
+            "int4-naive",
+            fprop=ProductSpec(_I4_TENSOR, _I4_TENSOR),
+            dgrad=ProductSpec(_I4_TENSOR, _I4_REUSE),
+            wgrad=ProductSpec(_I4_TENSOR, _I4_REUSE),
+            hadamard_block=None,
+            grad_rounding="nearest",
+        ),
+    )
+}
+
+
+def get_recipe(recipe: str | Recipe) -> Recipe:
+    """The registered recipe called ``recipe`` (a :class:`Recipe` is returned as is); unknown → ValueError."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if not isinstance(recipe, str):
+        raise TypeError(f"recipe must be a name or a Recipe, got {type(recipe).__name__}")
+    try:
+        return RECIPES[recipe]
+    except KeyError:
+        raise ValueError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}") from None
