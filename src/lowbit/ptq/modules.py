@@ -9,11 +9,11 @@
   ``fp8_compute="scaled_mm"`` calls ``torch._scaled_mm`` on the float8 tensors instead.
   Measured on this machine (AMD EPYC, AVX2, no AVX-512/AMX; torch 2.13 CPU; 2 cores shared with other
   jobs; ``python benchmarks/ptq.py``, M=2048 tokens, MiniLM's K×N ∈ {384×384, 384×1536, 1536×384}, variants
-  interleaved in one process): the bare ``torch._scaled_mm`` FP8 GEMM runs at 0.39–0.54× the speed of the
-  FP32 GEMM, the bare emulated product (upcasts + FP32 GEMM) at 0.54–0.76×; end to end the layer is
-  0.4–0.5× FP32 emulated and 0.3× with ``_scaled_mm``. Both give the same values up to float32 summation
-  order. So this CPU has no usable real FP8 product, and the emulation is the default (faster, and no
-  private torch API).
+  interleaved in one process, three runs): the bare ``torch._scaled_mm`` FP8 GEMM runs at 0.39–0.58× the
+  speed of the FP32 GEMM, the bare emulated product (upcasts + FP32 GEMM) at 0.54–0.76×; end to end the
+  layer is 0.3–0.55× FP32 emulated and 0.2–0.54× with ``_scaled_mm``. Both give the same values up to
+  float32 summation order. So this CPU has no usable real FP8 product, and the emulation is the default
+  (faster, and no private torch API).
 * :class:`EmulatedLinear` — weight-only formats (INT4 packed, INT8, FP8, MXFP8, MXFP4) and MX weight +
   activation recipes: the weight is decoded to float32 on each call (exact), MX activations are quantized
   per 32-element block on the fly, and the product runs in float32.
