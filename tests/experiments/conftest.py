@@ -43,11 +43,12 @@ def csv_file(tmp_path: Path) -> Path:
 def tiny_config(task: str, out: Path, data: Path | None = None, **overrides: object) -> TrainConfig:
     """The smallest sensible run of ``task``: a few steps of a one-block model on a handful of examples."""
     sizes: dict[str, dict[str, object]] = {
-        "gpt-shakespeare": dict(batch_size=4, seq_len=16, layers=1, dim=16, heads=2, max_eval_examples=8),
+        # width 32: the int4 recipe's Hadamard block (32) must divide every converted layer's input width
+        "gpt-shakespeare": dict(batch_size=4, seq_len=16, layers=1, dim=32, heads=2, max_eval_examples=8),
         "vit-fashion": dict(
             batch_size=16,
             layers=1,
-            dim=16,
+            dim=32,
             heads=2,
             patch_size=7,
             max_train_examples=40,

@@ -8,7 +8,7 @@ import pytest
 
 from lowbit import cli
 from lowbit.experiments.config import TASK_DEFAULTS, TASKS, TrainConfig
-from lowbit.experiments.runner import METRICS_NAME, train
+from lowbit.experiments.runner import METRICS_NAME, prepare, train
 
 JSON_KEYS = {"task", "recipe", "steps", "seconds", "final_train_loss", "eval_metric", "eval_name"}
 
@@ -81,3 +81,14 @@ def test_defaults_are_complete_and_documented():
         assert config.steps == TASK_DEFAULTS[task].steps
         assert config.checkpoint_every == config.eval_every
     assert TrainConfig.from_overrides("gpt-shakespeare", steps=7, lr=None).steps == 7
+
+
+def test_unknown_recipe_is_a_clear_error(tmp_path, text_file, tiny):
+    with pytest.raises(ValueError, match="unknown recipe 'int5'; known recipes: fp32, int8, int4"):
+        prepare(tiny("gpt-shakespeare", tmp_path / "run", text_file, recipe="int5"))
+
+
+def test_cli_unknown_recipe_exits_2(tmp_path, text_file, capsys):
+    code = cli.main(["train", "--task", "gpt-shakespeare", "--recipe", "int5", "--data", str(text_file)])
+    assert code == 2
+    assert "lowbit train: error: unknown recipe 'int5'" in capsys.readouterr().err

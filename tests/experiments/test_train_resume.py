@@ -65,8 +65,8 @@ def test_resume_with_other_settings_is_refused(tmp_path, text_file, tiny):
     train(tiny("gpt-shakespeare", tmp_path / "run", text_file, steps=3))
     with pytest.raises(CheckpointError, match=r"seed: checkpoint 0 vs now 5"):
         prepare(tiny("gpt-shakespeare", tmp_path / "run", text_file, steps=3, seed=5, resume=True))
-    with pytest.raises(CheckpointError, match=r"dim: checkpoint 16 vs now 32"):
-        prepare(tiny("gpt-shakespeare", tmp_path / "run", text_file, steps=3, dim=32, resume=True))
+    with pytest.raises(CheckpointError, match=r"dim: checkpoint 32 vs now 64"):
+        prepare(tiny("gpt-shakespeare", tmp_path / "run", text_file, steps=3, dim=64, resume=True))
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path, text_file, tiny):

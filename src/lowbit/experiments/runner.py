@@ -94,28 +94,25 @@ def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
     return found
 
 
-def apply_recipe(model: nn.Module, recipe: str, seed: int) -> Any:
+def apply_recipe(model: nn.Module, recipe: str, seed: int, skip: tuple[str, ...] = ()) -> Any:
     """Convert ``model`` in place with ``lowbit.convert`` (head kept in FP32 by its default); its summary.
 
-    ``fp32`` is the reference: the plain torch model, left as built. After conversion, every random generator
-    the converted layers own (stochastic rounding, row sampling) is re-seeded from the run's seed and the
-    layer's name, so ``--seed`` alone fixes the quantizers' randomness, independently of init and data order.
+    ``fp32`` is the reference: the plain torch model, left as built. The converted layers' own generators
+    (stochastic rounding, row sampling) are seeded by ``convert`` from the run's ``"quant"`` seed stream and
+    each layer's name, independently of init and data order.
     """
     if recipe == REFERENCE_RECIPE:
         return "fp32 reference: model left unconverted"
-    from lowbit.training import convert
+    import lowbit
 
-    summary = convert(model, recipe)
-    for key, generator in module_generators(model).items():
-        generator.manual_seed(derive_seed(seed, f"quant:{key}"))
-    return summary
+    return lowbit.convert(model, recipe, skip=skip, seed=derive_seed(seed, "quant"))
 
 
 def check_recipe(recipe: str) -> None:
     """ValueError naming the known recipes when ``recipe`` is not one (before any data is loaded)."""
     if recipe == REFERENCE_RECIPE:
         return
-    from lowbit.training import get_recipe
+    from lowbit.training.recipes import get_recipe
 
     get_recipe(recipe)
 
@@ -153,7 +150,7 @@ class Run:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "init"))
             self.model = self.task.build_model()
-        self.convert_summary = apply_recipe(self.model, config.recipe, config.seed)
+        self.convert_summary = apply_recipe(self.model, config.recipe, config.seed, self.task.keep_fp32)
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.sampler = self.task.make_sampler(torch.Generator().manual_seed(derive_seed(config.seed, "data")))

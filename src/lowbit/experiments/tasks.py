@@ -109,6 +109,8 @@ class Task(ABC):
     eval_name: str
     higher_is_better: bool
     unit: str  # what throughput counts: "tok" or "img" or "ex"
+    #: Linear layers every recipe keeps in FP32 besides the output head (``convert``'s skip patterns).
+    keep_fp32: tuple[str, ...] = ()
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -233,6 +235,9 @@ class ViTFashionTask(_ClassificationTask):
     """A small ViT trained from scratch on Fashion-MNIST; metric: accuracy (%) on the 10k test images."""
 
     name, unit = "vit-fashion", "img"
+    # The patch embedding is the ViT's embedding layer (the paper keeps embeddings out of the INT4 GEMMs);
+    # its 7*7 = 49 input features also admit no Hadamard block but 1.
+    keep_fp32 = ("patch_embed",)
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__(config)
