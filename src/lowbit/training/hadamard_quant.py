@@ -47,12 +47,11 @@ def search_block(x: torch.Tensor, w: torch.Tensor) -> int:
 
 
 def resolve_block(fixed: int | None, d: int) -> int | None:
-    """A fixed block size checked against D (clear error), or None meaning "search at the first forward"."""
+    """The block size a layer with reduction dim ``d`` uses: None ("search at the first forward") or the
+    largest power of two ``<= fixed`` that divides ``d`` (e.g. 32 for D=768, 16 for D=16, 4 for D=100)."""
     if fixed is None:
         return None
-    if d % fixed:
-        raise ValueError(
-            f"hadamard_block={fixed} does not divide in_features={d}; use a recipe with hadamard_block=None "
-            f"(search) or one of {candidate_blocks(d)}"
-        )
-    return fixed
+    block = 1
+    while block * 2 <= fixed and d % (block * 2) == 0:
+        block *= 2
+    return block

@@ -61,7 +61,8 @@ class Recipe:
 
     ``fprop`` = (input, weight), ``dgrad`` = (grad_output, weight), ``wgrad`` = (grad_output, input).
     ``hadamard_block``: fixed block size of the Hadamard quantizer, or None to search g in {1, ..., 1024}
-    (dividing D) at the first forward. ``lss``: leverage-score row selection in both backward products
+    (dividing D) at the first forward; a fixed size is capped per layer to the largest power of two
+    dividing D. ``lss``: leverage-score row selection in both backward products
     ("nonzero": keep every non-zero row, released code; "sample": Bernoulli with Σp = N and 1/p
     reweighting, paper text; "none"). ``grad_rounding``: rounding of the low half of the bit split
     ("stochastic" makes it unbiased; "nearest" is deterministic). ``cold_start_steps``: for this many

@@ -1,0 +1,99 @@
+"""QuantLinear as a module: integer-only products, state dicts, block search, cold start, shapes, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit.training.functional as functional
+from lowbit.training import QuantLinear, Recipe, get_recipe
+from lowbit.training.hadamard_quant import block_transform, candidate_blocks, search_block
+from lowbit.training.lsq import lsq_init
+
+RECIPES = ["int8", "int4", "int4-sample", "int4-naive"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=RECIPES)
+def test_all_products_on_the_integer_engine(recipe: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = functional.int_matmul_scaled
+
+    def spy(a, b, *args, layout: str, bits: int, **kwargs):
+        assert a.dtype == b.dtype == torch.int8 and int(a.int().abs().max()) <= 2 ** (bits - 1)
+        calls.append(layout)
+        return real(a, b, *args, layout=layout, bits=bits, **kwargs)
+
+    def no_float_matmul(*args, **kwargs):
+        raise AssertionError("float matmul on the quantized path")
+
+    monkeypatch.setattr(functional, "int_matmul_scaled", spy)
+    for name in ("matmul", "mm", "bmm", "addmm"):
+        monkeypatch.setattr(torch, name, no_float_matmul)
+    monkeypatch.setattr(torch.nn.functional, "linear", no_float_matmul)
+    q = QuantLinear(64, 32, recipe=recipe)
+    x = torch.randn(2, 8, 64, requires_grad=True)
+    q(x).sum().backward()
+    assert {"nt", "nn", "tn"} <= set(calls)
+    assert x.grad.shape == x.shape and q.weight.grad.shape == q.weight.shape and q.bias.grad.shape == (32,)
+
+
+def test_linear_state_dict_loads_and_shares_parameters() -> None:
+    lin = nn.Linear(64, 16)
+    q = QuantLinear(64, 16, recipe="int4")
+    q.load_state_dict(lin.state_dict())  # strict: quantizer state is rebuilt lazily
+    x = torch.randn(8, 64)
+    y1 = q(x)
+    q2 = QuantLinear(64, 16, recipe="int4")
+    q2.load_state_dict(q.state_dict())  # learned steps and block size travel with the state dict
+    assert torch.equal(q2(x), y1)
+    shared = QuantLinear.from_linear(lin, "int8")
+    assert shared.weight is lin.weight and shared.bias is lin.bias
+
+
+def test_block_search_and_fixed_block() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 96, generator=gen)
+    x[:, 7] *= 50.0  # one outlier channel: spreading it over a block helps
+    w = torch.randn(16, 96, generator=gen)
+    assert candidate_blocks(96) == [1, 2, 4, 8, 16, 32]
+    g = search_block(x, w)
+    assert g in candidate_blocks(96) and g > 1
+    q = QuantLinear(96, 16, recipe=Recipe("int4-search", **{**_int4_fields(), "hadamard_block": None}))
+    q(x)
+    assert int(q.hadamard_block) == search_block(x, q.weight)
+    # a fixed block is capped to the largest power of two dividing D
+    assert (
+        int(
+            QuantLinear(
+                96, 16, recipe=Recipe("int4-64", **{**_int4_fields(), "hadamard_block": 64})
+            ).hadamard_block
+        )
+        == 32
+    )
+    assert int(QuantLinear(100, 16, recipe="int4").hadamard_block) == 4
+
+
+def _int4_fields() -> dict:
+    r = get_recipe("int4")
+    return {f: getattr(r, f) for f in ("kind", "fprop", "dgrad", "wgrad", "lss")}
+
+
+def test_cold_start_resets_steps() -> None:
+    q = QuantLinear(32, 8, recipe=Recipe("int4-cold", **_int4_fields(), cold_start_steps=2))
+    for step in range(3):
+        x = torch.randn(16, 32) * (step + 1)
+        with torch.no_grad():
+            q.x_step.fill_(123.0)  # as if an optimizer had moved it
+        q(x)
+        # reset to 2·mean|XH|/√7 during the first two training forwards, learned (left alone) afterwards
+        expected = float(lsq_init(block_transform(x, 32))) if step < 2 else 123.0
+        assert float(q.x_step.detach()) == pytest.approx(expected, rel=1e-6)
+    assert int(q.steps_done) == 3
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="fp32"):
+        QuantLinear(4, 4, recipe="fp32")
+    with pytest.raises(ValueError, match="in_features"):
+        QuantLinear(32, 4, recipe="int8")(torch.randn(2, 16))
