@@ -148,3 +148,45 @@ def test_requant_rows_native_bit_exact(gen: torch.Generator) -> None:
         assert torch.equal(o, outs[0])
     want = ((acc.long() * row_mult[:, None] + 2**43) >> 44).clamp(-127, 127)
     assert torch.equal(outs[0][:, 5:38].long(), want)
+
+
+@pytest.mark.parametrize("kind", ["l1", "layer"])
+def test_norm_rows_native_bit_exact(kind: str, gen: torch.Generator) -> None:
+    from lowbit.integer.fast import norm_rows
+
+    c = 48
+    x = torch.randint(-(2**20), 2**20, (21, c), generator=gen, dtype=torch.int32)
+    x[0] = 5  # constant row: zero deviation, eps only
+    x[1, 0] = 2**22  # outlier
+    w = torch.rand(c, generator=gen, dtype=torch.float64) + 0.1
+    b = torch.randn(c, generator=gen, dtype=torch.float64)
+    k = K.norm_constants(kind, 1e-5, 2**22 * 1e-5, w, b, 1e-5, 0.03)
+    outs = [norm_rows(x, kind, k, backend=be) for be in BACKENDS]
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+
+
+@pytest.mark.parametrize("kind", ["poly", "softmax"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_attention_rows_native_bit_exact(kind: str, causal: bool, gen: torch.Generator) -> None:
+    from lowbit.integer.fast import attention_rows
+
+    scores = torch.randint(-5000, 5000, (2, 3, 9, 9), generator=gen, dtype=torch.int32)
+    scores[0, 0, 3] = 4000  # a row of ties
+    key_mask = torch.ones(2, 9, dtype=torch.bool)
+    key_mask[1, 6:] = False  # padding
+    extra = (
+        {"poly_bias": torch.tensor([100, -200, 0]).view(3, 1, 1), "delta": 7}
+        if kind == "poly"
+        else {"exp": K.exp_constants(2e-3)}
+    )
+    outs = [
+        attention_rows(scores, causal=causal, key_mask=key_mask, row_const=3, backend=be, **extra)
+        for be in BACKENDS
+    ]
+    for codes, mult in outs[1:]:
+        assert torch.equal(codes, outs[0][0]) and torch.equal(mult, outs[0][1])
+    codes = outs[0][0]
+    assert int(codes[1, :, :, 6:].abs().sum()) == 0  # padded keys get no weight
+    if causal:
+        assert int(codes[0, 0].triu(1).abs().sum()) == 0

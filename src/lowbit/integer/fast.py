@@ -11,11 +11,16 @@ import functools
 
 import torch
 
+from lowbit.integer import kernels
 from lowbit.ops import native, native_gemm
 
 _P = ctypes.c_void_p
 _L = ctypes.c_long
 _I = ctypes.c_int
+_Q = ctypes.c_int64
+
+#: Elements below which a native call runs single-threaded.
+SMALL_WORK = 1 << 16
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,7 +30,36 @@ def _lib() -> ctypes.CDLL:
     lib.lowbit_int_requant.restype = None
     lib.lowbit_int_requant_rows.argtypes = [_P, _L, _L, _L, _P, _I, _P, _L, _I]
     lib.lowbit_int_requant_rows.restype = None
+    lib.lowbit_int_norm.argtypes = [_P, _L, _L, _I, _I, _Q, _P, _I, _P, _P, _I]
+    lib.lowbit_int_norm.restype = None
+    lib.lowbit_int_attn_rows.argtypes = [
+        _P,
+        _L,
+        _L,
+        _L,
+        _L,
+        _I,
+        _P,
+        _I,
+        _P,
+        _Q,
+        _Q,
+        _Q,
+        _Q,
+        _I,
+        _I,
+        _Q,
+        _P,
+        _P,
+        _I,
+    ]
+    lib.lowbit_int_attn_rows.restype = None
     return lib
+
+
+def _threads(work: int) -> int:
+    """One thread for small calls (an OpenMP team costs more than it saves below ~64k elements)."""
+    return native_gemm.threads() if work >= SMALL_WORK else 1
 
 
 def _use_native(backend: str) -> bool:
@@ -91,7 +125,7 @@ def requant_channels(
             0 if residual is None else 1,
             out.data_ptr(),
             n,
-            native_gemm.threads(),
+            _threads(m * n),
         )
         return out
     x = acc.to(torch.int64)
@@ -130,9 +164,99 @@ def requant_rows(
             shift,
             out.data_ptr(),
             out.stride(0),
-            native_gemm.threads(),
+            _threads(m * n),
         )
         return out
     sh = torch.tensor(shift, dtype=torch.int64)
     out.copy_(_dyadic(acc, row_mult.reshape(m, 1), sh).clamp(-127, 127).to(torch.int8))
     return out
+
+
+def norm_rows(x: torch.Tensor, kind: str, k: kernels.NormConstants, *, backend: str = "auto") -> torch.Tensor:
+    """Integer L1 (``kind="l1"``) or standard (``"layer"``) LayerNorm of int32 rows (M, C) → int8 (M, C)."""
+    if x.dtype != torch.int32 or x.dim() != 2 or not x.is_contiguous():
+        raise ValueError(f"x must be a contiguous 2-D int32 tensor, got {x.dtype} {tuple(x.shape)}")
+    if kind not in ("l1", "layer"):
+        raise ValueError(f"kind must be 'l1' or 'layer', got {kind!r}")
+    if not _use_native(backend):
+        return (kernels.l1_layernorm if kind == "l1" else kernels.layernorm)(x, k)
+    m, c = x.shape
+    gamma, beta = k.gamma.to(torch.int32).contiguous(), k.beta.to(torch.int32).contiguous()
+    out = torch.empty(m, c, dtype=torch.int8)
+    _lib().lowbit_int_norm(
+        x.data_ptr(),
+        m,
+        c,
+        0 if kind == "l1" else 1,
+        k.pre_shift,
+        k.eps,
+        gamma.data_ptr(),
+        k.gamma_shift,
+        beta.data_ptr(),
+        out.data_ptr(),
+        _threads(m * c),
+    )
+    return out
+
+
+def attention_rows(
+    scores: torch.Tensor,
+    *,
+    causal: bool,
+    key_mask: torch.Tensor | None,
+    row_const: int,
+    poly_bias: torch.Tensor | None = None,
+    delta: int = 0,
+    exp: kernels.ExpConstants | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised integer attention weights of scores int32 (B, H, T, T): (int8 codes, int64 row multipliers).
+
+    Poly (``poly_bias`` int64 (H, 1, 1), ``delta``) or softmax (``exp``) weights, masked by causality and
+    ``key_mask`` (bool (B, T), True = real token), then :func:`kernels.normalize_rows`.
+    """
+    b, h, t, t2 = scores.shape
+    if scores.dtype != torch.int32 or t != t2 or not scores.is_contiguous():
+        raise ValueError(
+            f"scores must be contiguous int32 (B, H, T, T), got {scores.dtype} {tuple(scores.shape)}"
+        )
+    if (poly_bias is None) == (exp is None):
+        raise ValueError("give exactly one of poly_bias (poly attention) and exp (softmax attention)")
+    if not _use_native(backend):
+        mask = torch.ones(t, t, dtype=torch.bool).tril() if causal else None
+        if key_mask is not None:
+            km = key_mask.view(b, 1, 1, t)
+            mask = km if mask is None else mask & km
+        if poly_bias is not None:
+            w = kernels.poly_weights(scores, poly_bias, delta, mask)
+        else:
+            w = kernels.softmax_weights(scores, exp, mask)
+        codes, mult = kernels.normalize_rows(w, row_const)
+        return codes, mult.squeeze(-1)
+    codes = torch.empty(b, h, t, t, dtype=torch.int8)
+    mult = torch.empty(b, h, t, dtype=torch.int64)
+    km = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
+    pb = poly_bias.reshape(h).to(torch.int64).contiguous() if poly_bias is not None else None
+    e = exp or kernels.ExpConstants(1, 0, 0)
+    _lib().lowbit_int_attn_rows(
+        scores.data_ptr(),
+        b * h * t,
+        t,
+        t,
+        h,
+        int(causal),
+        km.data_ptr() if km is not None else None,
+        0 if poly_bias is not None else 1,
+        pb.data_ptr() if pb is not None else None,
+        delta,
+        e.ln2,
+        e.b,
+        e.c,
+        kernels.EXP_MAX_SHIFT,
+        kernels.ROW_FRAC_BITS,
+        row_const,
+        codes.data_ptr(),
+        mult.data_ptr(),
+        _threads(scores.numel()),
+    )
+    return codes, mult

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lowbit.integer import kernels
-from lowbit.integer.fast import requant_channels, requant_rows
+from lowbit.integer.fast import attention_rows, norm_rows, requant_channels, requant_rows
 from lowbit.ops import int_matmul
 
 logger = logging.getLogger(__name__)
@@ -86,22 +86,17 @@ class IntAttention:
     delta: int = 0
     exp: kernels.ExpConstants | None = None
 
-    def weights(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Un-normalised non-negative int64 weights (B, H, T, T)."""
-        if self.kind == "poly":
-            return kernels.poly_weights(scores, self.bias, self.delta, mask)
-        return kernels.softmax_weights(scores, self.exp, mask)
-
     def __call__(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        mask: torch.Tensor | None,
+        causal: bool,
+        key_mask: torch.Tensor | None,
         trace: DtypeTrace | None,
         name: str,
     ) -> torch.Tensor:
-        """q, k, v int8 (B, T, C) → int8 (B, T, C); mask bool broadcastable to (B, H, T, T), True = attend."""
+        """q, k, v int8 (B, T, C) → int8 (B, T, C); key_mask bool (B, T) (True = real token) or None."""
         b, t, c = q.shape
         hd = c // self.n_head
         scores = torch.empty(b, self.n_head, t, t, dtype=torch.int32)  # (B, H, T, T)
@@ -110,13 +105,15 @@ class IntAttention:
                 cols = slice(h * hd, (h + 1) * hd)
                 int_matmul(q[i, :, cols], k[i, :, cols], bits=8, layout="nt", out=scores[i, h])
         _rec(trace, f"{name}.scores", scores)
-        w = _rec(trace, f"{name}.weights", self.weights(scores, mask))
-        codes, row_mult = kernels.normalize_rows(w, self.row_const)  # int8 (B,H,T,T), int64 (B,H,T,1)
+        codes, row_mult = attention_rows(
+            scores, causal=causal, key_mask=key_mask, row_const=self.row_const,
+            poly_bias=self.bias if self.kind == "poly" else None, delta=self.delta,
+            exp=self.exp if self.kind == "softmax" else None,
+        )  # fmt: skip
         _rec(trace, f"{name}.probs", codes)
         _rec(trace, f"{name}.row_mult", row_mult)
         y = torch.empty(b, t, c, dtype=torch.int8)
         acc = torch.empty(t, hd, dtype=torch.int32)
-        row_mult = row_mult.squeeze(-1).contiguous()
         for i in range(b):
             for h in range(self.n_head):
                 cols = slice(h * hd, (h + 1) * hd)
@@ -134,8 +131,7 @@ class IntNorm:
     consts: kernels.NormConstants
 
     def __call__(self, x: torch.Tensor, trace: DtypeTrace | None, name: str) -> torch.Tensor:
-        fn = kernels.l1_layernorm if self.kind == "l1" else kernels.layernorm
-        return _rec(trace, name, fn(x, self.consts))
+        return _rec(trace, name, norm_rows(x, self.kind, self.consts))
 
     def nbytes(self) -> int:
         return self.consts.gamma.nbytes + self.consts.beta.nbytes
@@ -155,7 +151,7 @@ class IntGPTBlock:
     fc_in: IntLinear
     fc_out: IntLinear
 
-    def __call__(self, r: torch.Tensor, mask: torch.Tensor, trace: DtypeTrace | None, name: str) -> None:
+    def __call__(self, r: torch.Tensor, trace: DtypeTrace | None, name: str) -> None:
         """Update the residual r (B, T, C) int32 in place."""
         b, t, c = r.shape
         r2 = r.view(b * t, c)
@@ -164,7 +160,7 @@ class IntGPTBlock:
             lin(x, trace, f"{name}.{nm}").view(b, t, c)
             for nm, lin in (("q", self.q), ("k", self.k), ("v", self.v))
         )
-        y = self.attn(q, k, v, mask, trace, f"{name}.attn")
+        y = self.attn(q, k, v, True, None, trace, f"{name}.attn")
         self.out(y.view(b * t, c), trace, f"{name}.out_proj", residual=r2)
         x = self.norm2(r2, trace, f"{name}.norm2")
         h = self.fc_in(x, trace, f"{name}.fc_in")
@@ -206,9 +202,8 @@ class IntegerGPT:
         pos = self.wpe[:t].to(torch.int32).repeat(b, 1)
         requant_channels(pos, zero, self.wpe_mult, self.wpe_shift, residual=r)
         r = _rec(trace, "embed", r).view(b, t, c)
-        mask = torch.ones(t, t, dtype=torch.bool).tril()
         for i, block in enumerate(self.blocks):
-            block(r, mask, trace, f"blocks.{i}")
+            block(r, trace, f"blocks.{i}")
         x = self.ln_f(r.view(b * t, c), trace, "ln_f")
         acc = _rec(trace, "lm_head.acc", int_matmul(x, self.lm_head, bits=8, layout="nt"))
         return (acc.to(torch.float32) * self.logit_scale).view(b, t, -1)  # output dequantization
