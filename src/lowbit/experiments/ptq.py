@@ -174,7 +174,8 @@ def _load_data(
     data = load_rotten_tomatoes(seed=args.seed)
     n_test = min(args.max_test, len(data.test_texts))
     n_train = min(args.max_train, len(data.train_texts))
-    # calibration snippets come from the *end* of the training split, disjoint from the head's training part
+    # calibration snippets come from the *end* of the training split (the head's part is its start; they
+    # overlap only when --max-train reaches them); the held-out split is never seen before evaluation
     n_calib = args.calib_batches * args.calib_batch_size
     calib = data.train_texts[-n_calib:]
     return (
@@ -261,7 +262,11 @@ def run(args: argparse.Namespace) -> int:
             seconds = fp32_seconds
         else:
             qmodel = copy.deepcopy(model)
-            summary = quantize(qmodel, configs[fmt], calibration)
+            try:
+                summary = quantize(qmodel, configs[fmt], calibration)
+            except (ValueError, TypeError) as err:  # e.g. a model whose widths do not fit MX blocks
+                logger.error("%s cannot be applied to %s: %s", fmt, args.model, err)
+                return 2
             emb = embed_sorted(qmodel, tokenizer, eval_texts, args.batch_size, args.max_length)
             seconds = time.perf_counter() - t0
             weight_bytes = summary.weight_bytes
