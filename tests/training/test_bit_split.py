@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lowbit.training import bit_merge, bit_split
+from lowbit.training.bit_split import bit_split_merged
 
 
 def _grad(gen: torch.Generator) -> torch.Tensor:
@@ -64,3 +65,15 @@ def test_zero_and_nonfinite() -> None:
         bit_split(torch.tensor([[1.0, float("nan")]]))
     with pytest.raises(ValueError, match="rounding"):
         bit_split(torch.ones(2, 2), rounding="down")
+
+
+@pytest.mark.parametrize("clamp", [7, 6], ids=["clamp7-single-rounding", "clamp6-via-split"])
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_merged_code_is_identical(gen: torch.Generator, rounding: str, clamp: int) -> None:
+    g = _grad(gen) * 1.37  # scale not a power of two: residuals are not exact binary fractions
+    hi, lo, unit = bit_split(g, clamp=clamp, rounding=rounding, generator=torch.Generator().manual_seed(5))
+    merged, unit2 = bit_split_merged(
+        g, clamp=clamp, rounding=rounding, generator=torch.Generator().manual_seed(5)
+    )
+    assert unit2 == unit and merged.dtype == torch.int8
+    assert torch.equal(merged.short(), 14 * hi.short() + lo.short())

@@ -142,7 +142,7 @@ def test_lsq_step_gradient_matches_finite_differences() -> None:
         y = q_hat(xh, float(q.x_step), sx) @ q_hat(wh, float(q.w_step), sw).T
         return float((y * grad_y).sum())
 
-    sx, sw = float(q.x_step), float(q.w_step)
+    sx, sw = float(q.x_step.detach()), float(q.w_step.detach())
     eps = 1e-4
     fd_x = (surrogate_loss(sx + eps * sx, sw) - surrogate_loss(sx - eps * sx, sw)) / (2 * eps * sx)
     fd_w = (surrogate_loss(sx, sw + eps * sw) - surrogate_loss(sx, sw - eps * sw)) / (2 * eps * sw)

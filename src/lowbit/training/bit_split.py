@@ -40,12 +40,39 @@ def bit_split(
     scale = SPLIT_TOP / amax
     t = g32 * scale  # in [-98, 98]
     hi = torch.round(t / SPLIT_RADIX).clamp_(-clamp, clamp)
-    resid = t - SPLIT_RADIX * hi  # in [-7, 7] when clamp == 7
-    lo = round_stochastic(resid, generator) if rounding == "stochastic" else torch.round(resid)
-    lo = lo.clamp_(-clamp, clamp)
+    # lo = rounded(t) − 14·hi: equal to rounding the residual t − 14·hi (in [-7, 7]; 14·hi is an even
+    # integer), written so that 14·hi + lo is bit-identical to rounding t once (``bit_split_merged``)
+    t_int = round_stochastic(t, generator) if rounding == "stochastic" else torch.round(t)
+    lo = (t_int - SPLIT_RADIX * hi).clamp_(-clamp, clamp)
     return hi.to(torch.int8), lo.to(torch.int8), 1.0 / scale
 
 
 def bit_merge(hi: torch.Tensor, lo: torch.Tensor, unit: float) -> torch.Tensor:
     """The float32 value a bit split represents."""
     return (SPLIT_RADIX * hi.float() + lo.float()) * unit
+
+
+def bit_split_merged(
+    g: torch.Tensor, *, clamp: int = 7, rounding: str = "stochastic", generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, float]:
+    """``(SPLIT_RADIX · hi + lo, unit)`` of :func:`bit_split` as one int8 tensor, from the same random draws.
+
+    With ``clamp == 7`` nothing clips and 14·hi is an even integer, so ``14·hi + round(t − 14·hi) = round(t)``
+    for both roundings: the merged code is ``t`` rounded once (in [-98, 98]). Identical integers to
+    ``bit_split`` followed by ``14·hi + lo`` for the same generator state (tested).
+    """
+    if clamp != 7:
+        hi, lo, unit = bit_split(g, clamp=clamp, rounding=rounding, generator=generator)
+        return (SPLIT_RADIX * hi.short() + lo).to(torch.int8), unit
+    if rounding not in ("stochastic", "nearest"):
+        raise ValueError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
+    g32 = g.detach().float()
+    amax = float(g32.abs().max()) if g32.numel() else 0.0
+    if not torch.isfinite(torch.tensor(amax)):
+        raise ValueError(f"the gradient holds non-finite values (max |g| = {amax}); cannot bit-split")
+    if amax == 0.0:
+        return torch.zeros(g32.shape, dtype=torch.int8), 1.0
+    scale = SPLIT_TOP / amax
+    t = g32 * scale
+    code = round_stochastic(t, generator) if rounding == "stochastic" else torch.round(t)
+    return code.clamp_(-SPLIT_TOP, SPLIT_TOP).to(torch.int8), 1.0 / scale

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from lowbit.ops import int_matmul_scaled, quantize_rows
-from lowbit.training.bit_split import SPLIT_RADIX, bit_split
+from lowbit.training.bit_split import SPLIT_RADIX, bit_split, bit_split_merged
 from lowbit.training.hadamard_quant import block_transform
 from lowbit.training.leverage import select_rows
 from lowbit.training.lsq import clip_mask, lsq_quantize, lsq_step_grad
@@ -54,54 +54,68 @@ class Int4HQLinearFn(torch.autograd.Function):
     def backward(ctx: Any, grad_out):  # noqa: D102
         x_int4, w_int4, x_dq, w_dq, sx, sw = ctx.saved_tensors
         recipe: Recipe = ctx.recipe
-        n, c = grad_out.shape
-        d = x_int4.shape[1]
-        hi, lo, unit = bit_split(
-            grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
-        )
-        g_stack = torch.cat([hi, lo])  # (2N, C): ∇Y↕, rows [hi; lo]
-        row_unit = torch.cat([torch.full((n,), SPLIT_RADIX * unit), torch.full((n,), unit)])  # (2N,)
-        g_norm = _row_norms(g_stack) * row_unit
+        need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
+        need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[4]
         grad_x = grad_w = grad_b = gx_step = gw_step = None
-
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
-            # grad_input: ∇(XH) = Σ_kept (w_r · ∇Y↕_r) Ŵ, scored by ‖∇Y↕_r‖; rows summed back onto tokens
-            idx, weight = select_rows(g_norm, recipe.lss, ctx.generator)
-            part = _empty_safe_scaled(
-                g_stack[idx], w_int4, row_unit[idx] * weight, sw, bits=4, layout="nn", shape=(0, d)
-            )  # (R, D)
-            grad_xh = torch.zeros((n, d), dtype=torch.float32).index_add_(0, idx % n, part)
+        if recipe.lss == "sample":
+            grad_xh, grad_wh = _sampled_backward(
+                grad_out, x_int4, w_int4, sx, sw, recipe, ctx.generator, need_x, need_w
+            )
+        else:
+            # "nonzero" keeps every non-zero row of hi and of lo, and zero rows add nothing: the two INT4
+            # products ∇Y↕ Ŵ = 14u·hi·Ŵ + u·lo·Ŵ are one exact integer product of the code 14·hi + lo
+            # (|·| <= 105, an 8-bit operand), computed in one pass instead of two
+            merged, unit = bit_split_merged(
+                grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
+            )  # (N, C)
+            grad_xh = int_matmul_scaled(merged, w_int4, unit, sw, bits=8, layout="nn") if need_x else None
+            grad_wh = int_matmul_scaled(merged, x_int4, unit, sx, bits=8, layout="tn") if need_w else None
+        if need_x:  # grad_input: STE with the clip mask, then H⁻¹ = H; the LSQ step gradient
             gx_step = lsq_step_grad(grad_xh, x_dq).reshape(sx.shape)
-            grad_x = block_transform(grad_xh * clip_mask(x_dq), ctx.block)  # STE, then H⁻¹ = H
-
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[4]:
-            # grad_weight: ∇(WH) = Σ_kept w_r · ∇Y↕_rᵀ X̂↕_r, scored by ‖∇Y↕_r‖·‖X̂↕_r‖
-            x_norm = _row_norms(x_int4)
-            idx, weight = select_rows(g_norm * torch.cat([x_norm, x_norm]), recipe.lss, ctx.generator)
-            x_rows = x_int4[idx % n]  # (R, D)
-            if recipe.lss == "sample":
-                # the 1/p weights sit on the reduction dim: re-split the weighted rows (unbiased, INT4 again)
-                weighted = g_stack[idx].float() * (row_unit[idx] * weight)[:, None]  # (R, C)
-                hi2, lo2, unit2 = bit_split(
-                    weighted, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
-                )
-                pairs = ((hi2, x_rows, SPLIT_RADIX * unit2), (lo2, x_rows, unit2))
-            else:
-                is_hi = idx < n
-                pairs = (
-                    (g_stack[idx[is_hi]], x_rows[is_hi], SPLIT_RADIX * unit),
-                    (g_stack[idx[~is_hi]], x_rows[~is_hi], unit),
-                )
-            grad_wh = torch.zeros((c, d), dtype=torch.float32)
-            for g_rows, xr, u in pairs:
-                if g_rows.shape[0]:
-                    grad_wh += int_matmul_scaled(g_rows, xr, u, sx, bits=4, layout="tn")  # (C, D)
+            grad_x = block_transform(grad_xh * clip_mask(x_dq), ctx.block)
+        if need_w:  # grad_weight: likewise
             gw_step = lsq_step_grad(grad_wh, w_dq).reshape(sw.shape)
             grad_w = block_transform(grad_wh * clip_mask(w_dq), ctx.block)
-
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(0)
         return grad_x, grad_w, grad_b, gx_step, gw_step, None, None, None
+
+
+def _sampled_backward(
+    grad_out, x_int4, w_int4, sx, sw, recipe: Recipe, generator, need_x: bool, need_w: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """∂L/∂(XH)^ and ∂L/∂(WH)^ with the paper's Bernoulli leverage score sampling over rows [hi; lo]."""
+    n, c = grad_out.shape
+    d = x_int4.shape[1]
+    hi, lo, unit = bit_split(
+        grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=generator
+    )
+    g_stack = torch.cat([hi, lo])  # (2N, C): ∇Y↕, rows [hi; lo]
+    row_unit = torch.cat([torch.full((n,), SPLIT_RADIX * unit), torch.full((n,), unit)])  # (2N,)
+    g_norm = _row_norms(g_stack) * row_unit
+    grad_xh = grad_wh = None
+    if need_x:
+        # ∇(XH) = Σ_kept (∇Y↕_r / p_r) Ŵ, scored by ‖∇Y↕_r‖; the 1/p weights are output-row scales
+        idx, weight = select_rows(g_norm, "sample", generator)
+        part = _empty_safe_scaled(
+            g_stack[idx], w_int4, row_unit[idx] * weight, sw, bits=4, layout="nn", shape=(0, d)
+        )  # (R, D)
+        grad_xh = torch.zeros((n, d), dtype=torch.float32).index_add_(0, idx % n, part)
+    if need_w:
+        # ∇(WH) = Σ_kept ∇Y↕_rᵀ X̂↕_r / p_r, scored by ‖∇Y↕_r‖·‖X̂↕_r‖; the 1/p weights sit on the reduction
+        # dim, so the weighted rows are bit-split again (stochastic, unbiased) into INT4 hi/lo
+        x_norm = _row_norms(x_int4)
+        idx, weight = select_rows(g_norm * torch.cat([x_norm, x_norm]), "sample", generator)
+        x_rows = x_int4[idx % n]  # (R, D)
+        weighted = g_stack[idx].float() * (row_unit[idx] * weight)[:, None]  # (R, C)
+        hi2, lo2, unit2 = bit_split(
+            weighted, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=generator
+        )
+        grad_wh = torch.zeros((c, d), dtype=torch.float32)
+        for g_rows, u in ((hi2, SPLIT_RADIX * unit2), (lo2, unit2)):
+            if g_rows.shape[0]:
+                grad_wh += int_matmul_scaled(g_rows, x_rows, u, sx, bits=4, layout="tn")  # (C, D)
+    return grad_xh, grad_wh
 
 
 def _per_tensor_int4(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
