@@ -46,18 +46,24 @@ class _Ranges:
     """Forward hooks recording the running absmax of named module inputs/outputs."""
 
     def __init__(self) -> None:
-        self.absmax: dict[str, float] = {}
+        self.absmax: dict[str, float | torch.Tensor] = {}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _update(self, key: str, t: torch.Tensor) -> None:
-        v = float(t.detach().abs().max())
-        self.absmax[key] = max(self.absmax.get(key, 0.0), v)
-
-    def watch(self, module: nn.Module, key: str, where: str = "out") -> None:
-        if where == "out":
-            self.handles.append(module.register_forward_hook(lambda m, i, o: self._update(key, o)))
+    def _update(self, key: str, t: torch.Tensor, per_channel: bool) -> None:
+        t = t.detach().abs()
+        if per_channel:  # float64 (C,) over every dim but the last
+            v = t.reshape(-1, t.shape[-1]).amax(0).to(torch.float64)
+            old = self.absmax.get(key)
+            self.absmax[key] = v if old is None else torch.maximum(old, v)
         else:
-            self.handles.append(module.register_forward_pre_hook(lambda m, i: self._update(key, i[0])))
+            self.absmax[key] = max(self.absmax.get(key, 0.0), float(t.max()))
+
+    def watch(self, module: nn.Module, key: str, where: str = "out", per_channel: bool = False) -> None:
+        if where == "out":
+            hook = module.register_forward_hook(lambda m, i, o: self._update(key, o, per_channel))
+        else:
+            hook = module.register_forward_pre_hook(lambda m, i: self._update(key, i[0], per_channel))
+        self.handles.append(hook)
 
     def remove(self) -> None:
         for h in self.handles:
@@ -77,9 +83,22 @@ def _dyadic32(ratio: torch.Tensor | float, n: int) -> tuple[torch.Tensor, torch.
     return d.mult.to(torch.int32).contiguous(), d.shift.to(torch.int32).contiguous()
 
 
-def fold_linear(lin: nn.Linear, s_x: float, s_y: float, cfg: ConvertConfig, relu: bool = False) -> IntLinear:
-    """Fold an FP32 linear with int8 input at ``s_x`` and output at ``s_y`` (int8, or the int32 residual)."""
-    codes, s_w = _weight_codes(lin.weight, cfg.weight_qmax)
+def fold_linear(
+    lin: nn.Linear,
+    s_x: float | torch.Tensor,
+    s_y: float | torch.Tensor,
+    cfg: ConvertConfig,
+    relu: bool = False,
+) -> IntLinear:
+    """Fold an FP32 linear with int8 input at ``s_x`` and output at ``s_y`` (int8, or the int32 residual).
+
+    A per-input-channel ``s_x`` (float64 (K,)) is folded into the weight's columns before its quantization
+    (``W·diag(s_x)``: the integer product then needs no input scale).
+    """
+    w = lin.weight.detach().to(torch.float64)
+    if isinstance(s_x, torch.Tensor):
+        w, s_x = w * s_x, 1.0
+    codes, s_w = _weight_codes(w, cfg.weight_qmax)
     bias = None
     if lin.bias is not None:
         b = torch.round(lin.bias.detach().to(torch.float64) / (s_x * s_w))
@@ -88,11 +107,15 @@ def fold_linear(lin: nn.Linear, s_x: float, s_y: float, cfg: ConvertConfig, relu
     return IntLinear(codes.contiguous(), bias, mult, shift, relu)
 
 
-def _act_scale(absmax: float, qmax: int) -> float:
+def _act_scale(absmax: float | torch.Tensor, qmax: int) -> float | torch.Tensor:
+    if isinstance(absmax, torch.Tensor):
+        return absmax.clamp_min(1e-8) / qmax
     return max(absmax, 1e-8) / qmax
 
 
-def fold_norm(norm: nn.Module, kind: str, s_res: float, res_absmax: float, s_out: float) -> IntNorm:
+def fold_norm(
+    norm: nn.Module, kind: str, s_res: float, res_absmax: float, s_out: float | torch.Tensor
+) -> IntNorm:
     """Fold an L1LayerNorm/LayerNorm on the int32 residual at ``s_res`` into an int8-output integer norm."""
     k = kernels.norm_constants(kind, s_res, res_absmax, norm.weight, norm.bias, norm.eps, s_out)
     k = kernels.NormConstants(

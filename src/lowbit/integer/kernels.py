@@ -71,9 +71,12 @@ def norm_constants(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     eps: float,
-    out_scale: float,
+    out_scale: float | torch.Tensor,
 ) -> NormConstants:
-    """Fold an FP32 norm (``kind`` "l1" or "layer") into integer constants for inputs at ``x_scale``."""
+    """Fold an FP32 norm (``kind`` "l1" or "layer") into integer constants for inputs at ``x_scale``.
+
+    ``out_scale`` is per tensor or per channel (float64 (C,)): the output codes are ``y_j / out_scale_j``.
+    """
     c = weight.numel()
     bound = 2.0 * c * (x_absmax / x_scale + 1)  # |C·x − Σx| ≤ 2·C·max|x|
     pre_shift = max(0, math.ceil(math.log2(bound)) - 24)

@@ -1,0 +1,218 @@
+"""Integer-only BERT encoders (all-MiniLM-L6-v2): ``convert_bert(model, calib_batches) -> IntegerBert``.
+
+An unmodified Hugging Face ``BertModel`` runs integer-only with I-BERT-style kernels: embedding codes summed
+in int32, integer LayerNorm (Newton square root), softmax attention by i-exp, GELU by i-GELU (on an int32
+input re-scaled to ``GELU_BITS`` so the polynomial stays in int32), post-norm residuals in int32, and mean
+pooling summed in int32 — the output dequantization is the pooled sum times its scale over the token count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lowbit.integer import kernels
+from lowbit.integer.convert import (
+    RESIDUAL_BITS,
+    RESIDUAL_HEADROOM,
+    ROW_CONST_BITS,
+    ConvertConfig,
+    _act_scale,
+    _dyadic32,
+    _Ranges,
+    _weight_codes,
+    fold_linear,
+    fold_norm,
+)
+from lowbit.integer.fast import requant_channels
+from lowbit.integer.graph import DtypeTrace, IntAttention, IntLinear, IntNorm, _rec
+
+logger = logging.getLogger(__name__)
+
+#: The GELU input is re-scaled so its calibrated absmax maps to 2^GELU_BITS (i-GELU products < 2^31).
+GELU_BITS = 10
+
+
+@dataclass(frozen=True, eq=False)
+class IntBertLayer:
+    """Post-norm encoder layer: r1 = x + out(attn(x)) → ln1; r2 = x1 + fc_out(gelu(fc_in(x1))) → ln2."""
+
+    q: IntLinear
+    k: IntLinear
+    v: IntLinear
+    attn: IntAttention
+    x_to_r1: tuple[torch.Tensor, torch.Tensor]  # int32 (C,) mult, shift: int8 input -> residual scale
+    out: IntLinear
+    ln1: IntNorm
+    fc_in: IntLinear  # int32 output at the GELU input scale (residual mode into zeros)
+    gelu: kernels.GeluConstants
+    gelu_pre_shift: int  # right shift of the int64 i-GELU result so it fits int32
+    gelu_mult: torch.Tensor
+    gelu_shift: torch.Tensor
+    x1_to_r2: tuple[torch.Tensor, torch.Tensor]
+    fc_out: IntLinear
+    ln2: IntNorm
+
+    def __call__(
+        self, x: torch.Tensor, b: int, t: int, key_mask: torch.Tensor, trace, name: str
+    ) -> torch.Tensor:
+        """x int8 (B·T, C) → int8 (B·T, C)."""
+        c = x.shape[1]
+        q, k, v = (lin(x, trace, f"{name}.{nm}").view(b, t, c) for nm, lin in (("q", self.q), ("k", self.k),
+                                                                                ("v", self.v)))  # fmt: skip
+        ctx = self.attn(q, k, v, False, key_mask, trace, f"{name}.attn").view(b * t, c)
+        r = _to_residual(x, self.x_to_r1)
+        self.out(ctx, trace, f"{name}.out_proj", residual=r)
+        x1 = self.ln1(_rec(trace, f"{name}.residual1", r), trace, f"{name}.ln1")
+        g_in = torch.zeros(b * t, self.fc_in.weight.shape[0], dtype=torch.int32)
+        self.fc_in(x1, trace, f"{name}.fc_in", residual=g_in)
+        g64 = kernels.i_gelu(g_in, self.gelu)
+        if self.gelu_pre_shift:
+            g64 = (g64 + (1 << (self.gelu_pre_shift - 1))) >> self.gelu_pre_shift
+        g = _rec(trace, f"{name}.gelu", g64.clamp(-(2**31), 2**31 - 1).to(torch.int32))
+        h = _rec(trace, f"{name}.hidden", requant_channels(g, None, self.gelu_mult, self.gelu_shift))
+        r = _to_residual(x1, self.x1_to_r2)
+        self.fc_out(h, trace, f"{name}.fc_out", residual=r)
+        return self.ln2(_rec(trace, f"{name}.residual2", r), trace, f"{name}.ln2")
+
+    def nbytes(self) -> int:
+        lins = (self.q, self.k, self.v, self.out, self.fc_in, self.fc_out)
+        return sum(p.nbytes() for p in lins) + self.ln1.nbytes() + self.ln2.nbytes()
+
+
+def _to_residual(x: torch.Tensor, md: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """int8 (M, C) → int32 (M, C) at the residual scale (dyadic per channel)."""
+    out = torch.zeros(x.shape, dtype=torch.int32)
+    return requant_channels(x.to(torch.int32), None, md[0], md[1], residual=out)
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerBert:
+    """Integer-only BERT encoder; ``forward(input_ids, attention_mask)`` → mean-pooled float32 embeddings."""
+
+    embeddings: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]  # (codes, mult, shift) x 3
+    ln_emb: IntNorm
+    layers: tuple[IntBertLayer, ...]
+    out_scale: torch.Tensor  # float32 (C,): per-channel scale of the last LayerNorm's int8 output
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        trace: DtypeTrace | None = None,
+    ) -> torch.Tensor:
+        """(B, T) ids and mask → (B, C) mean-pooled embeddings (the output dequantization)."""
+        b, t = input_ids.shape
+        (wte, wm, ws), (wpe, pm, ps), (wtt, tm, ts) = self.embeddings
+        c = wte.shape[1]
+        types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+        r = torch.zeros(b * t, c, dtype=torch.int32)
+        pos = torch.arange(t).repeat(b)
+        for table, ids, m, s in ((wte, input_ids.reshape(-1), wm, ws), (wpe, pos, pm, ps),
+                                 (wtt, types.reshape(-1), tm, ts)):  # fmt: skip
+            requant_channels(_rec(trace, "embed.codes", table[ids]).to(torch.int32), None, m, s, residual=r)
+        x = self.ln_emb(_rec(trace, "embed", r), trace, "embed.ln")
+        key_mask = attention_mask.to(torch.bool)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, b, t, key_mask, trace, f"layers.{i}")
+        x3 = x.view(b, t, c).to(torch.int32) * key_mask.view(b, t, 1)
+        pooled = _rec(trace, "pool.sum", x3.sum(1, dtype=torch.int32))  # (B, C) int32
+        count = key_mask.sum(1, keepdim=True).clamp_min(1)
+        return pooled.to(torch.float32) * self.out_scale / count  # output dequantization
+
+    __call__ = forward
+
+    def weight_bytes(self) -> int:
+        emb = sum(t.nbytes for trip in self.embeddings for t in trip)
+        return emb + self.ln_emb.nbytes() + sum(layer.nbytes() for layer in self.layers)
+
+
+def _embed_codes(table: nn.Embedding, s_res: float, qmax: int) -> tuple[torch.Tensor, ...]:
+    codes, scale = _weight_codes(table.weight.t(), qmax)  # per hidden channel
+    mult, shift = _dyadic32(scale / s_res, codes.shape[0])
+    return codes.t().contiguous(), mult, shift
+
+
+@torch.no_grad()
+def convert_bert(
+    model: nn.Module, calib_batches: Iterable[dict[str, torch.Tensor]], config: ConvertConfig | None = None
+) -> IntegerBert:
+    """Convert a Hugging Face ``BertModel`` (GELU, LayerNorm, softmax); calib batches: tokenizer outputs."""
+    cfg = config or ConvertConfig()
+    emb, layers = model.embeddings, model.encoder.layer
+    act = getattr(model.config, "hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"convert_bert implements hidden_act='gelu' (erf), got {act!r}")
+    ranges = _Ranges()
+    ranges.watch(emb.LayerNorm, "emb_sum", "in")
+    ranges.watch(emb.LayerNorm, "emb_ln", per_channel=True)
+    for i, lay in enumerate(layers):
+        for nm in ("query", "key", "value"):
+            ranges.watch(getattr(lay.attention.self, nm), f"{i}.{nm}")
+        ranges.watch(lay.attention.output.dense, f"{i}.ctx", "in")
+        ranges.watch(lay.attention.output.LayerNorm, f"{i}.r1", "in")
+        ranges.watch(lay.attention.output.LayerNorm, f"{i}.ln1", per_channel=True)
+        ranges.watch(lay.intermediate.dense, f"{i}.gelu_in")
+        ranges.watch(lay.output.dense, f"{i}.hidden", "in", per_channel=True)
+        ranges.watch(lay.output.LayerNorm, f"{i}.r2", "in")
+        ranges.watch(lay.output.LayerNorm, f"{i}.ln2", per_channel=True)
+    try:
+        n = sum(1 for batch in calib_batches if model(**batch) is not None)
+    finally:
+        ranges.remove()
+    if n == 0:
+        raise ValueError("convert_bert needs at least one calibration batch")
+    a, qa = ranges.absmax, cfg.act_qmax
+
+    def res_scale(key: str) -> tuple[float, float]:
+        absmax = a[key] * RESIDUAL_HEADROOM
+        return absmax / 2**RESIDUAL_BITS, absmax
+
+    s_e, e_abs = res_scale("emb_sum")
+    s_x = _act_scale(a["emb_ln"], qa)
+    embeddings = tuple(_embed_codes(t, s_e, cfg.weight_qmax) for t in
+                       (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings))  # fmt: skip
+    ln_emb = fold_norm(emb.LayerNorm, "layer", s_e, e_abs, s_x)
+    out_layers = []
+    for i, lay in enumerate(layers):
+        att = lay.attention.self
+        n_head = att.num_attention_heads
+        hd = att.attention_head_size
+        s_q, s_k, s_v = (_act_scale(a[f"{i}.{nm}"], qa) for nm in ("query", "key", "value"))
+        s_ctx = _act_scale(a[f"{i}.ctx"], qa)
+        s_r1, r1_abs = res_scale(f"{i}.r1")
+        s_r2, r2_abs = res_scale(f"{i}.r2")
+        s_x1 = _act_scale(a[f"{i}.ln1"], qa)
+        s_g = a[f"{i}.gelu_in"] / 2**GELU_BITS
+        s_h = _act_scale(a[f"{i}.hidden"], qa)
+        s_x2 = _act_scale(a[f"{i}.ln2"], qa)
+        c = lay.output.dense.out_features
+        g = kernels.gelu_constants(s_g)
+        # |i-GELU| <= q_max · 2·|1/S_L| with q_max = 2^(GELU_BITS+2) (4x calibration headroom)
+        bound = 2 ** (GELU_BITS + 2) * 2 * abs(g.one)
+        pre = max(0, math.ceil(math.log2(bound)) - 30)
+        gm, gs = _dyadic32(g.out_scale * 2**pre / s_h, lay.intermediate.dense.out_features)
+        out_layers.append(IntBertLayer(
+            q=fold_linear(att.query, s_x, s_q, cfg), k=fold_linear(att.key, s_x, s_k, cfg),
+            v=fold_linear(att.value, s_x, s_v, cfg),
+            attn=IntAttention(n_head, "softmax", round(2**ROW_CONST_BITS * s_v / (127 * s_ctx)),
+                              kernels.ROW_FRAC_BITS + ROW_CONST_BITS,
+                              exp=kernels.exp_constants(s_q * s_k / math.sqrt(hd))),
+            x_to_r1=_dyadic32(s_x / s_r1, c),
+            out=fold_linear(lay.attention.output.dense, s_ctx, s_r1, cfg),
+            ln1=fold_norm(lay.attention.output.LayerNorm, "layer", s_r1, r1_abs, s_x1),
+            fc_in=fold_linear(lay.intermediate.dense, s_x1, s_g, cfg),
+            gelu=g, gelu_pre_shift=pre, gelu_mult=gm, gelu_shift=gs,
+            x1_to_r2=_dyadic32(s_x1 / s_r2, c),
+            fc_out=fold_linear(lay.output.dense, s_h, s_r2, cfg),
+            ln2=fold_norm(lay.output.LayerNorm, "layer", s_r2, r2_abs, s_x2),
+        ))  # fmt: skip
+        s_x = s_x2
+    logger.info("converted BERT: %d layers integer-only", len(out_layers))
+    return IntegerBert(embeddings, ln_emb, tuple(out_layers), torch.as_tensor(s_x).to(torch.float32))
