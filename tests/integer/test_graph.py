@@ -87,3 +87,32 @@ def test_weight_bytes(tiny_gpt: GPT) -> None:
 def test_convert_rejects_standard_gpt() -> None:
     with pytest.raises(ValueError, match="Integer Transformer"):
         convert(GPT(GPTConfig(40, block_size=8, n_layer=1, n_head=1, n_embd=8)), [torch.zeros(1, 8).long()])
+
+
+@pytest.mark.parametrize("kind", ["poly", "softmax"])
+def test_fused_attention_matches_unfused(kind: str) -> None:
+    from lowbit.integer import kernels
+    from lowbit.integer.fast import attention_fused
+    from lowbit.integer.graph import IntAttention
+    from lowbit.ops import native
+
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.why_not_native()}")
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randint(-127, 128, (3, 11, 24), generator=g, dtype=torch.int8) for _ in range(3))
+    key_mask = torch.ones(3, 11, dtype=torch.bool)
+    key_mask[2, 8:] = False
+    causal = kind == "poly"
+    extra = (
+        {"bias": torch.tensor([50, -300, 0]).view(3, 1, 1), "delta": 11}
+        if kind == "poly"
+        else {"exp": kernels.exp_constants(4e-3)}
+    )
+    att = IntAttention(3, kind, 4000, 40, **extra)
+    unfused = att(q, k, v, causal, key_mask, DtypeTrace(), "attn")  # tracing runs the unfused path
+    fused = attention_fused(
+        q, k, v, 3, causal=causal, key_mask=key_mask, row_const=4000, row_shift=40,
+        poly_bias=extra.get("bias"), delta=extra.get("delta", 0), exp=extra.get("exp"),
+    )  # fmt: skip
+    assert torch.equal(fused, unfused)
+    assert int(fused.abs().sum()) > 0

@@ -54,6 +54,29 @@ def _lib() -> ctypes.CDLL:
         _I,
     ]
     lib.lowbit_int_attn_rows.restype = None
+    lib.lowbit_int_attention.argtypes = [
+        _P,
+        _P,
+        _P,
+        _L,
+        _L,
+        _L,
+        _L,
+        _I,
+        _P,
+        _I,
+        _P,
+        _Q,
+        _Q,
+        _Q,
+        _Q,
+        _I,
+        _I,
+        _Q,
+        _I,
+    ]
+    lib.lowbit_int_attention.argtypes += [_P, _I]
+    lib.lowbit_int_attention.restype = None
     return lib
 
 
@@ -260,3 +283,63 @@ def attention_rows(
         _threads(scores.numel()),
     )
     return codes, mult
+
+
+def attention_fused(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_head: int,
+    *,
+    causal: bool,
+    key_mask: torch.Tensor | None,
+    row_const: int,
+    row_shift: int,
+    poly_bias: torch.Tensor | None = None,
+    delta: int = 0,
+    exp: kernels.ExpConstants | None = None,
+) -> torch.Tensor:
+    """Native fused integer attention: int8 q, k, v (B, T, C) → int8 (B, T, C), one pass per (batch, head).
+
+    The same integers as int_matmul scores → :func:`attention_rows` → int_matmul P·V → :func:`requant_rows`
+    (``IntAttention`` runs that unfused path when tracing; tests check they agree bit for bit). Causal rows
+    skip the masked upper triangle.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype != torch.int8 or t.dim() != 3 or not t.is_contiguous() or t.shape != q.shape:
+            raise ValueError(
+                f"{name} must be contiguous int8 (B, T, C) like q, got {t.dtype} {tuple(t.shape)}"
+            )
+    if (poly_bias is None) == (exp is None):
+        raise ValueError("give exactly one of poly_bias (poly attention) and exp (softmax attention)")
+    b, t, c = q.shape
+    if c % n_head:
+        raise ValueError(f"C={c} is not divisible by n_head={n_head}")
+    y = torch.empty(b, t, c, dtype=torch.int8)
+    km = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
+    pb = poly_bias.reshape(n_head).to(torch.int64).contiguous() if poly_bias is not None else None
+    e = exp or kernels.ExpConstants(1, 0, 0)
+    _lib().lowbit_int_attention(
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        b,
+        t,
+        c,
+        n_head,
+        int(causal),
+        km.data_ptr() if km is not None else None,
+        0 if poly_bias is not None else 1,
+        pb.data_ptr() if pb is not None else None,
+        delta,
+        e.ln2,
+        e.b,
+        e.c,
+        kernels.EXP_MAX_SHIFT,
+        kernels.ROW_FRAC_BITS,
+        row_const,
+        row_shift,
+        y.data_ptr(),
+        _threads(b * n_head * t * t),
+    )
+    return y

@@ -2,7 +2,9 @@
 
 Everything between the input (token ids) and the output dequantization (logits) is integer: int8 between
 operations, int32 accumulators and residual stream, int64 inside kernels where products need the width.
-Pass a :class:`DtypeTrace` to ``forward`` to record the dtype of every intermediate tensor.
+Pass a :class:`DtypeTrace` to ``forward`` to record the dtype of every intermediate tensor (attention then
+runs its unfused path — int_matmul scores, row weights, int_matmul P·V, row requantization — which gives the
+same integers as the fused native kernel used otherwise; a test checks they agree bit for bit).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from lowbit.integer import kernels
-from lowbit.integer.fast import attention_rows, norm_rows, requant_channels, requant_rows
-from lowbit.ops import int_matmul
+from lowbit.integer.fast import attention_fused, attention_rows, norm_rows, requant_channels, requant_rows
+from lowbit.ops import int_matmul, native
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,12 @@ class IntAttention:
     ) -> torch.Tensor:
         """q, k, v int8 (B, T, C) → int8 (B, T, C); key_mask bool (B, T) (True = real token) or None."""
         b, t, c = q.shape
+        if trace is None and native.available():
+            return attention_fused(
+                q, k, v, self.n_head, causal=causal, key_mask=key_mask, row_const=self.row_const,
+                row_shift=self.row_shift, poly_bias=self.bias if self.kind == "poly" else None,
+                delta=self.delta, exp=self.exp if self.kind == "softmax" else None,
+            )  # fmt: skip
         hd = c // self.n_head
         scores = torch.empty(b, self.n_head, t, t, dtype=torch.int32)  # (B, H, T, T)
         for i in range(b):
