@@ -98,6 +98,7 @@ def test_gradients_unbiased(recipe: str) -> None:
     x = torch.randn(48, 64, generator=gen)
     x[:, 5] *= 20.0
     grad_y = torch.randn(48, 16, generator=gen) * torch.rand(48, 1, generator=gen) ** 3  # uneven row norms
+    torch.manual_seed(0)  # the weight init: the whole test is deterministic (max |z| = 3.7 of 5 here)
     q = QuantLinear(64, 16, bias=False, recipe=recipe)
     n_seeds = 300
     draws: list[list[torch.Tensor]] = [[], [], [], []]

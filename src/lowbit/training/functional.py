@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from lowbit.ops import int_matmul_scaled, quantize_rows
+from lowbit.training._kernels import hq_grad_, hq_quantize, native_reason
 from lowbit.training.bit_split import SPLIT_RADIX, bit_split, bit_split_merged
 from lowbit.training.hadamard_quant import block_transform
 from lowbit.training.leverage import select_rows
-from lowbit.training.lsq import clip_mask, lsq_quantize, lsq_step_grad
+from lowbit.training.lsq import clip_mask, lsq_grad_scale, lsq_quantize, lsq_step_grad
 from lowbit.training.recipes import Recipe
 
 INT4_QMAX = 7  # symmetric absmax INT4 (int4-naive)
@@ -34,15 +35,30 @@ def _empty_safe_scaled(a, b, sa, sb, *, bits: int, layout: str, shape: tuple[int
     return int_matmul_scaled(a, b, sa, sb, bits=bits, layout=layout)
 
 
+def _hq_quantize(t: torch.Tensor, block: int, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block Hadamard + LSQ INT4 codes and ∂t̂/∂s: the fused native kernel, or the bit-identical torch path."""
+    if native_reason():
+        return lsq_quantize(block_transform(t, block), step)
+    return hq_quantize(t.detach().float().contiguous(), block, float(step))
+
+
+def _hq_grad(grad_q: torch.Tensor, dq_ds: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H(grad ⊙ clip mask), LSQ step gradient) from ∂L/∂(TH)^; native in one pass, else torch."""
+    if native_reason():
+        return block_transform(grad_q * clip_mask(dq_ds), block), lsq_step_grad(grad_q, dq_ds)
+    grad = grad_q.contiguous()
+    total = hq_grad_(grad, dq_ds, block)
+    return grad, torch.tensor(total * lsq_grad_scale(dq_ds.numel()), dtype=torch.float32)
+
+
 class Int4HQLinearFn(torch.autograd.Function):
     """Xi et al.: Hadamard + LSQ forward, bit-split ∇Y with leverage-score row selection backward."""
 
     @staticmethod
     def forward(ctx: Any, x, weight, bias, x_step, w_step, block: int, recipe: Recipe, generator):  # noqa: D102
-        xh, wh = block_transform(x, block), block_transform(weight, block)  # (N, D), (C, D)
-        x_int4, x_dq = lsq_quantize(xh, x_step)
-        w_int4, w_dq = lsq_quantize(wh, w_step)
         sx, sw = x_step.detach().float().reshape(()), w_step.detach().float().reshape(())
+        x_int4, x_dq = _hq_quantize(x, block, sx)  # codes of XH (N, D) and ∂x̂/∂s_x
+        w_int4, w_dq = _hq_quantize(weight, block, sw)  # codes of WH (C, D) and ∂ŵ/∂s_w
         y = int_matmul_scaled(
             x_int4, w_int4, sx, sw, None if bias is None else bias.detach().float(), bits=4, layout="nt"
         )  # (N, C) = s_x s_w · int(XH) int(WH)ᵀ + b
@@ -70,12 +86,12 @@ class Int4HQLinearFn(torch.autograd.Function):
             )  # (N, C)
             grad_xh = int_matmul_scaled(merged, w_int4, unit, sw, bits=8, layout="nn") if need_x else None
             grad_wh = int_matmul_scaled(merged, x_int4, unit, sx, bits=8, layout="tn") if need_w else None
-        if need_x:  # grad_input: STE with the clip mask, then H⁻¹ = H; the LSQ step gradient
-            gx_step = lsq_step_grad(grad_xh, x_dq).reshape(sx.shape)
-            grad_x = block_transform(grad_xh * clip_mask(x_dq), ctx.block)
+        if need_x:  # grad_input = H (∇(XH)^ ⊙ clip mask) (STE, H⁻¹ = H); ∂L/∂s_x = Σ ∇(XH)^ ⊙ ∂x̂/∂s_x · scale
+            grad_x, gx_step = _hq_grad(grad_xh, x_dq, ctx.block)
+            gx_step = gx_step.reshape(sx.shape)
         if need_w:  # grad_weight: likewise
-            gw_step = lsq_step_grad(grad_wh, w_dq).reshape(sw.shape)
-            grad_w = block_transform(grad_wh * clip_mask(w_dq), ctx.block)
+            grad_w, gw_step = _hq_grad(grad_wh, w_dq, ctx.block)
+            gw_step = gw_step.reshape(sw.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(0)
         return grad_x, grad_w, grad_b, gx_step, gw_step, None, None, None

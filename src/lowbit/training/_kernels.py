@@ -1,0 +1,80 @@
+"""ctypes bindings of the fused training kernels (``ops/csrc/train_*.c``, in ``lowbit/ops/_native``).
+
+:func:`native_reason` is ``""`` when the kernels are usable, else why not (the library is missing, lacks the
+symbols, or the CPU lacks AVX2) — the layer then runs the bit-identical PyTorch path, and
+``lowbit.training.kernel_backend()`` reports which one runs and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from lowbit.ops.native import lib as _ops_lib
+from lowbit.ops.native import why_not_native
+
+_P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+_SIGNATURES = {
+    "lowbit_train_hq_quant": ([_P, _L, _L, _I, _F, _P, _P], _I),
+    "lowbit_train_hq_grad": ([_P, _P, _L, _L, _I, _P], _I),
+}
+
+
+@functools.cache
+def _lib() -> tuple[ctypes.CDLL | None, str]:
+    reason = why_not_native()
+    if reason:
+        return None, reason
+    lib = _ops_lib()
+    for name, (argtypes, restype) in _SIGNATURES.items():
+        if not hasattr(lib, name):
+            return None, f"the native library lacks {name} (rebuild: python setup.py build_ext --inplace)"
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, restype
+    return lib, ""
+
+
+def native_reason() -> str:
+    """Empty when the fused training kernels run; otherwise the reason they do not."""
+    return _lib()[1]
+
+
+def _check(x: torch.Tensor, name: str) -> None:
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.device.type != "cpu":
+        raise ValueError(
+            f"{name} must be a contiguous 2-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)}"
+        )
+
+
+def hq_quantize(x: torch.Tensor, block: int, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Native block FWHT + LSQ INT4 quantize: ``(codes int8, dq_ds float32)``, identical to the torch path."""
+    lib, reason = _lib()
+    if lib is None:
+        raise RuntimeError(f"native training kernels unavailable: {reason}")
+    _check(x, "x")
+    codes = torch.empty(x.shape, dtype=torch.int8)
+    dq_ds = torch.empty(x.shape, dtype=torch.float32)
+    if lib.lowbit_train_hq_quant(
+        x.data_ptr(), x.shape[0], x.shape[1], block, step, codes.data_ptr(), dq_ds.data_ptr()
+    ):
+        raise ValueError(f"block {block} must be a power of two <= 4096 dividing {x.shape[1]}")
+    return codes, dq_ds
+
+
+def hq_grad_(grad: torch.Tensor, dq_ds: torch.Tensor, block: int) -> float:
+    """In place ``grad <- H(grad · clip_mask)``; returns ``Σ grad · dq_ds`` (before masking, double sum)."""
+    lib, reason = _lib()
+    if lib is None:
+        raise RuntimeError(f"native training kernels unavailable: {reason}")
+    _check(grad, "grad")
+    _check(dq_ds, "dq_ds")
+    if grad.shape != dq_ds.shape:
+        raise ValueError(f"grad {tuple(grad.shape)} and dq_ds {tuple(dq_ds.shape)} differ in shape")
+    total = ctypes.c_double()
+    if lib.lowbit_train_hq_grad(
+        grad.data_ptr(), dq_ds.data_ptr(), grad.shape[0], grad.shape[1], block, ctypes.addressof(total)
+    ):
+        raise ValueError(f"block {block} must be a power of two <= 4096 dividing {grad.shape[1]}")
+    return total.value

@@ -1,0 +1,69 @@
+"""Fused native training kernels vs the PyTorch path: identical integers and floats (atol=0, rtol=0)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.training._kernels import hq_grad_, hq_quantize, native_reason
+from lowbit.training.hadamard_quant import block_transform
+from lowbit.training.lsq import clip_mask, lsq_init, lsq_quantize
+
+pytestmark = pytest.mark.skipif(
+    bool(native_reason()), reason=f"native kernels unavailable: {native_reason()}"
+)
+
+SHAPES = [
+    (7, 96, 32),  # several blocks per row, odd row count
+    (5, 64, 1),  # block 1: no transform, quantize only
+    (3, 2048, 1024),  # the largest searched block
+    (1, 8, 8),  # one block, one row
+    (33, 48, 16),  # more rows than threads x unroll
+]
+
+
+def _input(rows: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    x = torch.randn(rows, d, generator=gen) * torch.rand(rows, 1, generator=gen) * 4  # a scale per row
+    x[0, 0] = 300.0  # planted outlier: clips after the transform
+    x[-1, -1] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("rows, d, block", SHAPES, ids=[f"{r}x{d}-g{b}" for r, d, b in SHAPES])
+def test_hq_quantize_bit_exact(rows: int, d: int, block: int, gen: torch.Generator) -> None:
+    x = _input(rows, d, gen)
+    step = lsq_init(block_transform(x, block)) / 3  # a small step: many entries clip
+    codes_ref, dq_ref = lsq_quantize(block_transform(x, block), step)
+    codes, dq = hq_quantize(x, block, float(step))
+    assert torch.equal(codes, codes_ref) and torch.equal(dq, dq_ref)
+    assert int(codes.min()) >= -8 and int(codes.max()) <= 7 and (dq.abs() > 0.5).any()  # clipping exercised
+
+
+def test_hq_quantize_ties_round_half_even() -> None:
+    x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -1.5, 7.5, -8.5, 6.5]])
+    codes, dq = hq_quantize(x, 1, 1.0)
+    assert codes.tolist() == [[0, 2, 2, 0, -2, 7, -8, 6]]
+    ref_codes, ref_dq = lsq_quantize(x, torch.tensor(1.0))
+    assert torch.equal(codes, ref_codes) and torch.equal(dq, ref_dq)
+
+
+@pytest.mark.parametrize("rows, d, block", SHAPES, ids=[f"{r}x{d}-g{b}" for r, d, b in SHAPES])
+def test_hq_grad_bit_exact(rows: int, d: int, block: int, gen: torch.Generator) -> None:
+    x = _input(rows, d, gen)
+    _, dq = lsq_quantize(block_transform(x, block), lsq_init(block_transform(x, block)))
+    grad = torch.randn(rows, d, generator=gen)
+    ref = block_transform(grad * clip_mask(dq), block)
+    ref_sum = float((grad.double() * dq.double()).sum())
+    out = grad.clone()
+    total = hq_grad_(out, dq, block)
+    assert torch.equal(out, ref)
+    assert total == pytest.approx(ref_sum, rel=1e-6, abs=1e-6)
+
+
+def test_kernel_argument_errors() -> None:
+    with pytest.raises(ValueError, match="block"):
+        hq_quantize(torch.zeros(2, 24), 16, 1.0)
+    with pytest.raises(ValueError, match="contiguous"):
+        hq_quantize(torch.zeros(8, 4).t(), 2, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        hq_grad_(torch.zeros(2, 8), torch.zeros(2, 4), 4)
