@@ -124,10 +124,11 @@ def test_requant_channels_native_bit_exact(relu: bool, residual: bool, gen: torc
     for o in outs[1:]:
         assert torch.equal(o, outs[0])
     # the reference itself against exact integers
-    x = [
-        [max(int(acc[i, j]) + int(bias[j]), 0) if relu else int(acc[i, j]) + int(bias[j]) for j in range(n)]
-        for i in range(2)
-    ]
+    def sat32(v: int) -> int:
+        return max(-(2**31), min(2**31 - 1, v))
+
+    x = [[sat32(int(acc[i, j]) + int(bias[j])) for j in range(n)] for i in range(2)]
+    x = [[max(v, 0) if relu else v for v in row] for row in x]
     want = [
         [(x[i][j] * int(mult[j]) + ((1 << int(shift[j])) >> 1)) >> int(shift[j]) for j in range(n)]
         for i in range(2)

@@ -119,7 +119,7 @@ def requant_channels(
     residual: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """``y[i, j] = round_half_up((acc[i, j] + bias[j]) · mult[j] / 2^shift[j])`` (ReLU first if asked).
+    """``y[i, j] = round_half_up(sat32(acc[i, j] + bias[j]) · mult[j] / 2^shift[j])`` (ReLU first if asked).
 
     Without ``residual``: returns int8 (M, N) saturated to [-127, 127]. With ``residual`` (int32 (M, N),
     contiguous): adds y into it in place (saturating to int32) and returns it. ``bias``/``mult``/``shift``
@@ -153,7 +153,7 @@ def requant_channels(
         return out
     x = acc.to(torch.int64)
     if bias is not None:
-        x = x + bias
+        x = (x + bias).clamp(-(2**31), 2**31 - 1)  # the accumulator plus bias saturates to int32
     if relu:
         x = x.clamp_min(0)
     y = _dyadic(x, mult, shift)
