@@ -1,0 +1,165 @@
+"""One full training step (forward, backward, AdamW) of an FP32 Transformer stack vs its INT4 conversion.
+
+Also a ``QuantLinear`` alone vs ``nn.Linear`` forward+backward on 4096x768 -> 3072, and where the INT4
+layer's time goes (torch.profiler, per op). Both sides run in the same process, alternating, on the same
+threads; the table reports medians and the FP32/INT4 time ratio (> 1: INT4 faster).
+
+Usage: ``python benchmarks/train_step.py [--tokens 4096] [--hidden 768] [--ffn 3072] [--layers 2]
+[--recipe int4] [--repeats 5] [--threads 2] [--json FILE]``; results also go to ``results/train_step.json``.
+The block stack has no output head, so it is converted with ``keep_head=False`` (every Linear quantized).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import lowbit.ops
+from lowbit.models.layers import Block
+from lowbit.training import QuantLinear, convert
+from lowbit.training._kernels import native_reason
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+
+
+def _median_seconds(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median wall time of each function; one warm-up call each, then the functions alternate."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _stack(hidden: int, ffn: int, layers: int, heads: int) -> nn.Module:
+    return nn.Sequential(*[Block(hidden, heads, ffn) for _ in range(layers)])
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+    return step
+
+
+def _linear_fb(layer: nn.Module, x: torch.Tensor, grad_y: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        layer.zero_grad(set_to_none=True)
+        xr = x.detach().requires_grad_()
+        layer(xr).backward(grad_y)
+
+    return run
+
+
+def _profile(fn: Callable[[], None], top: int = 10) -> list[dict[str, float | str]]:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    return [
+        {"op": e.key, "ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total}
+        for e in rows[:top]
+    ]
+
+
+def run(args: argparse.Namespace) -> dict:
+    """All measurements as one JSON-ready dict."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    seq = 512
+    batch = max(1, args.tokens // seq)
+    x_model = torch.randn(batch, seq, args.hidden)
+    fp32 = _stack(args.hidden, args.ffn, args.layers, args.heads)
+    q_model = copy.deepcopy(fp32)
+    summary = convert(q_model, args.recipe, keep_head=False)
+    steps = {
+        "fp32": _train_step(fp32, torch.optim.AdamW(fp32.parameters(), lr=1e-4), x_model),
+        args.recipe: _train_step(q_model, torch.optim.AdamW(q_model.parameters(), lr=1e-4), x_model),
+    }
+    step_t = _median_seconds(steps, args.repeats)
+
+    lin = nn.Linear(args.hidden, args.ffn)
+    qlin = QuantLinear.from_linear(copy.deepcopy(lin), args.recipe)
+    x = torch.randn(args.tokens, args.hidden)
+    grad_y = torch.randn(args.tokens, args.ffn)
+    layer_fns = {"nn.Linear": _linear_fb(lin, x, grad_y), "QuantLinear": _linear_fb(qlin, x, grad_y)}
+    layer_t = _median_seconds(layer_fns, args.repeats)
+    return {
+        "recipe": args.recipe,
+        "tokens": args.tokens,
+        "hidden": args.hidden,
+        "ffn": args.ffn,
+        "layers": args.layers,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "engine": lowbit.ops.backend(),
+        "training_kernels": native_reason() or "native",
+        "converted": str(summary).splitlines()[0],
+        "train_step_s": step_t,
+        "train_step_speedup": step_t["fp32"] / step_t[args.recipe],
+        "linear_fwd_bwd_s": layer_t,
+        "linear_speedup": layer_t["nn.Linear"] / layer_t["QuantLinear"],
+        "quantlinear_profile": _profile(layer_fns["QuantLinear"]),
+        "targets": {"train_step_speedup": 1.5, "linear_speedup": 2.0},
+    }
+
+
+def _table(r: dict) -> str:
+    s, lt = r["train_step_s"], r["linear_fwd_bwd_s"]
+    lines = [
+        f"engine: {r['engine']}; training kernels: {r['training_kernels']}; threads {r['threads']}",
+        f"{r['converted']}",
+        "",
+        "| measurement | fp32 (s) | " + r["recipe"] + " (s) | speed-up | target |",
+        "|---|---|---|---|---|",
+        f"| train step, {r['layers']} blocks, {r['tokens']} tokens, hidden {r['hidden']}/ffn {r['ffn']} | "
+        f"{s['fp32']:.3f} | {s[r['recipe']]:.3f} | {r['train_step_speedup']:.2f}x | >= 1.5x |",
+        f"| Linear {r['tokens']}x{r['hidden']}->{r['ffn']} fwd+bwd | {lt['nn.Linear']:.3f} | "
+        f"{lt['QuantLinear']:.3f} | {r['linear_speedup']:.2f}x | >= 2.0x |",
+        "",
+        "QuantLinear fwd+bwd, self CPU time by op:",
+    ]
+    lines += [
+        f"  {p['op']:<40} {p['ms']:9.1f} ms  {100 * p['share']:5.1f}%" for p in r["quantlinear_profile"]
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, measure, print the table, write JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--ffn", type=int, default=3072)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--recipe", default="int4")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write the results to this file")
+    args = p.parse_args(argv)
+    result = run(args)
+    print(_table(result))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    for path in [RESULTS_DIR / "train_step.json"] + ([args.json] if args.json else []):
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
