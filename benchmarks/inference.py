@@ -60,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
     if args.tokens % args.seq_len:
         raise ValueError(f"--tokens {args.tokens} must be a multiple of --seq-len {args.seq_len}")
     model, _, train, val = infer.prepare_gpt(args)
-    im = convert(model, infer.calibration(train, args), ConvertConfig(act_qmax=args.act_qmax))
+    im = convert(
+        model,
+        infer.calibration(train, args),
+        ConvertConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax),
+    )
     dyn = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     batches = infer.held_out(val, args)
     from lowbit.data.text import sequential_batches

@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batches", type=int, default=8, help="held-out batches of batch x seq tokens")
     parser.add_argument("--calib-batches", type=int, default=4)
     parser.add_argument("--act-qmax", type=int, default=127, help="activation code range (63: 7-bit, faster)")
+    parser.add_argument("--weight-qmax", type=int, default=127, help="weight code range (64: 7-bit, faster)")
     parser.add_argument("--sample-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--max-texts", type=int, default=1000, help="minilm-rt: texts per split")
@@ -150,7 +151,9 @@ def run_gpt(args: argparse.Namespace) -> dict[str, object]:
 
     model, tok, train, val = prepare_gpt(args)
     batches = held_out(val, args)
-    im = convert(model, calibration(train, args), ConvertConfig(act_qmax=args.act_qmax))
+    im = convert(
+        model, calibration(train, args), ConvertConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax)
+    )
     trace = DtypeTrace()
     im(batches[0][0][:2], trace)
     verified = bool(trace.records) and not trace.non_integer()
