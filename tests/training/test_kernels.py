@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -68,3 +70,31 @@ def test_kernel_argument_errors() -> None:
         hq_quantize(torch.zeros(8, 4).t(), 2, 1.0)
     with pytest.raises(ValueError, match="shape"):
         hq_grad_(torch.zeros(2, 8), torch.zeros(2, 4), 4)
+
+
+SPLIT_SHAPES = [(33, 70), (1, 1), (4096, 3)]  # ragged, a single element, more rows than columns
+
+
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=[f"{r}x{c}" for r, c in SPLIT_SHAPES])
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_split_merged_native_bit_exact(
+    shape: tuple[int, int], rounding: str, gen: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bs = importlib.import_module(
+        "lowbit.training.bit_split"
+    )  # the package re-exports a function of that name
+
+    g = torch.randn(shape, generator=gen) * 3
+    g.view(-1)[0] = -50.0  # sets the scale: the most negative code is -98
+    native, unit = bs.bit_split_merged(g, rounding=rounding, generator=torch.Generator().manual_seed(9))
+    monkeypatch.setattr(bs, "native_reason", lambda: "disabled for the reference")
+    ref, unit_ref = bs.bit_split_merged(g, rounding=rounding, generator=torch.Generator().manual_seed(9))
+    assert unit == unit_ref and torch.equal(native, ref) and int(native.view(-1)[0]) == -98
+
+
+def test_absmax_rejects_non_finite() -> None:
+    from lowbit.training._kernels import absmax
+
+    assert absmax(torch.tensor([1.0, -3.5, 2.0])) == 3.5
+    with pytest.raises(ValueError, match="non-finite"):
+        absmax(torch.tensor([1.0, float("inf")]))

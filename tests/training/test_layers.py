@@ -100,7 +100,9 @@ def test_gradients_unbiased(recipe: str) -> None:
     grad_y = torch.randn(48, 16, generator=gen) * torch.rand(48, 1, generator=gen) ** 3  # uneven row norms
     torch.manual_seed(0)  # the weight init: the whole test is deterministic (max |z| = 3.7 of 5 here)
     q = QuantLinear(64, 16, bias=False, recipe=recipe)
-    n_seeds = 300
+    # Bernoulli sampling reweights rare rows by 1/p (heavy-tailed draws): with few seeds the sample std misses
+    # the rare large terms, so sampling needs more draws for a trustworthy 5-sigma bound than keep-non-zero
+    n_seeds = 1000 if recipe == "int4-sample" else 300
     draws: list[list[torch.Tensor]] = [[], [], [], []]
     for s in range(n_seeds):
         q.generator.manual_seed(s)

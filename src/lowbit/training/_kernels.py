@@ -19,6 +19,8 @@ _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
     "lowbit_train_hq_quant": ([_P, _L, _L, _I, _F, _P, _P], _I),
     "lowbit_train_hq_grad": ([_P, _P, _L, _L, _I, _P], _I),
+    "lowbit_train_absmax": ([_P, _L, _P], _L),
+    "lowbit_train_split_merged": ([_P, _L, _F, ctypes.c_uint32, _I, _P], None),
 }
 
 
@@ -78,3 +80,29 @@ def hq_grad_(grad: torch.Tensor, dq_ds: torch.Tensor, block: int) -> float:
     ):
         raise ValueError(f"block {block} must be a power of two <= 4096 dividing {grad.shape[1]}")
     return total.value
+
+
+def absmax(g: torch.Tensor) -> float:
+    """max |g| of a contiguous float32 tensor (one native pass); ValueError on non-finite entries."""
+    lib, reason = _lib()
+    if lib is None:
+        raise RuntimeError(f"native training kernels unavailable: {reason}")
+    if g.dtype != torch.float32 or not g.is_contiguous():
+        raise ValueError(f"g must be a contiguous float32 tensor, got {g.dtype}")
+    out = ctypes.c_float()
+    bad = lib.lowbit_train_absmax(g.data_ptr(), g.numel(), ctypes.addressof(out))
+    if bad:
+        raise ValueError(f"the gradient holds {bad} non-finite values; cannot bit-split")
+    return out.value
+
+
+def split_merged_native(g: torch.Tensor, scale: float, seed: int, stochastic: bool) -> torch.Tensor:
+    """Merged bit-split code ``round(g · scale)`` (stochastic: hash noise of ``seed``), int8 in [-98, 98]."""
+    lib, reason = _lib()
+    if lib is None:
+        raise RuntimeError(f"native training kernels unavailable: {reason}")
+    if g.dtype != torch.float32 or not g.is_contiguous():
+        raise ValueError(f"g must be a contiguous float32 tensor, got {g.dtype}")
+    out = torch.empty(g.shape, dtype=torch.int8)
+    lib.lowbit_train_split_merged(g.data_ptr(), g.numel(), scale, seed, int(stochastic), out.data_ptr())
+    return out

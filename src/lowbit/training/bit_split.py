@@ -11,14 +11,47 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.training._kernels import absmax, native_reason, split_merged_native
+
 SPLIT_TOP = 98.0  # = 196 / 2: max|t|
 SPLIT_RADIX = 14  # weight of the high half
 
 
+_M32 = 0xFFFFFFFF
+_GOLDEN32 = 0x9E3779B1
+
+
+def _hash32(h: torch.Tensor) -> torch.Tensor:
+    """The "lowbias32" integer finaliser on int64 tensors holding uint32 values (as ``train_split.c``)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _M32
+    h = h ^ (h >> 15)
+    h = (h * 0x846CA68B) & _M32
+    return h ^ (h >> 16)
+
+
+def hash_uniform(shape: torch.Size | tuple[int, ...], seed: int) -> torch.Tensor:
+    """Counter-based U[0, 1) noise, float32 with 24 random bits: ``(hash32(i·φ + seed) >> 8) · 2⁻²⁴``.
+
+    ``i`` is the flat (row-major) index; identical to the native kernel's noise for the same seed.
+    """
+    n = 1
+    for dim in shape:
+        n *= int(dim)
+    idx = torch.arange(n, dtype=torch.int64)
+    h = _hash32((idx * _GOLDEN32 + seed) & _M32)
+    return ((h >> 8).to(torch.float32) * 2.0**-24).reshape(shape)
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """One 32-bit seed from ``generator`` (the torch default generator when None)."""
+    return int(torch.randint(0, 2**32, (1,), generator=generator, dtype=torch.int64))
+
+
 def round_stochastic(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """``floor(x + U)``, U ~ U[0, 1): unbiased rounding to an integer (same as round(x + U − 0.5) a.s.)."""
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return torch.floor(x + u)
+    """``floor(x + U)``, U ~ U[0, 1) from :func:`hash_uniform` seeded by one draw of ``generator``: unbiased
+    rounding to an integer (to the 2⁻²⁴ resolution of U), reproducible and identical to the native kernel."""
+    return torch.floor(x + hash_uniform(x.shape, draw_seed(generator)))
 
 
 def bit_split(
@@ -67,12 +100,17 @@ def bit_split_merged(
     if rounding not in ("stochastic", "nearest"):
         raise ValueError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
     g32 = g.detach().float()
-    amax = float(g32.abs().max()) if g32.numel() else 0.0
+    native = not native_reason() and g32.is_contiguous() and g32.numel() > 0
+    # the native absmax is one fused pass and raises on non-finite entries itself
+    amax = absmax(g32) if native else (float(g32.abs().max()) if g32.numel() else 0.0)
     if not torch.isfinite(torch.tensor(amax)):
         raise ValueError(f"the gradient holds non-finite values (max |g| = {amax}); cannot bit-split")
     if amax == 0.0:
         return torch.zeros(g32.shape, dtype=torch.int8), 1.0
     scale = SPLIT_TOP / amax
+    if native:
+        seed = draw_seed(generator) if rounding == "stochastic" else 0
+        return split_merged_native(g32, scale, seed, rounding == "stochastic"), 1.0 / scale
     t = g32 * scale
     code = round_stochastic(t, generator) if rounding == "stochastic" else torch.round(t)
     return code.clamp_(-SPLIT_TOP, SPLIT_TOP).to(torch.int8), 1.0 / scale
