@@ -4,7 +4,7 @@
 // Bit-exact with the PyTorch path (lowbit/training/hadamard_quant.py block_transform + lsq.py lsq_quantize):
 // the same float32 operations in the same order — multiply by (float)(1/sqrt(block)), then log2(block)
 // add/subtract stages pairing elements h = block/2, ..., 1 apart; v = x / step (a true division);
-// round half-to-even (nearbyintf, default rounding mode); no multiply-add appears, so nothing is contracted.
+// round half-to-even (rintf in the default rounding mode; vectorizes, unlike nearbyintf); no multiply-add appears, so nothing is contracted.
 // The step-gradient sum is accumulated in double (not bit-exact with torch's float32 sum; tested to 1e-6).
 #pragma GCC target("avx2")  // no "fma": nothing may be contracted
 #include <math.h>
@@ -47,7 +47,7 @@ int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float st
                 if (block > 1) fwht_block(buf, tmp, block, sc);
                 for (int j = 0; j < block; j++) {
                     float v = buf[j] / step;
-                    float q = nearbyintf(v);
+                    float q = rintf(v);
                     float c = q < -8.0f ? -8.0f : (q > 7.0f ? 7.0f : q);
                     codes[off + j] = (int8_t)c;
                     dqds[off + j] = (q == c) ? q - v : c;

@@ -2,7 +2,7 @@
 // t = g * scale rounded once (stochastically with a counter-based hash, or to nearest-even), in one pass.
 //
 // Bit-exact with lowbit/training/bit_split.py (bit_split_merged with the same seed): t = g * scale (float32
-// multiply), u = (hash32(i, seed) >> 8) * 2**-24, code = floor(t + u) or nearbyintf(t), clamped to [-98, 98].
+// multiply), u = (hash32(i, seed) >> 8) * 2**-24, code = floor(t + u) or rintf(t), clamped to [-98, 98].
 // hash32 is the "lowbias32" integer finaliser (Wellons) of (i * 0x9E3779B1 + seed) mod 2**32, i the flat index.
 #pragma GCC target("avx2")  // no "fma": nothing may be contracted
 #include <math.h>
@@ -42,7 +42,7 @@ void lowbit_train_split_merged(const float *g, long n, float scale, uint32_t see
             float u = (float)(h >> 8) * 5.9604644775390625e-08f;  // 2**-24
             r = floorf(t + u);
         } else {
-            r = nearbyintf(t);
+            r = rintf(t);
         }
         r = r < -98.0f ? -98.0f : (r > 98.0f ? 98.0f : r);
         out[i] = (int8_t)r;
