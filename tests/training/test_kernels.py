@@ -98,3 +98,9 @@ def test_absmax_rejects_non_finite() -> None:
     assert absmax(torch.tensor([1.0, -3.5, 2.0])) == 3.5
     with pytest.raises(ValueError, match="non-finite"):
         absmax(torch.tensor([1.0, float("inf")]))
+
+
+def test_kernel_backend_reports_native() -> None:
+    from lowbit.training import kernel_backend
+
+    assert kernel_backend() == "native"

@@ -7,11 +7,22 @@ by :class:`QuantLinear`, whose forward, activation-gradient and weight-gradient 
 
 from __future__ import annotations
 
+from lowbit.training._kernels import native_reason
 from lowbit.training.bit_split import bit_merge, bit_split
 from lowbit.training.convert import HEAD_NAMES, ConversionSummary, convert
 from lowbit.training.layers import QuantLinear
 from lowbit.training.leverage import leverage_probabilities, select_rows
 from lowbit.training.recipes import RECIPES, OperandSpec, ProductSpec, Recipe, get_recipe
+
+
+def kernel_backend() -> str:
+    """``"native"`` when the fused training kernels run, else ``"torch: <why native is not used>"``.
+
+    Both paths give identical integers; the PyTorch one is several times slower.
+    """
+    reason = native_reason()
+    return f"torch: {reason}" if reason else "native"
+
 
 __all__ = [
     "HEAD_NAMES",
@@ -25,6 +36,7 @@ __all__ = [
     "bit_split",
     "convert",
     "get_recipe",
+    "kernel_backend",
     "leverage_probabilities",
     "select_rows",
 ]
