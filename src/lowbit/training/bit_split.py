@@ -9,6 +9,8 @@ of the residual makes ``E[(14·hi + lo)·unit] = g`` exactly.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lowbit.training._kernels import absmax, native_reason, split_merged_native
@@ -65,7 +67,7 @@ def bit_split(
         raise ValueError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
     g32 = g.detach().float()
     amax = float(g32.abs().max()) if g32.numel() else 0.0
-    if not torch.isfinite(torch.tensor(amax)):
+    if not math.isfinite(amax):
         raise ValueError(f"the gradient holds non-finite values (max |g| = {amax}); cannot bit-split")
     if amax == 0.0:
         zeros = torch.zeros(g32.shape, dtype=torch.int8)
@@ -103,7 +105,7 @@ def bit_split_merged(
     native = not native_reason() and g32.is_contiguous() and g32.numel() > 0
     # the native absmax is one fused pass and raises on non-finite entries itself
     amax = absmax(g32) if native else (float(g32.abs().max()) if g32.numel() else 0.0)
-    if not torch.isfinite(torch.tensor(amax)):
+    if not math.isfinite(amax):
         raise ValueError(f"the gradient holds non-finite values (max |g| = {amax}); cannot bit-split")
     if amax == 0.0:
         return torch.zeros(g32.shape, dtype=torch.int8), 1.0

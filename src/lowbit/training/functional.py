@@ -48,7 +48,7 @@ def _hq_grad(grad_q: torch.Tensor, dq_ds: torch.Tensor, block: int) -> tuple[tor
         return block_transform(grad_q * clip_mask(dq_ds), block), lsq_step_grad(grad_q, dq_ds)
     grad = grad_q.contiguous()
     total = hq_grad_(grad, dq_ds, block)
-    return grad, torch.tensor(total * lsq_grad_scale(dq_ds.numel()), dtype=torch.float32)
+    return grad, torch.full((), total * lsq_grad_scale(dq_ds.numel()), dtype=torch.float32)
 
 
 class Int4HQLinearFn(torch.autograd.Function):
@@ -84,8 +84,9 @@ class Int4HQLinearFn(torch.autograd.Function):
             merged, unit = bit_split_merged(
                 grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
             )  # (N, C)
-            grad_xh = int_matmul_scaled(merged, w_int4, unit, sw, bits=8, layout="nn") if need_x else None
-            grad_wh = int_matmul_scaled(merged, x_int4, unit, sx, bits=8, layout="tn") if need_w else None
+            unit_t = torch.full((), unit, dtype=torch.float32)
+            grad_xh = int_matmul_scaled(merged, w_int4, unit_t, sw, bits=8, layout="nn") if need_x else None
+            grad_wh = int_matmul_scaled(merged, x_int4, unit_t, sx, bits=8, layout="tn") if need_w else None
         if need_x:  # grad_input = H (∇(XH)^ ⊙ clip mask) (STE, H⁻¹ = H); ∂L/∂s_x = Σ ∇(XH)^ ⊙ ∂x̂/∂s_x · scale
             grad_x, gx_step = _hq_grad(grad_xh, x_dq, ctx.block)
             gx_step = gx_step.reshape(sx.shape)
