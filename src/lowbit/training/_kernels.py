@@ -17,10 +17,10 @@ from lowbit.ops.native import why_not_native
 
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
-    "lowbit_train_hq_quant": ([_P, _L, _L, _I, _F, _P, _P], _I),
-    "lowbit_train_hq_grad": ([_P, _P, _L, _L, _I, _P], _I),
-    "lowbit_train_absmax": ([_P, _L, _P], _L),
-    "lowbit_train_split_merged": ([_P, _L, _F, ctypes.c_uint32, _I, _P], None),
+    "lowbit_train_hq_quant": ([_P, _L, _L, _I, _F, _P, _P, _I], _I),
+    "lowbit_train_hq_grad": ([_P, _P, _L, _L, _I, _P, _I], _I),
+    "lowbit_train_absmax": ([_P, _L, _P, _I], _L),
+    "lowbit_train_split_merged": ([_P, _L, _F, ctypes.c_uint32, _I, _P, _I], None),
 }
 
 
@@ -36,6 +36,11 @@ def _lib() -> tuple[ctypes.CDLL | None, str]:
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, restype
     return lib, ""
+
+
+def _threads() -> int:
+    """Threads for one kernel call: torch's intra-op setting, read per call (as lowbit.ops does)."""
+    return max(1, torch.get_num_threads())
 
 
 def native_reason() -> str:
@@ -59,7 +64,7 @@ def hq_quantize(x: torch.Tensor, block: int, step: float) -> tuple[torch.Tensor,
     codes = torch.empty(x.shape, dtype=torch.int8)
     dq_ds = torch.empty(x.shape, dtype=torch.float32)
     if lib.lowbit_train_hq_quant(
-        x.data_ptr(), x.shape[0], x.shape[1], block, step, codes.data_ptr(), dq_ds.data_ptr()
+        x.data_ptr(), x.shape[0], x.shape[1], block, step, codes.data_ptr(), dq_ds.data_ptr(), _threads()
     ):
         raise ValueError(f"block {block} must be a power of two <= 4096 dividing {x.shape[1]}")
     return codes, dq_ds
@@ -76,7 +81,13 @@ def hq_grad_(grad: torch.Tensor, dq_ds: torch.Tensor, block: int) -> float:
         raise ValueError(f"grad {tuple(grad.shape)} and dq_ds {tuple(dq_ds.shape)} differ in shape")
     total = ctypes.c_double()
     if lib.lowbit_train_hq_grad(
-        grad.data_ptr(), dq_ds.data_ptr(), grad.shape[0], grad.shape[1], block, ctypes.addressof(total)
+        grad.data_ptr(),
+        dq_ds.data_ptr(),
+        grad.shape[0],
+        grad.shape[1],
+        block,
+        ctypes.addressof(total),
+        _threads(),
     ):
         raise ValueError(f"block {block} must be a power of two <= 4096 dividing {grad.shape[1]}")
     return total.value
@@ -90,7 +101,7 @@ def absmax(g: torch.Tensor) -> float:
     if g.dtype != torch.float32 or not g.is_contiguous():
         raise ValueError(f"g must be a contiguous float32 tensor, got {g.dtype}")
     out = ctypes.c_float()
-    bad = lib.lowbit_train_absmax(g.data_ptr(), g.numel(), ctypes.addressof(out))
+    bad = lib.lowbit_train_absmax(g.data_ptr(), g.numel(), ctypes.addressof(out), _threads())
     if bad:
         raise ValueError(f"the gradient holds {bad} non-finite values; cannot bit-split")
     return out.value
@@ -104,5 +115,7 @@ def split_merged_native(g: torch.Tensor, scale: float, seed: int, stochastic: bo
     if g.dtype != torch.float32 or not g.is_contiguous():
         raise ValueError(f"g must be a contiguous float32 tensor, got {g.dtype}")
     out = torch.empty(g.shape, dtype=torch.int8)
-    lib.lowbit_train_split_merged(g.data_ptr(), g.numel(), scale, seed, int(stochastic), out.data_ptr())
+    lib.lowbit_train_split_merged(
+        g.data_ptr(), g.numel(), scale, seed, int(stochastic), out.data_ptr(), _threads()
+    )
     return out

@@ -1,5 +1,6 @@
 // Fused kernels of lowbit.training (Hadamard quantizer of Xi et al.): block FWHT + LSQ INT4 quantize, and its
-// backward (STE clip mask + LSQ step-gradient sum + inverse FWHT), one pass over each row.
+// backward (STE clip mask + LSQ step-gradient sum + inverse FWHT), one pass over each row. ``nthreads``: torch's
+// intra-op thread count, passed per call.
 //
 // Bit-exact with the PyTorch path (lowbit/training/hadamard_quant.py block_transform + lsq.py lsq_quantize):
 // the same float32 operations in the same order — multiply by (float)(1/sqrt(block)), then log2(block)
@@ -33,10 +34,10 @@ static void fwht_block(float *restrict buf, float *restrict tmp, int block, floa
 // codes (rows, d) int8 in [-8, 7] and dqds = d(x_hat)/d(step) of the block-Hadamard-transformed x.
 // Returns 0, or -1 for an invalid block.
 int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float step, int8_t *codes,
-                          float *dqds) {
+                          float *dqds, int nthreads) {
     if (block < 1 || block > LB_TRAIN_MAX_BLOCK || (block & (block - 1)) || d % block) return -1;
     const float sc = (float)(1.0 / sqrt((double)block));
-#pragma omp parallel
+#pragma omp parallel num_threads(nthreads)
     {
         float buf[LB_TRAIN_MAX_BLOCK], tmp[LB_TRAIN_MAX_BLOCK];
 #pragma omp for schedule(static)
@@ -59,11 +60,12 @@ int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float st
 }
 
 // In place: g <- H (g * mask), mask = |dqds| <= 0.5; *step_grad_sum = sum(g * dqds) (before masking).
-int lowbit_train_hq_grad(float *g, const float *dqds, long rows, long d, int block, double *step_grad_sum) {
+int lowbit_train_hq_grad(float *g, const float *dqds, long rows, long d, int block, double *step_grad_sum,
+                         int nthreads) {
     if (block < 1 || block > LB_TRAIN_MAX_BLOCK || (block & (block - 1)) || d % block) return -1;
     const float sc = (float)(1.0 / sqrt((double)block));
     double total = 0.0;
-#pragma omp parallel reduction(+ : total)
+#pragma omp parallel reduction(+ : total) num_threads(nthreads)
     {
         float tmp[LB_TRAIN_MAX_BLOCK];
 #pragma omp for schedule(static)

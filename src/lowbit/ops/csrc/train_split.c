@@ -18,10 +18,10 @@ static inline uint32_t lb_hash32(uint32_t x) {
 }
 
 // max |g| over n floats; returns the number of non-finite entries (the caller raises when not zero).
-long lowbit_train_absmax(const float *g, long n, float *amax) {
+long lowbit_train_absmax(const float *g, long n, float *amax, int nthreads) {
     float m = 0.0f;
     long bad = 0;
-#pragma omp parallel for reduction(max : m) reduction(+ : bad) schedule(static)
+#pragma omp parallel for reduction(max : m) reduction(+ : bad) schedule(static) num_threads(nthreads)
     for (long i = 0; i < n; i++) {
         float a = fabsf(g[i]);
         if (!(a <= 3.402823466e38f)) bad++;
@@ -32,8 +32,8 @@ long lowbit_train_absmax(const float *g, long n, float *amax) {
 }
 
 void lowbit_train_split_merged(const float *g, long n, float scale, uint32_t seed, int stochastic,
-                               int8_t *out) {
-#pragma omp parallel for schedule(static)
+                               int8_t *out, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
     for (long i = 0; i < n; i++) {
         float t = g[i] * scale;
         float r;
