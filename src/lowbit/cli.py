@@ -13,7 +13,7 @@ import sys
 
 # subcommand -> (module under lowbit.experiments, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "main": ("main_job", "the main job: format table, numerics self-check, then the INT4 training comparison"),
+    "main": ("main_job", "the main job: format table, numerics self-check, INT4 training comparison"),
     "formats": ("formats_table", "print every number format with its range and step sizes"),
     "selfcheck": ("selfcheck", "check the numerics (quantizers, Hadamard, integer GEMM) against references"),
     "bench": ("bench", "run a benchmark from benchmarks/ (gemm, train-step, inference)"),
