@@ -1,6 +1,6 @@
-"""``lowbit bench {gemm,train-step,inference} [options]``: run one benchmark module from benchmarks/.
+"""``lowbit bench {gemm,train-step,inference,ptq} [options]``: run one benchmark module from benchmarks/.
 
-Each benchmark module (``benchmarks/gemm.py``, ``train_step.py``, ``inference.py``) defines
+Each benchmark module (``benchmarks/gemm.py``, ``train_step.py``, ``inference.py``, ``ptq.py``) defines
 ``add_arguments(parser)`` and ``run(args) -> int``; the options after the benchmark's name are parsed by it
 (``lowbit bench gemm --help`` lists them).
 """
@@ -15,7 +15,12 @@ from types import ModuleType
 import lowbit
 
 # benchmark name -> file under benchmarks/
-BENCHMARKS = {"gemm": "gemm.py", "train-step": "train_step.py", "inference": "inference.py"}
+BENCHMARKS = {
+    "gemm": "gemm.py",
+    "train-step": "train_step.py",
+    "inference": "inference.py",
+    "ptq": "ptq.py",
+}
 
 
 def benchmarks_dir() -> Path:
@@ -48,4 +53,5 @@ def run(args: argparse.Namespace) -> int:
     module = load(args.benchmark)
     parser = argparse.ArgumentParser(prog=f"lowbit bench {args.benchmark}", description=module.__doc__)
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(args.options)) or 0)
+    code = module.run(parser.parse_args(args.options))
+    return code if isinstance(code, int) else 0  # some benchmarks return their records instead of a code

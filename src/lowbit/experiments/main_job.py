@@ -1,8 +1,10 @@
 """``lowbit main``: the main job — a fixed list of steps, each an existing subcommand run with set arguments.
 
-For now the steps are ``formats`` (the format table, also saved as JSON) and ``selfcheck`` (the numerics
-check). To add a step, append a :class:`Step` to :data:`STEPS`; its ``argv`` may use ``{out}`` for the output
-folder. Every step runs even if an earlier one failed; the job's exit code is non-zero if any step failed.
+The steps: ``formats`` (the format table, also saved as JSON), ``selfcheck`` (the numerics check), then
+``compare`` — the INT4 training comparison of Xi et al. on the Shakespeare GPT (fp32, int8, int4, int4-naive
+with one seed and data order; report.md, curves and JSON under ``{out}/compare-gpt-shakespeare``).
+To add a step, append a :class:`Step` to :data:`STEPS`; its ``argv`` may use ``{out}`` for the output folder.
+Every step runs even if an earlier one failed; the job's exit code is non-zero if any step failed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("formats", "formats_table", ("--json", "{out}/formats.json")),
     Step("selfcheck", "selfcheck", ("--seed", "0")),
+    Step(
+        "compare",
+        "compare",
+        (
+            "--task",
+            "gpt-shakespeare",
+            "--recipes",
+            "fp32,int8,int4,int4-naive",
+            "--out",
+            "{out}/compare-gpt-shakespeare",
+        ),
+    ),
 )
 
 
