@@ -21,6 +21,9 @@ SHAPES = [
     (3, 2048, 1024),  # the largest searched block
     (1, 8, 8),  # one block, one row
     (33, 48, 16),  # more rows than threads x unroll
+    (300, 256, 64),  # above the kernels' fork threshold (rows x d > 65536): the OpenMP path
+    (6, 12, 4),  # block 4: the scalar FWHT (AVX2 needs a block of 8 or more)
+    (3, 16, 2),  # block 2: scalar
 ]
 
 
@@ -72,7 +75,9 @@ def test_kernel_argument_errors() -> None:
         hq_grad_(torch.zeros(2, 8), torch.zeros(2, 4), 4)
 
 
-SPLIT_SHAPES = [(33, 70), (1, 1), (4096, 3)]  # ragged, a single element, more rows than columns
+# ragged, a single element, more rows than columns, and 16899 elements: two work chunks of the AVX2 kernel
+# (16384 each), the second starting mid-row and ending in a scalar tail of 3
+SPLIT_SHAPES = [(33, 70), (1, 1), (4096, 3), (129, 131)]
 
 
 @pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=[f"{r}x{c}" for r, c in SPLIT_SHAPES])
@@ -100,7 +105,38 @@ def test_absmax_rejects_non_finite() -> None:
         absmax(torch.tensor([1.0, float("inf")]))
 
 
+@pytest.mark.parametrize("where", [5, 16384 + 40, 40000 - 3], ids=["lane", "second-chunk", "scalar-tail"])
+def test_absmax_native_lanes_chunks_and_tail(where: int, gen: torch.Generator) -> None:
+    from lowbit.training._kernels import absmax
+
+    g = torch.randn(40000, generator=gen)  # 40000 = 2 full chunks + a ragged one ending in a scalar tail
+    g[where] = -1e4  # the maximum, planted in an AVX2 lane, a later chunk or the tail
+    assert absmax(g) == float(g.abs().max()) == 1e4
+    g[where] = float("nan")
+    g[(where + 17) % 40000] = float("-inf")
+    with pytest.raises(ValueError, match="holds 2 non-finite"):
+        absmax(g)
+
+
 def test_kernel_backend_reports_native() -> None:
     from lowbit.training import kernel_backend
 
     assert kernel_backend() == "native"
+
+
+def test_native_kernels_same_with_two_threads(gen: torch.Generator) -> None:
+    from lowbit.training._kernels import split_merged_native
+
+    x = _input(300, 256, gen)  # above the fork threshold: two OpenMP threads split the rows
+    grad = torch.randn(300, 256, generator=gen)
+    g = torch.randn(129, 131, generator=gen)
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        codes, dq = hq_quantize(x, 64, 0.05)
+        out = grad.clone()
+        total = hq_grad_(out, dq, 64)
+        runs.append((codes, dq, out, total, split_merged_native(g, 7.0, 123, True)))
+    (c1, d1, o1, t1, s1), (c2, d2, o2, t2, s2) = runs
+    assert torch.equal(c1, c2) and torch.equal(d1, d2) and torch.equal(o1, o2) and torch.equal(s1, s2)
+    assert t1 == pytest.approx(t2, rel=1e-12)  # only the double sum's order depends on the thread count

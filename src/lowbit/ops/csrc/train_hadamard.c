@@ -5,9 +5,12 @@
 // Bit-exact with the PyTorch path (lowbit/training/hadamard_quant.py block_transform + lsq.py lsq_quantize):
 // the same float32 operations in the same order — multiply by (float)(1/sqrt(block)), then log2(block)
 // add/subtract stages pairing elements h = block/2, ..., 1 apart; v = x / step (a true division);
-// round half-to-even (rintf in the default rounding mode; vectorizes, unlike nearbyintf); no multiply-add appears, so nothing is contracted.
+// round half-to-even (vroundps / rintf in the default rounding mode); no multiply-add appears, so nothing is
+// contracted. Blocks of 8 or more run in AVX2 (stages h >= 8 between registers, h = 4, 2, 1 inside one
+// register with the same a + b / a - b per pair); blocks 1, 2, 4 and ragged tails run the scalar twin.
 // The step-gradient sum is accumulated in double (not bit-exact with torch's float32 sum; tested to 1e-6).
 #pragma GCC target("avx2")  // no "fma": nothing may be contracted
+#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -15,43 +18,92 @@
 
 #define LB_TRAIN_MAX_BLOCK 4096
 
-static void fwht_block(float *restrict buf, float *restrict tmp, int block, float sc) {
+static int valid_block(long d, int block) {
+    return block >= 1 && block <= LB_TRAIN_MAX_BLOCK && !(block & (block - 1)) && d % block == 0;
+}
+
+// Scalar in-place FWHT of one block (block < 8): scale, then stages h = block/2 ... 1.
+static void fwht_scalar(float *buf, int block, float sc) {
     for (int j = 0; j < block; j++) buf[j] = buf[j] * sc;
-    float *src = buf, *dst = tmp;
-    for (int h = block / 2; h >= 1; h /= 2) {
-        for (int base = 0; base < block; base += 2 * h) {
+    for (int h = block / 2; h >= 1; h /= 2)
+        for (int base = 0; base < block; base += 2 * h)
             for (int i = 0; i < h; i++) {
-                float a = src[base + i], b = src[base + h + i];
-                dst[base + i] = a + b;
-                dst[base + h + i] = a - b;
+                float a = buf[base + i], b = buf[base + h + i];
+                buf[base + i] = a + b;
+                buf[base + h + i] = a - b;
             }
-        }
-        float *t = src; src = dst; dst = t;
-    }
-    if (src != buf) memcpy(buf, src, (size_t)block * sizeof(float));
+}
+
+// Stages h = 4, 2, 1 of eight consecutive elements in one register: out = blend(a + b, a - b) where a holds
+// the first and b the second element of every pair, broadcast to both positions.
+static inline __m256 fwht8_tail(__m256 v) {
+    __m256 a = _mm256_permute2f128_ps(v, v, 0x00), b = _mm256_permute2f128_ps(v, v, 0x11);  // h = 4
+    v = _mm256_blend_ps(_mm256_add_ps(a, b), _mm256_sub_ps(a, b), 0xF0);
+    a = _mm256_permute_ps(v, 0x44), b = _mm256_permute_ps(v, 0xEE);  // h = 2: (x0 x1 x0 x1), (x2 x3 x2 x3)
+    v = _mm256_blend_ps(_mm256_add_ps(a, b), _mm256_sub_ps(a, b), 0xCC);
+    a = _mm256_permute_ps(v, 0xA0), b = _mm256_permute_ps(v, 0xF5);  // h = 1: (x0 x0 x2 x2), (x1 x1 x3 x3)
+    return _mm256_blend_ps(_mm256_add_ps(a, b), _mm256_sub_ps(a, b), 0xAA);
+}
+
+// In-place FWHT of one block of ``block`` >= 8 floats (a power of two), the scaled input already in buf.
+static void fwht_avx2(float *buf, int block) {
+    for (int h = block / 2; h >= 8; h /= 2)
+        for (int base = 0; base < block; base += 2 * h)
+            for (int i = 0; i < h; i += 8) {
+                __m256 a = _mm256_loadu_ps(buf + base + i), b = _mm256_loadu_ps(buf + base + h + i);
+                _mm256_storeu_ps(buf + base + i, _mm256_add_ps(a, b));
+                _mm256_storeu_ps(buf + base + h + i, _mm256_sub_ps(a, b));
+            }
+    for (int j = 0; j < block; j += 8) _mm256_storeu_ps(buf + j, fwht8_tail(_mm256_loadu_ps(buf + j)));
+}
+
+// 8 transformed values -> 8 codes (stored as int8) and dqds; the vector twin of quant_one.
+static inline void quant_x8(__m256 x, __m256 vstep, int8_t *codes, float *dqds) {
+    const __m256 lo = _mm256_set1_ps(-8.0f), hi = _mm256_set1_ps(7.0f);
+    __m256 v = _mm256_div_ps(x, vstep);
+    __m256 q = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // c = q < -8 ? -8 : (q > 7 ? 7 : q)
+    __m256 c = _mm256_blendv_ps(q, hi, _mm256_cmp_ps(q, hi, _CMP_GT_OQ));
+    c = _mm256_blendv_ps(c, lo, _mm256_cmp_ps(q, lo, _CMP_LT_OQ));
+    // dqds = q == c ? q - v : c
+    _mm256_storeu_ps(dqds, _mm256_blendv_ps(c, _mm256_sub_ps(q, v), _mm256_cmp_ps(q, c, _CMP_EQ_OQ)));
+    __m256i i32 = _mm256_cvttps_epi32(c);
+    __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+    _mm_storel_epi64((__m128i *)codes, _mm_packs_epi16(i16, i16));
+}
+
+static inline void quant_one(float x, float step, int8_t *code, float *dqds) {
+    float v = x / step;
+    float q = rintf(v);
+    float c = q < -8.0f ? -8.0f : (q > 7.0f ? 7.0f : q);
+    *code = (int8_t)c;
+    *dqds = (q == c) ? q - v : c;
 }
 
 // codes (rows, d) int8 in [-8, 7] and dqds = d(x_hat)/d(step) of the block-Hadamard-transformed x.
 // Returns 0, or -1 for an invalid block.
 int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float step, int8_t *codes,
                           float *dqds, int nthreads) {
-    if (block < 1 || block > LB_TRAIN_MAX_BLOCK || (block & (block - 1)) || d % block) return -1;
+    if (!valid_block(d, block)) return -1;
     const float sc = (float)(1.0 / sqrt((double)block));
-#pragma omp parallel num_threads(nthreads)
+#pragma omp parallel num_threads(nthreads) if (rows * d > 65536)
     {
-        float buf[LB_TRAIN_MAX_BLOCK], tmp[LB_TRAIN_MAX_BLOCK];
+        float buf[LB_TRAIN_MAX_BLOCK];
+        const __m256 vsc = _mm256_set1_ps(sc), vstep = _mm256_set1_ps(step);
 #pragma omp for schedule(static)
         for (long r = 0; r < rows; r++) {
             for (long k0 = 0; k0 < d; k0 += block) {
                 const long off = r * d + k0;
-                memcpy(buf, x + off, (size_t)block * sizeof(float));
-                if (block > 1) fwht_block(buf, tmp, block, sc);
-                for (int j = 0; j < block; j++) {
-                    float v = buf[j] / step;
-                    float q = rintf(v);
-                    float c = q < -8.0f ? -8.0f : (q > 7.0f ? 7.0f : q);
-                    codes[off + j] = (int8_t)c;
-                    dqds[off + j] = (q == c) ? q - v : c;
+                if (block >= 8) {
+                    for (int j = 0; j < block; j += 8)
+                        _mm256_storeu_ps(buf + j, _mm256_mul_ps(_mm256_loadu_ps(x + off + j), vsc));
+                    fwht_avx2(buf, block);
+                    for (int j = 0; j < block; j += 8)
+                        quant_x8(_mm256_loadu_ps(buf + j), vstep, codes + off + j, dqds + off + j);
+                } else {
+                    memcpy(buf, x + off, (size_t)block * sizeof(float));
+                    if (block > 1) fwht_scalar(buf, block, sc);
+                    for (int j = 0; j < block; j++) quant_one(buf[j], step, codes + off + j, dqds + off + j);
                 }
             }
         }
@@ -60,26 +112,45 @@ int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float st
 }
 
 // In place: g <- H (g * mask), mask = |dqds| <= 0.5; *step_grad_sum = sum(g * dqds) (before masking).
+// The mask multiplies by 1.0 or 0.0 (as the torch path does), so -x * 0 keeps its negative zero.
 int lowbit_train_hq_grad(float *g, const float *dqds, long rows, long d, int block, double *step_grad_sum,
                          int nthreads) {
-    if (block < 1 || block > LB_TRAIN_MAX_BLOCK || (block & (block - 1)) || d % block) return -1;
+    if (!valid_block(d, block)) return -1;
     const float sc = (float)(1.0 / sqrt((double)block));
     double total = 0.0;
-#pragma omp parallel reduction(+ : total) num_threads(nthreads)
+#pragma omp parallel reduction(+ : total) num_threads(nthreads) if (rows * d > 65536)
     {
-        float tmp[LB_TRAIN_MAX_BLOCK];
+        const __m256 vsc = _mm256_set1_ps(sc), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+        const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+        __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
 #pragma omp for schedule(static)
         for (long r = 0; r < rows; r++) {
             for (long k0 = 0; k0 < d; k0 += block) {
                 float *buf = g + r * d + k0;
                 const float *dq = dqds + r * d + k0;
-                for (int j = 0; j < block; j++) {
-                    total += (double)(buf[j] * dq[j]);
-                    buf[j] = buf[j] * (fabsf(dq[j]) <= 0.5f ? 1.0f : 0.0f);
+                if (block >= 8) {
+                    for (int j = 0; j < block; j += 8) {
+                        __m256 gv = _mm256_loadu_ps(buf + j), dv = _mm256_loadu_ps(dq + j);
+                        __m256 p = _mm256_mul_ps(gv, dv);  // float product, then widened (as the scalar)
+                        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+                        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+                        __m256 keep = _mm256_cmp_ps(_mm256_and_ps(dv, abs_mask), half, _CMP_LE_OQ);
+                        __m256 m = _mm256_and_ps(keep, one);  // 1.0 or 0.0
+                        _mm256_storeu_ps(buf + j, _mm256_mul_ps(_mm256_mul_ps(gv, m), vsc));
+                    }
+                    fwht_avx2(buf, block);
+                } else {
+                    for (int j = 0; j < block; j++) {
+                        total += (double)(buf[j] * dq[j]);
+                        buf[j] = buf[j] * (fabsf(dq[j]) <= 0.5f ? 1.0f : 0.0f);
+                    }
+                    if (block > 1) fwht_scalar(buf, block, sc);
                 }
-                if (block > 1) fwht_block(buf, tmp, block, sc);
             }
         }
+        double lanes[4];
+        _mm256_storeu_pd(lanes, _mm256_add_pd(acc0, acc1));
+        total += lanes[0] + lanes[1] + lanes[2] + lanes[3];
     }
     *step_grad_sum = total;
     return 0;
