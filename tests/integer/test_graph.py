@@ -116,3 +116,30 @@ def test_fused_attention_matches_unfused(kind: str) -> None:
     )  # fmt: skip
     assert torch.equal(fused, unfused)
     assert int(fused.abs().sum()) > 0
+
+
+def test_fused_block_path_matches_unfused(tiny_gpt: GPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    """7-bit weights run the fused kernels (QKV as one GEMM, requantize in the epilogue, uint8 activations):
+    the same logits as the unfused path, and the trace of that path is integer-only too."""
+    from lowbit.integer.graph import IntGPTBlock
+    from lowbit.ops import native
+
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.why_not_native()}")
+    im = convert(tiny_gpt, [x for x, _ in _batches(2, 1)], ConvertConfig(weight_qmax=64))
+    assert all(blk.packed_qkv() is not None for blk in im.blocks)
+    x = _batches(1, 3)[0][0]
+    fused = im(x)
+    trace = DtypeTrace()
+    traced = im(x, trace)
+    names = {r[0] for r in trace.records}
+    assert {"blocks.0.qkv", "blocks.1.attn.probs", "blocks.1.fc_in", "blocks.1.residual"} <= names
+    assert trace.non_integer() == []
+    monkeypatch.setattr(IntGPTBlock, "packed_qkv", lambda self: None)
+    unfused = im(x)
+    assert torch.equal(fused, unfused) and torch.equal(fused, traced)
+    held = _batches(4, 7)
+    assert (
+        abs(integer_lm_loss(im, held) - evaluate_lm_loss(tiny_gpt, held)) / evaluate_lm_loss(tiny_gpt, held)
+        <= LOSS_REL_TOL
+    )

@@ -30,7 +30,7 @@ def _lib() -> ctypes.CDLL:
     lib.lowbit_int_requant.restype = None
     lib.lowbit_int_requant_rows.argtypes = [_P, _L, _L, _L, _P, _I, _P, _L, _I]
     lib.lowbit_int_requant_rows.restype = None
-    lib.lowbit_int_norm.argtypes = [_P, _L, _L, _I, _I, _Q, _P, _I, _P, _P, _I]
+    lib.lowbit_int_norm.argtypes = [_P, _L, _L, _I, _I, _Q, _P, _I, _P, _P, _I, _I]
     lib.lowbit_int_norm.restype = None
     lib.lowbit_int_attn_rows.argtypes = [
         _P,
@@ -62,6 +62,7 @@ def _lib() -> ctypes.CDLL:
         _L,
         _L,
         _L,
+        _L,
         _I,
         _P,
         _I,
@@ -75,8 +76,33 @@ def _lib() -> ctypes.CDLL:
         _Q,
         _I,
     ]
-    lib.lowbit_int_attention.argtypes += [_P, _I]
+    lib.lowbit_int_attention.argtypes += [_P, _L, _I, _I]
     lib.lowbit_int_attention.restype = None
+    lib.lowbit_int_pack_w.argtypes = [_P, _L, _L, _P, _P]
+    lib.lowbit_int_pack_w.restype = None
+    lib.lowbit_int_gemm_rq.argtypes = [
+        _P,
+        _L,
+        _L,
+        _L,
+        _P,
+        _L,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _I,
+        _I,
+        _I,
+        _I,
+        _P,
+        _L,
+        _I,
+    ]
+    lib.lowbit_int_gemm_rq.restype = None
     return lib
 
 
@@ -195,17 +221,25 @@ def requant_rows(
     return out
 
 
-def norm_rows(x: torch.Tensor, kind: str, k: kernels.NormConstants, *, backend: str = "auto") -> torch.Tensor:
-    """Integer L1 (``kind="l1"``) or standard (``"layer"``) LayerNorm of int32 rows (M, C) → int8 (M, C)."""
+def norm_rows(
+    x: torch.Tensor, kind: str, k: kernels.NormConstants, *, out_off: int = 0, backend: str = "auto"
+) -> torch.Tensor:
+    """Integer L1 (``kind="l1"``) or standard (``"layer"``) LayerNorm of int32 rows (M, C) → int8 (M, C).
+
+    ``out_off=128``: the codes are returned as uint8 ``code + 128`` (the input form of :class:`PackedLinear`).
+    """
     if x.dtype != torch.int32 or x.dim() != 2 or not x.is_contiguous():
         raise ValueError(f"x must be a contiguous 2-D int32 tensor, got {x.dtype} {tuple(x.shape)}")
     if kind not in ("l1", "layer"):
         raise ValueError(f"kind must be 'l1' or 'layer', got {kind!r}")
+    if out_off not in (0, 128):
+        raise ValueError(f"out_off must be 0 or 128, got {out_off}")
     if not _use_native(backend):
-        return (kernels.l1_layernorm if kind == "l1" else kernels.layernorm)(x, k)
+        y = (kernels.l1_layernorm if kind == "l1" else kernels.layernorm)(x, k)
+        return to_offset(y, 128) if out_off else y
     m, c = x.shape
-    gamma, beta = k.gamma.to(torch.int32).contiguous(), k.beta.to(torch.int32).contiguous()
-    out = torch.empty(m, c, dtype=torch.int8)
+    gamma, beta = _norm_int32(k)
+    out = torch.empty(m, c, dtype=torch.uint8 if out_off else torch.int8)
     _lib().lowbit_int_norm(
         x.data_ptr(),
         m,
@@ -217,9 +251,22 @@ def norm_rows(x: torch.Tensor, kind: str, k: kernels.NormConstants, *, backend: 
         k.gamma_shift,
         beta.data_ptr(),
         out.data_ptr(),
+        out_off,
         _threads(m * c),
     )
     return out
+
+
+_NORM_CACHE: dict[int, tuple[kernels.NormConstants, torch.Tensor, torch.Tensor]] = {}
+
+
+def _norm_int32(k: kernels.NormConstants) -> tuple[torch.Tensor, torch.Tensor]:
+    """gamma, beta as contiguous int32 (cached per constants object: no conversion per call)."""
+    hit = _NORM_CACHE.get(id(k))
+    if hit is None or hit[0] is not k:
+        hit = (k, k.gamma.to(torch.int32).contiguous(), k.beta.to(torch.int32).contiguous())
+        _NORM_CACHE[id(k)] = hit
+    return hit[1], hit[2]
 
 
 def attention_rows(
@@ -298,24 +345,31 @@ def attention_fused(
     poly_bias: torch.Tensor | None = None,
     delta: int = 0,
     exp: kernels.ExpConstants | None = None,
+    out_off: int = 0,
 ) -> torch.Tensor:
     """Native fused integer attention: int8 q, k, v (B, T, C) → int8 (B, T, C), one pass per (batch, head).
 
     The same integers as int_matmul scores → :func:`attention_rows` → int_matmul P·V → :func:`requant_rows`
     (``IntAttention`` runs that unfused path when tracing; tests check they agree bit for bit). Causal rows
-    skip the masked upper triangle.
+    skip the masked upper triangle. q, k, v may be column slices of one (B, T, 3C) tensor (a shared row
+    stride, unit column stride). ``out_off=128``: returns uint8 ``code + 128``.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dtype != torch.int8 or t.dim() != 3 or not t.is_contiguous() or t.shape != q.shape:
+    b, t, c = q.shape
+    ld = q.stride(1)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        ok = x.dtype == torch.int8 and x.dim() == 3 and x.shape == q.shape and x.stride(2) == 1
+        if not ok or x.stride(1) != ld or x.stride(0) != t * ld or ld < c:
             raise ValueError(
-                f"{name} must be contiguous int8 (B, T, C) like q, got {t.dtype} {tuple(t.shape)}"
+                f"{name} must be int8 (B, T, C) like q with unit column stride and q's row stride, got "
+                f"{x.dtype} {tuple(x.shape)} strides {x.stride()}"
             )
     if (poly_bias is None) == (exp is None):
         raise ValueError("give exactly one of poly_bias (poly attention) and exp (softmax attention)")
-    b, t, c = q.shape
     if c % n_head:
         raise ValueError(f"C={c} is not divisible by n_head={n_head}")
-    y = torch.empty(b, t, c, dtype=torch.int8)
+    if out_off not in (0, 128):
+        raise ValueError(f"out_off must be 0 or 128, got {out_off}")
+    y = torch.empty(b, t, c, dtype=torch.uint8 if out_off else torch.int8)
     km = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
     pb = poly_bias.reshape(n_head).to(torch.int64).contiguous() if poly_bias is not None else None
     e = exp or kernels.ExpConstants(1, 0, 0)
@@ -323,6 +377,7 @@ def attention_fused(
         q.data_ptr(),
         k.data_ptr(),
         v.data_ptr(),
+        ld,
         b,
         t,
         c,
@@ -340,6 +395,102 @@ def attention_fused(
         row_const,
         row_shift,
         y.data_ptr(),
+        c,
+        out_off,
         _threads(b * n_head * t * t),
     )
     return y
+
+
+# ---------------------------------------------------------------- packed linear with fused requantization
+
+#: Weight codes the fused GEMM takes: u8 activations x these stay within int16 pair sums (255·64·2 < 2^15).
+W7_RANGE = 64
+
+
+class PackedLinear:
+    """An int8 weight (N, K) with 7-bit codes packed once for ``lowbit_int_gemm_rq`` and its folded constants.
+
+    ``off`` is the activation offset the inputs will carry (uint8 storage of ``code + off``: 128 for signed
+    codes, 0 for non-negative ones such as ReLU outputs); ``off · colsum`` is folded into the int64 bias.
+    ``fast`` (the 32-bit epilogue) is enabled only when |codes·w + bias| < 2^31 and |y| < 2^31 are proven
+    from the code bounds, so the result is the same integers either way.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        mult: torch.Tensor,
+        shift: torch.Tensor,
+        relu: bool,
+        off: int,
+    ) -> None:
+        n, k = weight.shape
+        if k % 4 or int(weight.abs().max()) > W7_RANGE:
+            raise ValueError("PackedLinear needs K % 4 == 0 and weight codes in [-64, 64]")
+        self.n, self.k, self.relu, self.off = n, k, relu, off
+        npan = -(-n // 16)
+        self.packed = torch.empty(npan * 16 * k, dtype=torch.int8)
+        colsum = torch.empty(n, dtype=torch.int32)
+        _lib().lowbit_int_pack_w(
+            weight.contiguous().data_ptr(), n, k, self.packed.data_ptr(), colsum.data_ptr()
+        )
+        b = bias.to(torch.int64) if bias is not None else torch.zeros(n, dtype=torch.int64)
+        self.bias = (b - off * colsum.to(torch.int64)).contiguous()
+        self.mult = mult.to(torch.int64).contiguous()
+        self.shift = shift.to(torch.int64).contiguous()
+        one = torch.ones_like(self.shift)
+        half = torch.where(self.shift > 0, one << (self.shift - 1).clamp_min(0), torch.zeros_like(one))
+        self.add = (half + (1 << 62)).contiguous()
+        self.sub = ((1 << 62) >> self.shift).contiguous()
+        # fast epilogue: acc + bias and |y| provably inside int32 for every uint8 input (codes in
+        # [-128, 127] for off 128, [0, 255] for off 0)
+        x_bound = (255 if off == 0 else 128) * int(weight.abs().to(torch.int64).sum(1).max()) + int(
+            b.abs().max()
+        )
+        y_bound = (x_bound * self.mult + self.add - (1 << 62)) >> self.shift
+        self.fast = x_bound < 2**31 - 1 and int(y_bound.max()) < 2**31 - 1
+        self.b32 = self.bias.clamp(-(2**31), 2**31 - 1).to(torch.int32).contiguous()  # used only when fast
+        self.m32 = self.mult.to(torch.int32).contiguous()
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        *,
+        residual: torch.Tensor | None = None,
+        out_off: int = 0,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x uint8 (M, K) (codes + off, unit column stride) → int8/uint8 (M, N) codes (+ ``out_off``: 0 or
+        128, uint8 storage when 128), or added into ``residual`` int32 (M, N) in place."""
+        m, k = x.shape
+        if x.dtype != torch.uint8 or k != self.k or x.stride(1) != 1:
+            raise ValueError(
+                f"x must be uint8 (M, {self.k}) with unit column stride, got {x.dtype} {tuple(x.shape)}"
+            )
+        if residual is not None:
+            if residual.dtype != torch.int32 or residual.shape != (m, self.n) or not residual.is_contiguous():
+                raise ValueError("residual must be a contiguous int32 (M, N) tensor")
+            dst, mode, fast = residual, 1, 0
+        else:
+            dst = (
+                out
+                if out is not None
+                else torch.empty(m, self.n, dtype=torch.uint8 if out_off else torch.int8)
+            )
+            mode, fast = 0, int(self.fast)
+        _lib().lowbit_int_gemm_rq(
+            x.data_ptr(), m, k, x.stride(0), self.packed.data_ptr(), self.n, self.bias.data_ptr(),
+            self.mult.data_ptr(), self.add.data_ptr(), self.shift.data_ptr(), self.sub.data_ptr(),
+            self.b32.data_ptr(), self.m32.data_ptr(), int(self.relu), mode, out_off, fast, dst.data_ptr(),
+            dst.stride(0), _threads(m * self.n * 16),
+        )  # fmt: skip
+        return dst
+
+
+def to_offset(codes: torch.Tensor, off: int) -> torch.Tensor:
+    """int8 codes → uint8 storage of ``code + off`` (off 128: any code; 0: non-negative codes)."""
+    if off == 0:
+        return codes.view(torch.uint8)
+    return (codes.to(torch.int16) + off).to(torch.uint8)

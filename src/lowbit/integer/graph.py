@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 import torch
 
 from lowbit.integer import kernels
-from lowbit.integer.fast import attention_fused, attention_rows, norm_rows, requant_channels, requant_rows
+from lowbit.integer.fast import (
+    W7_RANGE,
+    PackedLinear,
+    attention_fused,
+    attention_rows,
+    norm_rows,
+    requant_channels,
+    requant_rows,
+    to_offset,
+)
 from lowbit.ops import int_matmul, native
 
 logger = logging.getLogger(__name__)
@@ -41,6 +50,21 @@ def _rec(trace: DtypeTrace | None, name: str, t: torch.Tensor) -> torch.Tensor:
     return trace.record(name, t) if trace is not None else t
 
 
+_PACKED: dict[tuple[int, int], tuple[object, PackedLinear | None]] = {}
+
+
+def _packed(owner: object, off: int, parts) -> PackedLinear | None:
+    """PackedLinear of ``parts()`` = (weight, bias, mult, shift, relu), built once per (owner, off)."""
+    hit = _PACKED.get((id(owner), off))
+    if hit is not None and hit[0] is owner:
+        return hit[1]
+    w, bias, mult, shift, relu = parts()
+    ok = native.available() and w.shape[1] % 4 == 0 and int(w.abs().max()) <= W7_RANGE
+    pl = PackedLinear(w, bias, mult, shift, relu, off) if ok else None
+    _PACKED[(id(owner), off)] = (owner, pl)
+    return pl
+
+
 @dataclass(frozen=True, eq=False)
 class IntLinear:
     """int8 x (M, K) · int8 weight (N, K)ᵀ → int32 (+ int32 bias) → dyadic per-channel rescale.
@@ -53,6 +77,11 @@ class IntLinear:
     mult: torch.Tensor  # int32 (N,)
     shift: torch.Tensor  # int32 (N,)
     relu: bool = False
+
+    def packed(self, off: int) -> PackedLinear | None:
+        """This layer packed for the fused GEMM + requantize kernel (inputs uint8 ``code + off``), or None
+        when it cannot run there (no native kernels, weight codes beyond 7 bits, K not a multiple of 4)."""
+        return _packed(self, off, lambda: (self.weight, self.bias, self.mult, self.shift, self.relu))
 
     def accumulate(self, x: torch.Tensor, trace: DtypeTrace | None, name: str) -> torch.Tensor:
         """The raw int32 accumulator (M, N)."""
@@ -163,6 +192,26 @@ class IntGPTBlock:
         """Update the residual r (B, T, C) int32 in place."""
         b, t, c = r.shape
         r2 = r.view(b * t, c)
+        qkv = self.packed_qkv()
+        if qkv is not None:  # fused GEMM + requantize kernels; every activation stays 8-bit
+            x = _rec(trace, f"{name}.norm1", norm_rows(r2, "l1", self.norm1.consts, out_off=128))
+            q, k, v = _rec(trace, f"{name}.qkv", qkv(x)).view(b, t, 3 * c).split(c, dim=2)
+            if trace is None:
+                a = self.attn
+                y = attention_fused(
+                    q, k, v, a.n_head, causal=True, key_mask=None, row_const=a.row_const,
+                    row_shift=a.row_shift, poly_bias=a.bias if a.kind == "poly" else None, delta=a.delta,
+                    exp=a.exp if a.kind == "softmax" else None, out_off=128,
+                )  # fmt: skip
+            else:  # the unfused path, recording scores and weights (the same integers, tested)
+                y = to_offset(self.attn(q, k, v, True, None, trace, f"{name}.attn"), 128)
+            self.out.packed(128)(y.view(b * t, c), residual=r2)
+            _rec(trace, f"{name}.residual_attn", r2)
+            x = _rec(trace, f"{name}.norm2", norm_rows(r2, "l1", self.norm2.consts, out_off=128))
+            h = _rec(trace, f"{name}.fc_in", self.fc_in.packed(128)(x))  # ReLU: codes in [0, 127]
+            self.fc_out.packed(0)(h.view(torch.uint8), residual=r2)
+            _rec(trace, f"{name}.residual", r)
+            return
         x = self.norm1(r2, trace, f"{name}.norm1")
         q, k, v = (
             lin(x, trace, f"{name}.{nm}").view(b, t, c)
@@ -174,6 +223,25 @@ class IntGPTBlock:
         h = self.fc_in(x, trace, f"{name}.fc_in")
         self.fc_out(h, trace, f"{name}.fc_out", residual=r2)
         _rec(trace, f"{name}.residual", r)
+
+    def packed_qkv(self) -> PackedLinear | None:
+        """q, k, v as one packed (3C, C) linear (per-channel constants concatenated), when every projection
+        can run on the fused kernel (else None: the unfused path runs)."""
+
+        def parts() -> tuple:
+            lins = (self.q, self.k, self.v)
+            bias = [lin.bias if lin.bias is not None else torch.zeros_like(lin.mult) for lin in lins]
+            cat = torch.cat
+            return (cat([lin.weight for lin in lins]), cat(bias), cat([lin.mult for lin in lins]),
+                    cat([lin.shift for lin in lins]), False)  # fmt: skip
+
+        if any(
+            lin.packed(128) is None for lin in (self.q, self.k, self.v, self.out, self.fc_in, self.fc_out)
+        ):
+            return None
+        if self.fc_out.packed(0) is None or not self.fc_in.relu:
+            return None
+        return _packed(self, 128, parts)
 
     def nbytes(self) -> int:
         parts = (self.norm1, self.q, self.k, self.v, self.out, self.norm2, self.fc_in, self.fc_out)
