@@ -140,3 +140,65 @@ def test_native_kernels_same_with_two_threads(gen: torch.Generator) -> None:
     (c1, d1, o1, t1, s1), (c2, d2, o2, t2, s2) = runs
     assert torch.equal(c1, c2) and torch.equal(d1, d2) and torch.equal(o1, o2) and torch.equal(s1, s2)
     assert t1 == pytest.approx(t2, rel=1e-12)  # only the double sum's order depends on the thread count
+
+
+# 16x16 tiles only; ragged < 16; one row / column; empty; 128x128 blocks with ragged tiles and bytes on both
+# edges; above the fork threshold (two threads in the 2-thread test below)
+TRANSPOSE_SHAPES = [(64, 48), (17, 33), (1, 100), (100, 1), (0, 5), (300, 270), (600, 520)]
+
+
+@pytest.mark.parametrize("shape", TRANSPOSE_SHAPES, ids=[f"{r}x{c}" for r, c in TRANSPOSE_SHAPES])
+def test_transpose_i8_matches_torch(shape: tuple[int, int], gen: torch.Generator) -> None:
+    from lowbit.training._kernels import transpose_i8
+
+    codes = torch.randint(-128, 128, shape, dtype=torch.int8, generator=gen)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        assert torch.equal(transpose_i8(codes), codes.t().contiguous())
+
+
+def test_backward_layouts_give_the_same_products(gen: torch.Generator) -> None:
+    """The int4 backward's "nt" products on transposed copies equal the "nn"/"tn" products bit for bit."""
+    from lowbit.ops import int_matmul_scaled
+    from lowbit.training._kernels import transpose_i8
+
+    n, c, d = 70, 48, 40  # ragged against the 6x16 micro-tile
+    merged = torch.randint(-98, 99, (n, c), dtype=torch.int8, generator=gen)
+    w_int4 = torch.randint(-8, 8, (c, d), dtype=torch.int8, generator=gen)
+    x_int4 = torch.randint(-8, 8, (n, d), dtype=torch.int8, generator=gen)
+    unit, sw, sx = torch.tensor(0.37), torch.tensor(0.011), torch.tensor(1.7)
+    nn_ = int_matmul_scaled(merged, w_int4, unit, sw, bits=8, layout="nn")
+    nt_ = int_matmul_scaled(merged, transpose_i8(w_int4), unit, sw, bits=8, layout="nt")
+    tn_ = int_matmul_scaled(merged, x_int4, unit, sx, bits=8, layout="tn")
+    nt2 = int_matmul_scaled(transpose_i8(merged), transpose_i8(x_int4), unit, sx, bits=8, layout="nt")
+    assert torch.equal(nn_, nt_) and torch.equal(tn_, nt2)
+
+
+def test_int4_layer_native_equals_torch_path(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One QuantLinear (int4) forward + backward: native kernels vs the pure-torch path, same seeds."""
+    from torch import nn
+
+    from lowbit.training import QuantLinear, functional
+
+    # the module (the package re-exports a function of the same name)
+    bs = importlib.import_module("lowbit.training.bit_split")
+
+    lin = nn.Linear(96, 80)
+    x = torch.randn(3, 50, 96, generator=gen) * 2
+    x[0, 0, 5] = 60.0  # an outlier that clips
+    grad_y = torch.randn(3, 50, 80, generator=gen)
+    runs = []
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(functional, "native_reason", lambda: "disabled for the reference")
+            monkeypatch.setattr(bs, "native_reason", lambda: "disabled for the reference")
+        q = QuantLinear.from_linear(nn.Linear(96, 80), "int4", seed=3)
+        q.load_state_dict(lin.state_dict(), strict=False)
+        xr = x.clone().requires_grad_()
+        y = q(xr)
+        y.backward(grad_y)
+        runs.append((y, xr.grad, q.weight.grad, q.bias.grad, q.x_step.grad, q.w_step.grad))
+    for got, ref in zip(runs[0][:4], runs[1][:4], strict=True):
+        assert torch.equal(got, ref)
+    for got, ref in zip(runs[0][4:], runs[1][4:], strict=True):  # double vs float32 step-gradient sums
+        assert float(got) == pytest.approx(float(ref), rel=1e-5, abs=1e-7)

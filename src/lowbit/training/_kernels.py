@@ -21,6 +21,7 @@ _SIGNATURES = {
     "lowbit_train_hq_grad": ([_P, _P, _L, _L, _I, _P, _I], _I),
     "lowbit_train_absmax": ([_P, _L, _P, _I], _L),
     "lowbit_train_split_merged": ([_P, _L, _F, ctypes.c_uint32, _I, _P, _I], None),
+    "lowbit_train_transpose_i8": ([_P, _L, _L, _P, _I], None),
 }
 
 
@@ -118,4 +119,18 @@ def split_merged_native(g: torch.Tensor, scale: float, seed: int, stochastic: bo
     lib.lowbit_train_split_merged(
         g.data_ptr(), g.numel(), scale, seed, int(stochastic), out.data_ptr(), _threads()
     )
+    return out
+
+
+def transpose_i8(codes: torch.Tensor) -> torch.Tensor:
+    """Contiguous transposed copy of a 2-D int8 CPU tensor (native blocked transpose); the same bytes as
+    ``codes.t().contiguous()``, several times faster."""
+    lib, reason = _lib()
+    if lib is None:
+        raise RuntimeError(f"native training kernels unavailable: {reason}")
+    if codes.dtype != torch.int8 or codes.dim() != 2 or codes.device.type != "cpu":
+        raise ValueError(f"codes must be a 2-D int8 CPU tensor, got {codes.dtype} {tuple(codes.shape)}")
+    src = codes.contiguous()
+    out = torch.empty((src.shape[1], src.shape[0]), dtype=torch.int8)
+    lib.lowbit_train_transpose_i8(src.data_ptr(), src.shape[0], src.shape[1], out.data_ptr(), _threads())
     return out

@@ -3,8 +3,10 @@
 Each Function takes 2-D float32 ``x`` (N, D), ``weight`` (C, D), ``bias`` (C,) or None, and the recipe as an
 argument; ``forward`` returns ``Y = X Wᵀ + b`` (N, C) computed by ``int_matmul_scaled`` (layout "nt"), and
 ``backward`` computes grad_input with layout "nn" (``∇Y · W``) and grad_weight with layout "tn"
-(``∇Yᵀ · X``). No float matmul runs on the quantized path; the float work is quantization, the Hadamard
-butterflies and the O(N·C) bit splitting.
+(``∇Yᵀ · X``) — the INT4 Hadamard recipe instead passes contiguous transposed code copies with layout "nt"
+(the same integer products; the engine packs contiguous rows much faster than strided columns). No float
+matmul runs on the quantized path; the float work is quantization, the Hadamard butterflies and the O(N·C)
+bit splitting.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 
 from lowbit.ops import int_matmul_scaled, quantize_rows
-from lowbit.training._kernels import hq_grad_, hq_quantize, native_reason
+from lowbit.training._kernels import hq_grad_, hq_quantize, native_reason, transpose_i8
 from lowbit.training.bit_split import SPLIT_RADIX, bit_split, bit_split_merged
 from lowbit.training.hadamard_quant import block_transform
 from lowbit.training.leverage import select_rows
@@ -40,6 +42,11 @@ def _hq_quantize(t: torch.Tensor, block: int, step: torch.Tensor) -> tuple[torch
     if native_reason():
         return lsq_quantize(block_transform(t, block), step)
     return hq_quantize(t.detach().float().contiguous(), block, float(step))
+
+
+def _codes_t(codes: torch.Tensor) -> torch.Tensor:
+    """Contiguous transpose of int8 codes (the native blocked transpose, or torch's copy: the same bytes)."""
+    return codes.t().contiguous() if native_reason() else transpose_i8(codes)
 
 
 def _hq_grad(grad_q: torch.Tensor, dq_ds: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,13 +87,19 @@ class Int4HQLinearFn(torch.autograd.Function):
         else:
             # "nonzero" keeps every non-zero row of hi and of lo, and zero rows add nothing: the two INT4
             # products ∇Y↕ Ŵ = 14u·hi·Ŵ + u·lo·Ŵ are one exact integer product of the code 14·hi + lo
-            # (|·| <= 105, an 8-bit operand), computed in one pass instead of two
+            # (|·| <= 105, an 8-bit operand), computed in one pass instead of two. Both products take layout
+            # "nt" on contiguous transposed copies (reduction dim last), which the engine packs fastest
+            grad_xh = grad_wh = None
             merged, unit = bit_split_merged(
                 grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
             )  # (N, C)
             unit_t = torch.full((), unit, dtype=torch.float32)
-            grad_xh = int_matmul_scaled(merged, w_int4, unit_t, sw, bits=8, layout="nn") if need_x else None
-            grad_wh = int_matmul_scaled(merged, x_int4, unit_t, sx, bits=8, layout="tn") if need_w else None
+            if need_x:  # ∇(XH)^ (N, D) = merged (N, C) · (WH)^ (C, D) = merged · ((WH)^ᵀ (D, C))ᵀ
+                grad_xh = int_matmul_scaled(merged, _codes_t(w_int4), unit_t, sw, bits=8, layout="nt")
+            if need_w:  # ∇(WH)^ (C, D) = mergedᵀ (C, N) · (XH)^ (N, D)
+                grad_wh = int_matmul_scaled(
+                    _codes_t(merged), _codes_t(x_int4), unit_t, sx, bits=8, layout="nt"
+                )
         if need_x:  # grad_input = H (∇(XH)^ ⊙ clip mask) (STE, H⁻¹ = H); ∂L/∂s_x = Σ ∇(XH)^ ⊙ ∂x̂/∂s_x · scale
             grad_x, gx_step = _hq_grad(grad_xh, x_dq, ctx.block)
             gx_step = gx_step.reshape(sx.shape)
