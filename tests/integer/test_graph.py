@@ -90,32 +90,37 @@ def test_convert_rejects_standard_gpt() -> None:
 
 
 @pytest.mark.parametrize("kind", ["poly", "softmax"])
-def test_fused_attention_matches_unfused(kind: str) -> None:
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize(("h", "c", "t"), [(3, 24, 11), (2, 64, 37), (1, 32, 5), (2, 32, 16)], ids=str)
+def test_fused_attention_matches_unfused(kind: str, causal: bool, h: int, c: int, t: int) -> None:
+    """Row kernel (head dim 8) and blocked SIMD kernel (head dims 16, 32), q/k/v as slices of one QKV."""
     from lowbit.integer import kernels
-    from lowbit.integer.fast import attention_fused
+    from lowbit.integer.fast import attention_fused, to_offset
     from lowbit.integer.graph import IntAttention
     from lowbit.ops import native
 
     if not native.available():
         pytest.skip(f"native kernels unavailable: {native.why_not_native()}")
     g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randint(-127, 128, (3, 11, 24), generator=g, dtype=torch.int8) for _ in range(3))
-    key_mask = torch.ones(3, 11, dtype=torch.bool)
-    key_mask[2, 8:] = False
-    causal = kind == "poly"
-    extra = (
-        {"bias": torch.tensor([50, -300, 0]).view(3, 1, 1), "delta": 11}
-        if kind == "poly"
-        else {"exp": kernels.exp_constants(4e-3)}
-    )
-    att = IntAttention(3, kind, 4000, 40, **extra)
+    qkv = torch.randint(-128, 128, (3, t, 3 * c), generator=g, dtype=torch.int8)
+    qkv[0, 0] = -128  # extreme codes
+    q, k, v = qkv.split(c, dim=2)
+    key_mask = torch.ones(3, t, dtype=torch.bool)
+    key_mask[2, t // 2 + 1 :] = False
+    bias = torch.tensor([50, -300, 0])[:h].view(h, 1, 1)
+    extra = {"bias": bias, "delta": 11} if kind == "poly" else {"exp": kernels.exp_constants(4e-3)}
+    att = IntAttention(h, kind, 9000, 40, **extra)
     unfused = att(q, k, v, causal, key_mask, DtypeTrace(), "attn")  # tracing runs the unfused path
+    kw = {"poly_bias": extra.get("bias"), "delta": extra.get("delta", 0), "exp": extra.get("exp")}
     fused = attention_fused(
-        q, k, v, 3, causal=causal, key_mask=key_mask, row_const=4000, row_shift=40,
-        poly_bias=extra.get("bias"), delta=extra.get("delta", 0), exp=extra.get("exp"),
+        q, k, v, h, causal=causal, key_mask=key_mask, row_const=9000, row_shift=40, **kw
     )  # fmt: skip
     assert torch.equal(fused, unfused)
-    assert int(fused.abs().sum()) > 0
+    assert int(fused.abs().max()) > 20  # non-trivial outputs
+    shifted = attention_fused(
+        q, k, v, h, causal=causal, key_mask=key_mask, row_const=9000, row_shift=40, out_off=128, **kw
+    )  # fmt: skip
+    assert torch.equal(shifted, to_offset(unfused, 128))
 
 
 def test_fused_block_path_matches_unfused(tiny_gpt: GPT, monkeypatch: pytest.MonkeyPatch) -> None:

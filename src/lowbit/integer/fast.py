@@ -78,6 +78,8 @@ def _lib() -> ctypes.CDLL:
     ]
     lib.lowbit_int_attention.argtypes += [_P, _L, _I, _I]
     lib.lowbit_int_attention.restype = None
+    lib.lowbit_int_attention_blocked.argtypes = lib.lowbit_int_attention.argtypes
+    lib.lowbit_int_attention_blocked.restype = None
     lib.lowbit_int_pack_w.argtypes = [_P, _L, _L, _P, _P]
     lib.lowbit_int_pack_w.restype = None
     lib.lowbit_int_gemm_rq.argtypes = [
@@ -373,7 +375,10 @@ def attention_fused(
     km = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
     pb = poly_bias.reshape(n_head).to(torch.int64).contiguous() if poly_bias is not None else None
     e = exp or kernels.ExpConstants(1, 0, 0)
-    _lib().lowbit_int_attention(
+    lib = _lib()
+    # head dims that are multiples of 16 take the blocked SIMD kernel (int_attn.c), others the row kernel
+    fn = lib.lowbit_int_attention_blocked if (c // n_head) % 16 == 0 else lib.lowbit_int_attention
+    fn(
         q.data_ptr(),
         k.data_ptr(),
         v.data_ptr(),

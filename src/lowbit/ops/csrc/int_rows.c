@@ -188,6 +188,13 @@ static int64_t lb_attn_row(const int32_t *s, long t, long valid, const uint8_t *
     return lb_round_div(wmax << frac_bits, wsum) * row_const;
 }
 
+/* lb_attn_row for other translation units (int_attn.c runs it on rows its vector path does not take). */
+int64_t lowbit_int_attn_row(const int32_t *s, long t, long valid, const uint8_t *km, int kind, int64_t bias,
+                            int64_t delta, int64_t ln2, int64_t eb, int64_t ec, int max_shift, int frac_bits,
+                            int64_t row_const, int64_t *w, int8_t *o) {
+    return lb_attn_row(s, t, valid, km, kind, bias, delta, ln2, eb, ec, max_shift, frac_bits, row_const, w, o);
+}
+
 /* Attention weights of R = rows_per_head * n_rowsets rows of length t (scores int32 (R, t)); row r attends to
  * columns < (causal ? (r % t) + 1 : t) and where keymask (per batch, t entries, or NULL) is nonzero.
  * kind 0 poly: w = relu(s + bias[head])^2 + delta; kind 1 softmax: i-exp(s - rowmax).
