@@ -1,22 +1,29 @@
-"""PTQ linear layers vs FP32 at all-MiniLM-L6-v2 shapes: is there a usable real FP8 product on this CPU?
+"""PTQ linear layers vs FP32 at all-MiniLM-L6-v2 shapes: FP8 (emulated / torch._scaled_mm) and INT8 kernels.
 
 Times, interleaved round-robin in one process so that load from other jobs hits every variant alike:
 
 * ``fp32``           — ``F.linear`` on the FP32 weight (the reference);
 * ``scaled_mm gemm`` — the bare ``torch._scaled_mm`` on float8 operands (the CPU's "real FP8 product");
 * ``upcast gemm``    — the bare emulated product: float8 -> float32 upcasts + one float32 GEMM;
-* ``fp8 layer emul`` / ``fp8 layer smm`` — ``FP8Linear`` end to end (activation cast, product, scales, bias);
-* ``int8 layer``     — ``Int8Linear`` end to end on lowbit's integer engine.
+* ``fp8 emul`` / ``fp8 smm`` — ``FP8Linear`` end to end (static scale: cast, product, scales, bias);
+* ``int8 exact`` / ``int8 w7`` / ``int8 a7`` — ``Int8Linear`` end to end with a static per-tensor activation
+  scale (``ops.int_matmul_scaled``) for each ``int8_kernel``: full-range codes (exact int16 kernel), 7-bit
+  weight codes, 7-bit activation codes (both u8 x s8);
+* ``int8 w7 tok`` / ``int8 a7 tok`` — the same with dynamic per-token activations (``ops.linear`` on a
+  weight packed once).
 
-Run ``python benchmarks/ptq.py [--tokens 2048] [--reps 15] [--threads N]``; prints medians and ratios.
+Run ``python benchmarks/ptq.py [--tokens 2048] [--reps 15] [--threads N] [--json FILE]``; prints medians and
+speed relative to fp32 (above 1 is faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=2048, help="rows M (tokens in a batch)")
     parser.add_argument("--reps", type=int, default=15, help="timed repetitions per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--json", help="also write the medians and ratios to this JSON file")
+
+
+def _int8(k: int, n: int, w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, kernel: str, gran: str):
+    wfmt = fmts.INT7 if kernel == "w7" else fmts.INT8
+    afmt = fmts.INT7 if kernel == "a7" else fmts.INT8
+    s_x = float(x.abs().max()) / afmt.max if gran == "tensor" else None
+    spec = LayerSpec("int8", k, n, "int8", "tensor", None, "int8", gran, None, True, kernel)
+    return build_layer(spec, encode_weight(w, wfmt), b, s_x)
 
 
 def _variants(m: int, k: int, n: int) -> dict[str, Callable[[], torch.Tensor]]:
@@ -47,25 +63,25 @@ def _variants(m: int, k: int, n: int) -> dict[str, Callable[[], torch.Tensor]]:
         )
         for c in ("emulated", "scaled_mm")
     }
-    int8 = build_layer(
-        LayerSpec("int8", k, n, "int8", "tensor", None, "int8", "tensor"),
-        encode_weight(w, fmts.INT8),
-        b,
-        float(x.abs().max()) / 127,
-    )
     x8 = (x / s_x).to(torch.float8_e4m3fn)
     w8 = bufs["w_codes"]
     one = torch.tensor(1.0)
-    return {
+    variants = {
         "fp32": lambda: F.linear(x, w, b),
         "scaled_mm gemm": lambda: torch._scaled_mm(
             x8, w8.t(), scale_a=one, scale_b=one, out_dtype=torch.float32
         ),
         "upcast gemm": lambda: x8.float() @ w8.float().t(),
-        "fp8 layer emul": lambda: layers["emulated"](x),
-        "fp8 layer smm": lambda: layers["scaled_mm"](x),
-        "int8 layer": lambda: int8(x),
+        "fp8 emul": lambda: layers["emulated"](x),
+        "fp8 smm": lambda: layers["scaled_mm"](x),
     }
+    for kernel in ("exact", "w7", "a7"):
+        layer = _int8(k, n, w, b, x, kernel, "tensor")
+        variants[f"int8 {kernel}"] = lambda layer=layer: layer(x)
+    for kernel in ("w7", "a7"):
+        layer = _int8(k, n, w, b, x, kernel, "token")
+        variants[f"int8 {kernel} tok"] = lambda layer=layer: layer(x)
+    return variants
 
 
 @torch.no_grad()
@@ -86,14 +102,28 @@ def measure(m: int, k: int, n: int, reps: int) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, M={args.tokens}, {args.reps} reps")
-    print(f"{'K x N':<12}" + "".join(f"{name:>22}" for name in _variants(2, 32, 32)))
+    import lowbit.ops as ops
+
+    threads = torch.get_num_threads()
+    header = f"torch {torch.__version__}, {threads} threads, M={args.tokens}, {args.reps} reps"
+    print(header)
+    print(f"lowbit.ops backend: {ops.backend()}")
+    names = list(_variants(2, 32, 32))
+    print(f"{'K x N':<11}" + "".join(f"{name:>16}" for name in names))
+    records = []
     for k, n in SHAPES:
         med = measure(args.tokens, k, n, args.reps)
         ref = med["fp32"]
-        cells = "".join(f"{1e3 * t:>10.2f} ms ({ref / t:4.2f}x)" for t in med.values())
-        print(f"{k}x{n:<8}{cells}")
+        print(f"{k}x{n:<7}" + "".join(f"{1e3 * t:>9.2f} ms   " for t in med.values()))
+        print(f"{'':<11}" + "".join(f"{f'({ref / t:.2f}x)':>16}" for t in med.values()))
+        records.append({"K": k, "N": n, "M": args.tokens, "median_ms": {a: 1e3 * t for a, t in med.items()},
+                        "speed_vs_fp32": {a: ref / t for a, t in med.items()}})  # fmt: skip
     print("(Nx) = speed relative to fp32: above 1 is faster than FP32")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        meta = {"header": header, "backend": ops.backend(), "threads": torch.get_num_threads()}
+        Path(args.json).write_text(json.dumps({"meta": meta, "shapes": records}, indent=2) + "\n")
+        print(f"records: {args.json}")
     return 0
 
 

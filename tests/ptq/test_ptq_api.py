@@ -136,4 +136,37 @@ def test_config_observer_applies_any_rule_to_one_calibration(tiny_bert, batches)
     assert scales["max"] == pytest.approx(obs.amax / 127, rel=1e-6)
     assert scales[str(("percentile", 90.0))] < 0.8 * scales["max"]  # the 90th percentile clips hard
     assert scales["mse"] <= scales["max"]
-    assert PTQConfig("int8", "int8", observer="mse").describe() == "W int8/tensor A int8/tensor (mse)"
+    assert PTQConfig("int8", "int8", observer="mse").describe() == "W int7/tensor A int8/tensor (mse)"
+    assert PTQConfig("int8", "int8", int8_kernel="exact").describe() == "W int8/tensor A int8/tensor"
+    assert PTQConfig("int8", "int8", int8_kernel="a7").describe() == "W int8/tensor A int7/tensor"
+    with pytest.raises(ValueError, match="int8_kernel"):
+        PTQConfig("int8", "int8", int8_kernel="w6")
+
+
+@pytest.mark.parametrize("kernel", ["w7", "a7", "exact"])
+@pytest.mark.parametrize("act_gran", ["tensor", "token"])
+def test_int8_kernels_code_ranges_and_exact_integer_products(tiny_bert, batches, kernel, act_gran) -> None:
+    """Each int8_kernel stores the promised code ranges and every layer equals the float64 integer product."""
+    calib = ptq.calibrate(tiny_bert, batches)
+    model = copy.deepcopy(tiny_bert)
+    ptq.quantize(model, PTQConfig("int8", "int8", activation_granularity=act_gran, int8_kernel=kernel), calib)
+    name = "encoder.layer.1.output.dense"
+    layer = model.get_submodule(name)
+    w_bound = 63 if kernel == "w7" else 127
+    assert int(layer.w_codes.abs().max()) == w_bound  # absmax scaling reaches the bound exactly
+    assert layer.w_codes.dtype == torch.int8 and layer.spec.int8_kernel == kernel
+    x = torch.randn(2, 5, layer.in_features, generator=torch.Generator().manual_seed(3))
+    x2 = x.reshape(-1, layer.in_features).double()
+    if act_gran == "tensor":
+        obs = calib.observers[name]
+        s_x = torch.tensor(obs.amax / (63 if kernel == "a7" else 127), dtype=torch.float32).double()
+        assert float(layer.act_scale) == pytest.approx(float(s_x), rel=1e-7)
+        lo, hi = (-64, 63) if kernel == "a7" else (-128, 127)
+        codes = torch.round(x2 / s_x).clamp(lo, hi)
+    else:
+        qmax = 63 if kernel == "a7" else 127
+        s_x = (x2.float().abs().amax(1, keepdim=True) / qmax).double()
+        codes = torch.round(x2 / s_x)
+    ref = (codes @ layer.w_codes.double().t()) * s_x * layer.w_scale.double() + layer.bias.double()
+    torch.testing.assert_close(layer(x).reshape(-1, layer.out_features).double(), ref, rtol=1e-5, atol=1e-5)
+    assert ("u8 x s8" in layer.compute_path()) == (kernel != "exact")

@@ -46,7 +46,7 @@ def test_cli_with_texts_writes_table_json_and_plot(model_dir, tmp_path, capsys) 
     assert code == 0
     records = json.loads(out_json.read_text())
     assert [r["format"] for r in records] == ["fp32", "fp8-e4m3", "int8", "int8/channel/token@mse", "int4"]
-    assert records[3]["recipe"] == "W int8/channel A int8/token" and records[3]["observer"] == "mse"
+    assert records[3]["recipe"] == "W int7/channel A int8/token" and records[3]["observer"] == "mse"
     for r in records:
         assert {"format", "embedding_cosine", "accuracy", "weight_bytes"} <= set(r)
         assert r["accuracy"] is None and 0.9 < r["embedding_cosine"] <= 1.0 + 1e-9
@@ -61,4 +61,6 @@ def test_cli_errors(model_dir, tmp_path) -> None:
     assert main(["ptq", "--model", str(model_dir), "--formats", "fp32,fp7"]) == 2
     assert main(["ptq", "--model", str(model_dir), "--formats", "int8/row"]) == 2
     assert main(["ptq", "--model", str(model_dir), "--formats", "int8@minmax"]) == 2
+    assert main(["ptq", "--model", str(model_dir), "--formats", "int8+w7+a7"]) == 2
+    assert main(["ptq", "--model", str(model_dir), "--formats", "fp8-e4m3+w7"]) == 2
     assert main(["ptq", "--model", str(tmp_path / "nowhere"), "--texts", str(tmp_path / "none.txt")]) == 2

@@ -10,8 +10,13 @@ embed the held-out snippets and compare with the FP32 embeddings (computed once 
 
 Formats: ``fp32``, ``fp8-e4m3``, ``fp8-e5m2``, ``int8`` (weights and activations, static calibrated scales),
 ``mxfp8-e4m3``, ``mxfp4`` (MX weights and activations, dynamic block scales), ``int4`` (weight-only, groups of
-32). An entry may carry its own granularities and observer: ``int8/channel/token``, ``int8@mse``
-(one calibration pass serves every observer).
+32). An entry may carry its own granularities, observer and options:
+``NAME[/WEIGHT_GRAN[/ACT_GRAN]][@OBSERVER][+OPTION...]``, e.g. ``int8/channel/token``, ``int8@mse``
+(one calibration pass serves every observer), ``int8+exact``. INT8 options pick the code ranges and so the
+integer kernel: ``+w7`` (default: 7-bit weight codes, fast u8 x s8), ``+a7`` (7-bit activation codes, fast)
+or ``+exact`` (full int8 range on both sides, the paper's INT8, exact int16 kernel). FP8 and INT8 entries
+also take ``+gptq`` (GPTQ error-compensating weight rounding, same grid and scales) and ``+bc`` (bias
+correction on the calibration snippets), e.g. ``fp8-e4m3/channel+gptq+bc``.
 ``--json`` writes ``[{format, embedding_cosine, accuracy, weight_bytes, ...}]``.
 """
 
@@ -37,6 +42,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_FORMATS = "fp32,fp8-e4m3,fp8-e5m2,int8"
 KNOWN_FORMATS = ("fp32", "fp8-e4m3", "fp8-e5m2", "int8", "mxfp8-e4m3", "mxfp4", "int4")
 OBSERVERS = ("max", "percentile", "mse")
+INT8_OPTIONS = ("w7", "a7", "exact")  # PTQConfig.int8_kernel
+RECIPE_OPTIONS = ("gptq", "bc")  # weight_rounding="gptq", bias_correction=True (FP8 and INT8 entries)
 SQNR_TEXTS = 32  # held-out snippets in the per-layer SQNR batch
 
 
@@ -48,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--formats",
         default=DEFAULT_FORMATS,
-        help=f"comma list of {', '.join(KNOWN_FORMATS)}, each optionally NAME/WGRAN/AGRAN@OBSERVER "
-        "(e.g. int8/channel/token, int8@mse)",
+        help=f"comma list of {', '.join(KNOWN_FORMATS)}, each optionally NAME/WGRAN/AGRAN@OBSERVER+OPTION "
+        "(e.g. int8/channel/token, int8@mse, int8+exact)",
     )
     parser.add_argument("--calib-batches", type=int, default=8, help="calibration batches (default 8)")
     parser.add_argument("--calib-batch-size", type=int, default=32, help="snippets per calibration batch")
@@ -92,13 +99,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class FormatEntry:
-    """One ``--formats`` entry: ``NAME[/WEIGHT_GRAN[/ACT_GRAN]][@OBSERVER]``, e.g. ``int8/channel/token``."""
+    """One ``--formats`` entry: ``NAME[/WEIGHT_GRAN[/ACT_GRAN]][@OBSERVER][+OPTION...]``, e.g.
+    ``int8/channel/token`` or ``int8+exact``."""
 
     label: str
     name: str
     weight_granularity: str
     activation_granularity: str
     observer: str
+    options: tuple[str, ...] = ()
 
 
 def parse_formats(text: str, args: argparse.Namespace) -> list[FormatEntry]:
@@ -113,7 +122,8 @@ def parse_formats(text: str, args: argparse.Namespace) -> list[FormatEntry]:
         raise ValueError(f"--formats repeats an entry: {labels}")
     entries = []
     for label in labels:
-        body, _, observer = label.partition("@")
+        main, *options = label.split("+")
+        body, _, observer = main.partition("@")
         name, *grans = body.split("/")
         if name not in KNOWN_FORMATS:
             raise ValueError(f"unknown format {name!r} in {label!r}; known: {', '.join(KNOWN_FORMATS)}")
@@ -128,7 +138,16 @@ def parse_formats(text: str, args: argparse.Namespace) -> list[FormatEntry]:
         observer = observer or args.observer
         if observer not in OBSERVERS:
             raise ValueError(f"{label!r}: observer must be one of {OBSERVERS}")
-        entries.append(FormatEntry(label, name, w_gran, a_gran, observer))
+        allowed = (INT8_OPTIONS if name == "int8" else ()) + (
+            RECIPE_OPTIONS if name in ("int8", "fp8-e4m3", "fp8-e5m2") else ()
+        )
+        bad = [o for o in options if o not in allowed]
+        if bad or len(set(options)) != len(options) or sum(o in INT8_OPTIONS for o in options) > 1:
+            raise ValueError(
+                f"{label!r}: options {options} not valid for {name}; fp8/int8 take +gptq, +bc, int8 also "
+                f"one of {', '.join('+' + o for o in INT8_OPTIONS)}"
+            )
+        entries.append(FormatEntry(label, name, w_gran, a_gran, observer, tuple(options)))
     return entries
 
 
@@ -141,6 +160,7 @@ def config_for(entry: FormatEntry, args: argparse.Namespace) -> PTQConfig | Weig
     observer = (
         ObserverSpec("percentile", args.percentile) if entry.observer == "percentile" else entry.observer
     )
+    int8_kernel = next((o for o in entry.options if o in INT8_OPTIONS), "w7")
     return PTQConfig(
         entry.name,
         entry.name,
@@ -148,6 +168,9 @@ def config_for(entry: FormatEntry, args: argparse.Namespace) -> PTQConfig | Weig
         activation_granularity=entry.activation_granularity,
         fp8_compute=args.fp8_compute,
         observer=observer,
+        int8_kernel=int8_kernel,
+        weight_rounding="gptq" if "gptq" in entry.options else "nearest",
+        bias_correction="bc" in entry.options,
     )
 
 

@@ -7,16 +7,19 @@ Handlers are registered per config class with :func:`register_handler`; an unkno
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lowbit.formats import MXFormat
-from lowbit.ptq.calibrate import Calibration, select_linears
+from lowbit.ptq.calibrate import Calibration, observe_linears, select_linears
 from lowbit.ptq.config import PTQConfig, WeightOnlyConfig
+from lowbit.ptq.gptq import gram_matrix
 from lowbit.ptq.modules import LayerSpec, QuantLinear, build_layer
 from lowbit.ptq.weights import encode_weight
 
@@ -153,11 +156,25 @@ def _run(
 def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibration | None) -> PTQSummary:
     if config.needs_calibration and calibration is None:
         raise ValueError(
-            f"{config.describe()} uses static activation scales: pass "
+            f"{config.describe()} uses static activation scales, GPTQ rounding or bias correction: pass "
             "calibration=lowbit.ptq.calibrate(model, batches) "
             "(or use activation_granularity='token' for dynamic scales)"
         )
+    needs_inputs = config.weight_rounding == "gptq" or config.bias_correction
+    if needs_inputs and not calibration.inputs:
+        raise ValueError("GPTQ rounding and bias correction rerun the calibration batches: this Calibration "
+                         "holds none (build it with lowbit.ptq.calibrate)")  # fmt: skip
     kind = config.kind
+    names = select_linears(model, config.modules, config.exclude)
+    grams: dict[str, torch.Tensor] = {}
+    if config.weight_rounding == "gptq":  # Gram matrices of the FP32 model's inputs to each layer
+
+        def add_gram(name: str, x2: torch.Tensor, _y2: torch.Tensor) -> None:
+            g = gram_matrix(x2)
+            grams[name] = grams[name] + g if name in grams else g
+
+        observe_linears(model, names, calibration.inputs, add_gram)
+    originals = {n: model.get_submodule(n) for n in names}
     if kind == "mx":
         layer_kind, act_gran = "emulated", "block"
     else:
@@ -174,16 +191,53 @@ def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibrati
             activation_granularity=act_gran,
             fp8_compute=config.fp8_compute if kind == "fp8" else None,
             has_bias=linear.bias is not None,
+            int8_kernel=config.int8_kernel if kind == "int8" else None,
         )
         buffers = encode_weight(
-            linear.weight, config.weight, config.weight_granularity, None, config.weight_scale
+            linear.weight,
+            config.weight_code_format,
+            config.weight_granularity,
+            None,
+            config.weight_scale,
+            gram=grams.get(name),
         )
         act_scale = None
         if spec.static_activation:
-            act_scale = calibration.scale(name, config.activation, config.observer)
+            act_scale = calibration.scale(name, config.activation_code_format, config.observer)
         return build_layer(spec, buffers, linear.bias, act_scale)
 
-    return _run(model, config, make)
+    summary = _run(model, config, make)
+    if config.bias_correction:
+        _correct_biases(model, originals, calibration.inputs)
+    return summary
+
+
+@torch.no_grad()
+def _correct_biases(model: nn.Module, originals: dict[str, nn.Linear], batches: list) -> None:
+    """Subtract from each quantized layer's bias its mean output error on its own (quantized-model) inputs
+    over the calibration tokens: ``mean(q_layer(x) - x Wᵀ - b)``, all layers measured in one pass."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = dict.fromkeys(originals, 0)
+
+    def add_error(name: str, x2: torch.Tensor, y2: torch.Tensor) -> None:
+        lin = originals[name]
+        err = (y2.double() - F.linear(x2.double(), lin.weight.double(), None)).sum(0)
+        if lin.bias is not None:
+            err -= lin.bias.double() * x2.shape[0]
+        sums[name] = sums[name] + err if name in sums else err
+        counts[name] += x2.shape[0]
+
+    observe_linears(model, list(originals), batches, add_error)
+    for name in originals:
+        layer = model.get_submodule(name)
+        if counts[name] == 0:
+            continue
+        correction = (sums[name] / counts[name]).float()
+        if layer.bias is None:
+            layer.bias = -correction  # a layer without bias gains one (FP32, like every bias)
+            layer.spec = dataclasses.replace(layer.spec, has_bias=True)
+        else:
+            layer.bias.sub_(correction)
 
 
 @register_handler(WeightOnlyConfig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -70,6 +70,7 @@ class Calibration:
     spec: ObserverSpec
     observers: dict[str, HistogramObserver] = field(default_factory=dict)
     batches: int = 0
+    inputs: list = field(default_factory=list, repr=False)  # the batches, for GPTQ and bias correction
 
     def scale(self, name: str, fmt: Format, rule: ObserverSpec | None = None) -> float:
         """Static activation step size of module ``name`` for ``fmt`` under ``rule`` (default: the rule
@@ -130,6 +131,7 @@ def calibrate(
         for batch in batches:
             _run_batch(model, batch)
             calib.batches += 1
+            calib.inputs.append(batch)
     finally:
         for h in handles:
             h.remove()
@@ -138,3 +140,40 @@ def calibrate(
         raise ValueError("calibrate got no batches; pass at least one batch of model inputs")
     logger.info("calibrated %d linear inputs over %d batches (%s observer)", len(names), calib.batches, spec)
     return calib
+
+
+@torch.no_grad()
+def observe_linears(
+    model: nn.Module,
+    names: Iterable[str],
+    batches: Iterable[object],
+    fn: Callable[[str, torch.Tensor, torch.Tensor], None],
+) -> None:
+    """Run ``batches`` through ``model`` (eval, no grad) and call ``fn(name, x, y)`` for each named module
+    with its input and output as 2-D row matrices. When a batch is a dict holding an ``attention_mask``
+    whose size matches the rows, padding positions are dropped first.
+    """
+    module_of = dict(model.named_modules())
+    mask: list[torch.Tensor | None] = [None]
+
+    def make(name: str) -> Callable:
+        def hook(_mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            x2, y2 = args[0].reshape(-1, args[0].shape[-1]), out.reshape(-1, out.shape[-1])
+            if mask[0] is not None and mask[0].numel() == x2.shape[0]:
+                x2, y2 = x2[mask[0]], y2[mask[0]]
+            fn(name, x2, y2)
+
+        return hook
+
+    handles = [module_of[n].register_forward_hook(make(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            m = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+            mask[0] = m.reshape(-1).bool() if isinstance(m, torch.Tensor) else None
+            _run_batch(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)

@@ -25,6 +25,8 @@ WEIGHT_GRANULARITIES = ("tensor", "channel", "group")
 ACTIVATION_GRANULARITIES = ("tensor", "token")
 WEIGHT_SCALE_RULES = ("absmax", "mse")
 FP8_COMPUTE = ("emulated", "scaled_mm")
+INT8_KERNELS = ("w7", "a7", "exact")  # see lowbit.ptq.modules.Int8Linear
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 # The formats each recipe accepts (by kind); anything else raises ValueError naming the recipe to use.
 _FP8_NAMES = ("fp8-e4m3", "fp8-e5m2")
 
@@ -80,6 +82,14 @@ class PTQConfig:
     fp8_compute: ``"emulated"`` (FP8 codes upcast exactly to FP32, one FP32 GEMM, scales in the epilogue)
     or ``"scaled_mm"`` (``torch._scaled_mm`` on float8 operands); see :mod:`lowbit.ptq.modules` for the
     measurement behind the default.
+    int8_kernel (INT8 recipes): which code ranges, hence which integer-engine kernel — ``"w7"`` (weight codes
+    in [-63, 63], 8-bit activations: the fast u8 x s8 kernel), ``"a7"`` (8-bit weights, activation codes in
+    [-64, 63]: also u8 x s8) or ``"exact"`` (full int8 range on both sides, the paper's INT8, exact int16
+    kernel at ~0.7x the speed). Storage is int8 codes in every case.
+    weight_rounding: ``"nearest"`` (the paper) or ``"gptq"`` (error-compensating rounding onto the same grid
+    with the same scales, using the Gram matrix of each layer's calibration inputs; :mod:`lowbit.ptq.gptq`).
+    bias_correction: after quantizing, subtract from each layer's bias the mean error of its outputs
+    (quantized layer vs the FP32 weights on the same inputs) over the calibration tokens.
     """
 
     weight: str | Format = "fp8-e4m3"
@@ -92,6 +102,9 @@ class PTQConfig:
     exclude: tuple[str, ...] = ()
     fp8_compute: str = "emulated"
     observer: object = None
+    int8_kernel: str = "w7"
+    weight_rounding: str = "nearest"
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         w = _parse_format("weight", self.weight)
@@ -106,6 +119,16 @@ class PTQConfig:
                 f"activation_granularity must be one of {ACTIVATION_GRANULARITIES}, "
                 f"got {self.activation_granularity!r}"
             )
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ValueError(
+                f"weight_rounding must be one of {WEIGHT_ROUNDINGS}, got {self.weight_rounding!r}"
+            )
+        if not isinstance(self.bias_correction, bool):
+            raise ValueError(f"bias_correction must be a bool, got {self.bias_correction!r}")
+        if (self.weight_rounding != "nearest" or self.bias_correction) and isinstance(w, MXFormat):
+            raise ValueError("GPTQ rounding and bias correction are for FP8 and INT8 recipes, not MX")
+        if self.int8_kernel not in INT8_KERNELS:
+            raise ValueError(f"int8_kernel must be one of {INT8_KERNELS}, got {self.int8_kernel!r}")
         if self.fp8_compute not in FP8_COMPUTE:
             raise ValueError(f"fp8_compute must be one of {FP8_COMPUTE}, got {self.fp8_compute!r}")
         if isinstance(w, MXFormat) or isinstance(a, MXFormat):
@@ -137,19 +160,34 @@ class PTQConfig:
         return "int8" if isinstance(self.weight, IntFormat) else "fp8"
 
     @property
+    def weight_code_format(self) -> Format:
+        """The format the weight codes are rounded to (int7 for ``int8_kernel="w7"``)."""
+        return get_format("int7") if self.kind == "int8" and self.int8_kernel == "w7" else self.weight
+
+    @property
+    def activation_code_format(self) -> Format:
+        """The format static activation scales are computed for (int7 for ``int8_kernel="a7"``)."""
+        return get_format("int7") if self.kind == "int8" and self.int8_kernel == "a7" else self.activation
+
+    @property
     def needs_calibration(self) -> bool:
         """True when activation scales come from calibration (static per-tensor scales, non-MX)."""
-        return self.kind != "mx" and self.activation_granularity == "tensor"
+        return self.kind != "mx" and (
+            self.activation_granularity == "tensor" or self.weight_rounding == "gptq" or self.bias_correction
+        )
 
     def describe(self) -> str:
         """One line: formats, granularities and (if set) the calibration rule."""
         if self.kind == "mx":
             return f"W {self.weight.name}/block32 A {self.activation.name}/block32"
-        text = (
-            f"W {self.weight.name}/{self.weight_granularity} "
-            f"A {self.activation.name}/{self.activation_granularity}"
-        )
-        return text + (f" ({self.observer})" if self.observer is not None and self.needs_calibration else "")
+        w_name, a_name = self.weight.name, self.activation.name
+        if self.kind == "int8" and self.int8_kernel != "exact":  # the code range the kernel runs on
+            w_name, a_name = ("int7", a_name) if self.int8_kernel == "w7" else (w_name, "int7")
+        text = f"W {w_name}/{self.weight_granularity} A {a_name}/{self.activation_granularity}"
+        text += " +gptq" if self.weight_rounding == "gptq" else ""
+        text += " +bias-corr" if self.bias_correction else ""
+        static = self.activation_granularity == "tensor"
+        return text + (f" ({self.observer})" if self.observer is not None and static else "")
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit import ops
-from lowbit.formats import Format, IntFormat, get_format
+from lowbit.formats import INT7, Format, IntFormat, get_format
 from lowbit.ptq.weights import decode_weight, nbytes
 from lowbit.quantizers import quantize
 
 KINDS = ("int8", "fp8", "emulated")
+# INT8 code ranges -> lowbit.ops kernel: "w7" weight codes in [-63, 63] x 8-bit activations and "a7" 8-bit
+# weights x activation codes in [-64, 63] both take the u8 x s8 (vpmaddubsw) path; "exact" (full-range
+# codes on both sides, the paper's INT8) takes the exact int16 kernel at ~0.7x its speed.
+INT8_KERNELS = ("w7", "a7", "exact")
+SEVEN_BIT_WEIGHT = 63  # |w code| bound of "w7" (the engine's u8 x s8 rule accepts [-64, 64])
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,16 @@ class LayerSpec:
     activation_granularity: str | None = None  # "tensor" (static), "token" (dynamic), "block" (MX)
     fp8_compute: str | None = None
     has_bias: bool = True
+    int8_kernel: str | None = None  # INT8 layers: INT8_KERNELS; None (files before it existed) = "exact"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"layer kind must be one of {KINDS}, got {self.kind!r}")
+        if self.int8_kernel is not None and (self.kind != "int8" or self.int8_kernel not in INT8_KERNELS):
+            raise ValueError(
+                f"int8_kernel must be None or one of {INT8_KERNELS} on an int8 layer, got "
+                f"{self.int8_kernel!r} on a {self.kind} layer"
+            )
         get_format(self.weight)
         if self.activation is not None:
             get_format(self.activation)
@@ -144,17 +155,56 @@ class QuantLinear(nn.Module):
 
 
 class Int8Linear(QuantLinear):
-    """INT8 weights × INT8 activations on ``lowbit.ops`` (int32 accumulation, fused dequant + bias)."""
+    """INT8 weights × INT8 activations on ``lowbit.ops`` (int32 accumulation, fused dequant + bias).
+
+    ``spec.int8_kernel`` fixes the code ranges and so the engine's kernel (see :data:`INT8_KERNELS`):
+    ``"w7"`` — weight codes in [-63, 63], activations in the full int8 range; ``"a7"`` — activation codes in
+    [-64, 63] (static scale ``clip / 63``) or [-63, 63] (per token); ``"exact"`` — full range on both sides.
+    Static per-tensor activations go through ``ops.int_matmul_scaled`` (the engine packs both operands per
+    call; ``lowbit.ops.linear`` only quantizes per row); per-token activations through ``ops.linear`` on a
+    :class:`~lowbit.ops.PackedWeight` packed once (re-packed only if the weight buffers are overwritten).
+    Every result is the exact integer product, dequantized in float32.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        kernel = self.kernel
+        if kernel == "w7" and self.w_codes.numel():
+            lo, hi = (int(v) for v in torch.aminmax(self.w_codes))
+            if lo < -SEVEN_BIT_WEIGHT or hi > SEVEN_BIT_WEIGHT:
+                raise ValueError(
+                    f"int8_kernel='w7' needs weight codes in [-{SEVEN_BIT_WEIGHT}, {SEVEN_BIT_WEIGHT}], got "
+                    f"[{lo}, {hi}]"
+                )
+        self._packed: ops.PackedWeight | None = None
+        self._packed_key: tuple | None = None
+
+    @property
+    def kernel(self) -> str:
+        return self.spec.int8_kernel or "exact"
+
+    def packed_weight(self) -> ops.PackedWeight:
+        """The weight packed for ``ops.linear`` (cached; keyed on the buffers' storage and version)."""
+        w, s = self.w_codes, self.w_scale
+        key = (w.data_ptr(), w._version, s.data_ptr(), s._version)
+        if self._packed is None or self._packed_key != key:
+            scale = s.reshape(-1).expand(self.out_features).contiguous()
+            self._packed, self._packed_key = ops.pack_weight(w, scale, bits=8), key
+        return self._packed
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         if self.act_scale is not None:  # static per-tensor scale from calibration, saturating
-            a_codes, a_scale = quantize_static(x2, self.act_format, self.act_scale), self.act_scale
-        else:  # dynamic per token
-            a_codes, a_scale = ops.quantize_rows(x2.contiguous(), 8)
-        return ops.int_matmul_scaled(a_codes, self.w_codes, a_scale, self.w_scale, self.bias, bits=8)
+            fmt = INT7 if self.kernel == "a7" else self.act_format
+            a_codes = quantize_static(x2, fmt, self.act_scale)
+            w_codes, w_scale = self.w_codes, self.w_scale
+            return ops.int_matmul_scaled(a_codes, w_codes, self.act_scale, w_scale, self.bias, bits=8)
+        act_bits = 7 if self.kernel == "a7" else 8  # dynamic per token, fused quantize + GEMM
+        return ops.linear(x2.contiguous(), self.packed_weight(), self.bias, act_bits=act_bits)
 
     def compute_path(self) -> str:
-        return f"int8 GEMM, int32 accumulate ({ops.backend()})"
+        kernel = {"w7": "u8 x s8, 7-bit weight codes", "a7": "u8 x s8, 7-bit activation codes",
+                  "exact": "exact int16 kernel, full-range codes"}[self.kernel]  # fmt: skip
+        return f"int8 GEMM ({kernel}), int32 accumulate ({ops.backend()})"
 
 
 class FP8Linear(QuantLinear):

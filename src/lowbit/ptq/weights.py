@@ -2,7 +2,8 @@
 
 Storage per format (every buffer is what really sits in memory and in the safetensors file):
 
-* int8 — ``w_codes`` int8 (N, K); int4 — ``w_codes`` uint8 (N, K/2), two codes per byte (``pack_int4``);
+* int8 — ``w_codes`` int8 (N, K) (int7: the same storage, codes in [-63, 63] after absmax scaling);
+  int4 — ``w_codes`` uint8 (N, K/2), two codes per byte (``pack_int4``);
 * fp8-e4m3 / fp8-e5m2 — ``w_codes`` as ``torch.float8_e4m3fn`` / ``float8_e5m2`` (N, K);
 * ``w_scale`` float32: (1,) per tensor, (N,) per output channel, (N, K/G) per group of G along K;
 * MX formats — element codes (float8 for MXFP8, int8 for MXINT8, packed nibbles for MXFP4: sign in bit 3,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat
+from lowbit.ptq.gptq import gptq_round
 from lowbit.quantizers import pack_int4, quantize, unpack_int4
 
 E8M0_BIAS = 127
@@ -65,8 +67,14 @@ def encode_weight(
     weight_granularity: str = "tensor",
     group_size: int | None = None,
     scale_rule: str = "absmax",
+    gram: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Quantize a (N, K) weight (nearest-even, saturating) into its storage buffers (see module doc)."""
+    """Quantize a (N, K) weight (nearest-even, saturating) into its storage buffers (see module doc).
+
+    ``gram`` (K, K), the Gram matrix ``XᵀX`` of the layer's calibration inputs: round with GPTQ error
+    feedback (:func:`lowbit.ptq.gptq.gptq_round`) instead of to nearest; same scales, same storage. Tensor
+    and channel granularity only.
+    """
     if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
         raise ValueError(f"weight must be a 2-D float tensor (out, in), got {getattr(w, 'shape', type(w))}")
     w = w.detach().float()
@@ -87,19 +95,25 @@ def encode_weight(
         return {"w_codes": codes.contiguous(), "w_exp": w_exp.contiguous()}
     gran = _granularity(weight_granularity, group_size)
     q = quantize(w, fmt, gran, scale=scale_rule)
+    codes = q.codes
+    if gram is not None:
+        if weight_granularity == "group":
+            raise ValueError("GPTQ rounding supports weight granularity 'tensor' or 'channel', not 'group'")
+        scale2d = q.scale.reshape(-1, 1) if q.scale.numel() > 1 else q.scale.reshape(1, 1)
+        values = gptq_round(w / scale2d, gram, fmt)  # same scales, error-compensating choice of grid values
+        codes = values.to(q.codes.dtype)  # exact: values are on the grid
     if weight_granularity == "tensor":
         scale = q.scale.reshape(1)
     elif weight_granularity == "channel":
         scale = q.scale.reshape(n)
     else:
         scale = q.scale.reshape(n, k // group_size)
-    codes = q.codes
     if isinstance(fmt, IntFormat) and fmt.bits == 4:
         codes = pack_int4(codes)
-    elif (isinstance(fmt, IntFormat) and fmt.bits != 8) or (
+    elif (isinstance(fmt, IntFormat) and fmt.bits not in (7, 8)) or (
         isinstance(fmt, FloatFormat) and fmt.torch_dtype is None
     ):
-        raise ValueError(f"lowbit stores int8, int4, fp8-e4m3, fp8-e5m2 or MX weights, not {fmt.name}")
+        raise ValueError(f"lowbit stores int8 (int7), int4, fp8-e4m3, fp8-e5m2 or MX weights, not {fmt.name}")
     return {"w_codes": codes.contiguous(), "w_scale": scale.contiguous()}
 
 
