@@ -202,3 +202,18 @@ def test_int4_layer_native_equals_torch_path(gen: torch.Generator, monkeypatch: 
         assert torch.equal(got, ref)
     for got, ref in zip(runs[0][4:], runs[1][4:], strict=True):  # double vs float32 step-gradient sums
         assert float(got) == pytest.approx(float(ref), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("numel", [10, (8 << 20) // 4 + 5], ids=["small-torch-empty", "huge-page-mapping"])
+def test_empty_huge_is_a_usable_buffer(numel: int) -> None:
+    import gc
+
+    from lowbit.training._kernels import empty_huge
+
+    t = empty_huge((numel // 5, 5), torch.float32)
+    assert t.shape == (numel // 5, 5) and t.dtype == torch.float32 and t.is_contiguous()
+    t.copy_(torch.arange(t.numel(), dtype=torch.float32).view(t.shape))
+    view = t[-1]  # outlives `t`: the mapping must stay alive through the storage
+    del t
+    gc.collect()
+    assert view.tolist() == [float(numel // 5 * 5 - 5 + i) for i in range(5)]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
+import mmap
 
 import torch
 
@@ -39,6 +41,32 @@ def _lib() -> tuple[ctypes.CDLL | None, str]:
     return lib, ""
 
 
+# Buffers of at least this many bytes are mapped with transparent huge pages (see :func:`empty_huge`).
+HUGE_PAGE_MIN_BYTES = 8 << 20
+_HUGE_PAGE = 2 << 20  # x86-64 PMD page
+
+
+def empty_huge(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty(shape, dtype=dtype)``, backed by transparent huge pages when the buffer is large.
+
+    A fresh buffer of tens of MB costs one page fault per 4 KiB page on first touch (measured here: ~40 ms CPU
+    for 50 MB, more than the INT4 GEMM that fills it); an anonymous mapping with ``MADV_HUGEPAGE`` faults
+    once per 2 MiB (~6 ms for 50 MB). The memory is returned to the system when the tensor is freed. Below
+    ``HUGE_PAGE_MIN_BYTES``, or where ``madvise`` has no ``MADV_HUGEPAGE`` (not Linux), this is plain
+    ``torch.empty``; if the kernel has huge pages disabled the mapping keeps 4 KiB pages (same speed as
+    ``torch.empty``, never wrong).
+    """
+    numel = math.prod(shape)
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape, dtype=dtype)
+    mapping = mmap.mmap(
+        -1, -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    )
+    mapping.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(mapping, dtype=dtype, count=numel).view(shape)  # the tensor keeps `mapping` alive
+
+
 def _threads() -> int:
     """Threads for one kernel call: torch's intra-op setting, read per call (as lowbit.ops does)."""
     return max(1, torch.get_num_threads())
@@ -62,8 +90,8 @@ def hq_quantize(x: torch.Tensor, block: int, step: float) -> tuple[torch.Tensor,
     if lib is None:
         raise RuntimeError(f"native training kernels unavailable: {reason}")
     _check(x, "x")
-    codes = torch.empty(x.shape, dtype=torch.int8)
-    dq_ds = torch.empty(x.shape, dtype=torch.float32)
+    codes = empty_huge(tuple(x.shape), torch.int8)
+    dq_ds = empty_huge(tuple(x.shape), torch.float32)
     if lib.lowbit_train_hq_quant(
         x.data_ptr(), x.shape[0], x.shape[1], block, step, codes.data_ptr(), dq_ds.data_ptr(), _threads()
     ):
@@ -115,7 +143,7 @@ def split_merged_native(g: torch.Tensor, scale: float, seed: int, stochastic: bo
         raise RuntimeError(f"native training kernels unavailable: {reason}")
     if g.dtype != torch.float32 or not g.is_contiguous():
         raise ValueError(f"g must be a contiguous float32 tensor, got {g.dtype}")
-    out = torch.empty(g.shape, dtype=torch.int8)
+    out = empty_huge(tuple(g.shape), torch.int8)
     lib.lowbit_train_split_merged(
         g.data_ptr(), g.numel(), scale, seed, int(stochastic), out.data_ptr(), _threads()
     )
@@ -131,6 +159,6 @@ def transpose_i8(codes: torch.Tensor) -> torch.Tensor:
     if codes.dtype != torch.int8 or codes.dim() != 2 or codes.device.type != "cpu":
         raise ValueError(f"codes must be a 2-D int8 CPU tensor, got {codes.dtype} {tuple(codes.shape)}")
     src = codes.contiguous()
-    out = torch.empty((src.shape[1], src.shape[0]), dtype=torch.int8)
+    out = empty_huge((src.shape[1], src.shape[0]), torch.int8)
     lib.lowbit_train_transpose_i8(src.data_ptr(), src.shape[0], src.shape[1], out.data_ptr(), _threads())
     return out

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lowbit.ops import int_matmul_scaled, quantize_rows
-from lowbit.training._kernels import hq_grad_, hq_quantize, native_reason, transpose_i8
+from lowbit.training._kernels import empty_huge, hq_grad_, hq_quantize, native_reason, transpose_i8
 from lowbit.training.bit_split import SPLIT_RADIX, bit_split, bit_split_merged
 from lowbit.training.hadamard_quant import block_transform
 from lowbit.training.leverage import select_rows
@@ -67,7 +67,14 @@ class Int4HQLinearFn(torch.autograd.Function):
         x_int4, x_dq = _hq_quantize(x, block, sx)  # codes of XH (N, D) and ∂x̂/∂s_x
         w_int4, w_dq = _hq_quantize(weight, block, sw)  # codes of WH (C, D) and ∂ŵ/∂s_w
         y = int_matmul_scaled(
-            x_int4, w_int4, sx, sw, None if bias is None else bias.detach().float(), bits=4, layout="nt"
+            x_int4,
+            w_int4,
+            sx,
+            sw,
+            None if bias is None else bias.detach().float(),
+            bits=4,
+            layout="nt",
+            out=empty_huge((x.shape[0], weight.shape[0]), torch.float32),
         )  # (N, C) = s_x s_w · int(XH) int(WH)ᵀ + b
         ctx.save_for_backward(x_int4, w_int4, x_dq, w_dq, sx, sw)
         ctx.block, ctx.recipe, ctx.generator, ctx.has_bias = block, recipe, generator, bias is not None
@@ -94,11 +101,16 @@ class Int4HQLinearFn(torch.autograd.Function):
                 grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
             )  # (N, C)
             unit_t = torch.full((), unit, dtype=torch.float32)
+            n, d = x_int4.shape
             if need_x:  # ∇(XH)^ (N, D) = merged (N, C) · (WH)^ (C, D) = merged · ((WH)^ᵀ (D, C))ᵀ
-                grad_xh = int_matmul_scaled(merged, _codes_t(w_int4), unit_t, sw, bits=8, layout="nt")
+                out = empty_huge((n, d), torch.float32)
+                grad_xh = int_matmul_scaled(
+                    merged, _codes_t(w_int4), unit_t, sw, bits=8, layout="nt", out=out
+                )
             if need_w:  # ∇(WH)^ (C, D) = mergedᵀ (C, N) · (XH)^ (N, D)
+                out = empty_huge((w_int4.shape[0], d), torch.float32)
                 grad_wh = int_matmul_scaled(
-                    _codes_t(merged), _codes_t(x_int4), unit_t, sx, bits=8, layout="nt"
+                    _codes_t(merged), _codes_t(x_int4), unit_t, sx, bits=8, layout="nt", out=out
                 )
         if need_x:  # grad_input = H (∇(XH)^ ⊙ clip mask) (STE, H⁻¹ = H); ∂L/∂s_x = Σ ∇(XH)^ ⊙ ∂x̂/∂s_x · scale
             grad_x, gx_step = _hq_grad(grad_xh, x_dq, ctx.block)
