@@ -136,8 +136,9 @@ def test_config_observer_applies_any_rule_to_one_calibration(tiny_bert, batches)
     assert scales["max"] == pytest.approx(obs.amax / 127, rel=1e-6)
     assert scales[str(("percentile", 90.0))] < 0.8 * scales["max"]  # the 90th percentile clips hard
     assert scales["mse"] <= scales["max"]
-    assert PTQConfig("int8", "int8", observer="mse").describe() == "W int7/tensor A int8/tensor (mse)"
-    assert PTQConfig("int8", "int8", int8_kernel="exact").describe() == "W int8/tensor A int8/tensor"
+    assert PTQConfig("int8", "int8", observer="mse").describe() == "W int8/tensor A int8/tensor (mse)"
+    assert PTQConfig("int8", "int8", "channel").describe() == "W int7/channel A int8/tensor"  # auto: w7
+    assert PTQConfig("int8", "int8", int8_kernel="w7").describe() == "W int7/tensor A int8/tensor"
     assert PTQConfig("int8", "int8", int8_kernel="a7").describe() == "W int8/tensor A int7/tensor"
     with pytest.raises(ValueError, match="int8_kernel"):
         PTQConfig("int8", "int8", int8_kernel="w6")

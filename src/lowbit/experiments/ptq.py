@@ -13,8 +13,9 @@ Formats: ``fp32``, ``fp8-e4m3``, ``fp8-e5m2``, ``int8`` (weights and activations
 32). An entry may carry its own granularities, observer and options:
 ``NAME[/WEIGHT_GRAN[/ACT_GRAN]][@OBSERVER][+OPTION...]``, e.g. ``int8/channel/token``, ``int8@mse``
 (one calibration pass serves every observer), ``int8+exact``. INT8 options pick the code ranges and so the
-integer kernel: ``+w7`` (default: 7-bit weight codes, fast u8 x s8), ``+a7`` (7-bit activation codes, fast)
-or ``+exact`` (full int8 range on both sides, the paper's INT8, exact int16 kernel). FP8 and INT8 entries
+integer kernel: ``+w7`` (7-bit weight codes, fast u8 x s8), ``+a7`` (7-bit activation codes, fast) or
+``+exact`` (full int8 range on both sides, the paper's INT8, exact int16 kernel); without one, per-channel
+weights get ``w7`` and a per-tensor weight ``exact`` (``PTQConfig.int8_kernel="auto"``). FP8 and INT8 entries
 also take ``+gptq`` (GPTQ error-compensating weight rounding, same grid and scales) and ``+bc`` (bias
 correction on the calibration snippets), e.g. ``fp8-e4m3/channel+gptq+bc``.
 ``--json`` writes ``[{format, embedding_cosine, accuracy, weight_bytes, ...}]``.
@@ -160,7 +161,7 @@ def config_for(entry: FormatEntry, args: argparse.Namespace) -> PTQConfig | Weig
     observer = (
         ObserverSpec("percentile", args.percentile) if entry.observer == "percentile" else entry.observer
     )
-    int8_kernel = next((o for o in entry.options if o in INT8_OPTIONS), "w7")
+    int8_kernel = next((o for o in entry.options if o in INT8_OPTIONS), "auto")
     return PTQConfig(
         entry.name,
         entry.name,
