@@ -72,14 +72,11 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on biases, norms, or scalar quantizer step sizes)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """AdamW; weight decay on matrices only (not on biases or norms); LSQ step sizes without decay at
+    ``lr × recipe.lsq_lr_scale`` (``lowbit.training.param_groups``)."""
+    from lowbit.training.optim import param_groups
+
+    groups = param_groups(model, config.lr, config.weight_decay)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
 
 

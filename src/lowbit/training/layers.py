@@ -9,6 +9,7 @@ rounding and row sampling, seeded from ``seed``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,6 +22,11 @@ from lowbit.training.recipes import Recipe, get_recipe
 
 _LAZY_KEYS = ("x_step", "w_step", "hadamard_block", "steps_done")
 _UNSET = 0  # hadamard_block / step value meaning "initialise at the next forward"
+
+
+def _usable_step(step: float) -> bool:
+    """A learned step size the quantizer can use: finite and > 0 (0 is the "unset" marker)."""
+    return step > _UNSET and math.isfinite(step)
 
 
 class QuantLinear(nn.Linear):
@@ -74,15 +80,17 @@ class QuantLinear(nn.Linear):
         return q
 
     def _prepare_int4(self, x2d: torch.Tensor) -> int:
-        """Search the block size and initialise the LSQ steps when unset; cold-start reset while training."""
+        """Search the block size and initialise the LSQ steps when unset or not positive; cold-start reset."""
         with torch.no_grad():
             if int(self.hadamard_block) == _UNSET:
                 self.hadamard_block.fill_(search_block(x2d, self.weight))
             block = int(self.hadamard_block)
             cold = self.training and int(self.steps_done) < self.recipe.cold_start_steps
-            if cold or float(self.x_step) == _UNSET:
+            # a step that is unset (0), was pushed to or through zero by the optimizer, or is not finite is
+            # (re)initialised: a step near zero clips the whole tensor to ±8 (sign quantization)
+            if cold or not _usable_step(float(self.x_step)):
                 self.x_step.copy_(lsq_init(block_transform(x2d, block)))
-            if cold or float(self.w_step) == _UNSET:
+            if cold or not _usable_step(float(self.w_step)):
                 self.w_step.copy_(lsq_init(block_transform(self.weight, block)))
             if self.training:
                 self.steps_done += 1

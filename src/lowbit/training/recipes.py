@@ -11,6 +11,7 @@ mode of the released code), ``int4-sample`` (the same with the paper's unbiased 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 KINDS = ("fp32", "int8", "int4", "int4-naive")
@@ -67,7 +68,10 @@ class Recipe:
     reweighting, paper text; "none"). ``grad_rounding``: rounding of the low half of the bit split
     ("stochastic" makes it unbiased; "nearest" is deterministic). ``cold_start_steps``: for this many
     training forwards the LSQ steps are reset to ``2·mean|·|/√7`` instead of learned. ``split_clamp``: the
-    hi/lo code range ±split_clamp (see ``bit_split``).
+    hi/lo code range ±split_clamp (see ``bit_split``). ``lsq_lr_scale``: the learning rate of the LSQ step
+    sizes relative to the model's (an optimizer hint, read by ``lowbit.training.param_groups``): Adam
+    normalises away LSQ's gradient scale, so at the model's rate one scalar summarising a whole tensor moves
+    by up to ``lr`` per step — at lr 3e-3 that drives steps of ~0.01 through zero within tens of steps.
     """
 
     name: str
@@ -80,6 +84,7 @@ class Recipe:
     grad_rounding: str = "stochastic"
     cold_start_steps: int = 0
     split_clamp: int = 7
+    lsq_lr_scale: float = 0.01
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -94,6 +99,8 @@ class Recipe:
             raise ValueError(f"hadamard_block must be a power of two or None, got {self.hadamard_block!r}")
         if self.cold_start_steps < 0:
             raise ValueError(f"cold_start_steps must be >= 0, got {self.cold_start_steps!r}")
+        if not (self.lsq_lr_scale >= 0 and math.isfinite(self.lsq_lr_scale)):
+            raise ValueError(f"lsq_lr_scale must be a finite number >= 0, got {self.lsq_lr_scale!r}")
         if self.split_clamp not in (6, 7):
             raise ValueError(f"split_clamp must be 6 (SPEC text) or 7 (unbiased), got {self.split_clamp!r}")
 
