@@ -198,3 +198,21 @@ def test_attention_rows_native_bit_exact(kind: str, causal: bool, gen: torch.Gen
     assert int(codes[1, :, :, 6:].abs().sum()) == 0  # padded keys get no weight
     if causal:
         assert int(codes[0, 0].triu(1).abs().sum()) == 0
+
+
+@pytest.mark.parametrize("scale", [5 / 1024, 1e-3, 0.05])
+@pytest.mark.parametrize("pre", [0, 3])
+def test_gelu_requant_native_bit_exact(scale: float, pre: int, gen: torch.Generator) -> None:
+    from lowbit.integer.fast import gelu_requant, to_offset
+
+    k = K.gelu_constants(scale)
+    x = torch.randint(-(2**13), 2**13, (37, 53), generator=gen, dtype=torch.int32)  # odd shape: scalar tail
+    x[0] = 0
+    x[1, :6] = torch.tensor([2**31 - 1, -(2**31), 1, -1, -k.b, k.b])  # int32 extremes, the clip point
+    mult = torch.randint(2**23, 2**24, (53,), generator=gen, dtype=torch.int32)
+    shift = torch.randint(20, 40, (53,), generator=gen, dtype=torch.int32)
+    outs = [gelu_requant(x, k, pre, mult, shift, backend=be) for be in BACKENDS]
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+    assert int((outs[0].abs() == 127).sum()) > 0 and int((outs[0].abs() < 100).sum()) > 0
+    assert torch.equal(gelu_requant(x, k, pre, mult, shift, out_off=128), to_offset(outs[0], 128))

@@ -29,7 +29,7 @@ from lowbit.integer.convert import (
     fold_linear,
     fold_norm,
 )
-from lowbit.integer.fast import requant_channels
+from lowbit.integer.fast import gelu_requant, requant_channels
 from lowbit.integer.graph import DtypeTrace, IntAttention, IntLinear, IntNorm, _rec
 
 logger = logging.getLogger(__name__)
@@ -71,11 +71,14 @@ class IntBertLayer:
         x1 = self.ln1(_rec(trace, f"{name}.residual1", r), trace, f"{name}.ln1")
         g_in = torch.zeros(b * t, self.fc_in.weight.shape[0], dtype=torch.int32)
         self.fc_in(x1, trace, f"{name}.fc_in", residual=g_in)
-        g64 = kernels.i_gelu(g_in, self.gelu)
-        if self.gelu_pre_shift:
-            g64 = (g64 + (1 << (self.gelu_pre_shift - 1))) >> self.gelu_pre_shift
-        g = _rec(trace, f"{name}.gelu", g64.clamp(-(2**31), 2**31 - 1).to(torch.int32))
-        h = _rec(trace, f"{name}.hidden", requant_channels(g, None, self.gelu_mult, self.gelu_shift))
+        if trace is None:  # fused native i-GELU + requantization (the same integers)
+            h = gelu_requant(g_in, self.gelu, self.gelu_pre_shift, self.gelu_mult, self.gelu_shift)
+        else:
+            g64 = kernels.i_gelu(g_in, self.gelu)
+            if self.gelu_pre_shift:
+                g64 = (g64 + (1 << (self.gelu_pre_shift - 1))) >> self.gelu_pre_shift
+            g = _rec(trace, f"{name}.gelu", g64.clamp(-(2**31), 2**31 - 1).to(torch.int32))
+            h = _rec(trace, f"{name}.hidden", requant_channels(g, None, self.gelu_mult, self.gelu_shift))
         r = _to_residual(x1, self.x1_to_r2)
         self.fc_out(h, trace, f"{name}.fc_out", residual=r)
         return self.ln2(_rec(trace, f"{name}.residual2", r), trace, f"{name}.ln2")

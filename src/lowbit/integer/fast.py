@@ -80,6 +80,8 @@ def _lib() -> ctypes.CDLL:
     lib.lowbit_int_attention.restype = None
     lib.lowbit_int_attention_blocked.argtypes = lib.lowbit_int_attention.argtypes
     lib.lowbit_int_attention_blocked.restype = None
+    lib.lowbit_int_gelu_rq.argtypes = [_P, _L, _L, _L, _Q, _Q, _Q, _I, _P, _P, _P, _L, _I, _I, _I]
+    lib.lowbit_int_gelu_rq.restype = None
     lib.lowbit_int_pack_w.argtypes = [_P, _L, _L, _P, _P]
     lib.lowbit_int_pack_w.restype = None
     lib.lowbit_int_gemm_rq.argtypes = [
@@ -499,3 +501,33 @@ def to_offset(codes: torch.Tensor, off: int) -> torch.Tensor:
     if off == 0:
         return codes.view(torch.uint8)
     return (codes.to(torch.int16) + off).to(torch.uint8)
+
+
+def gelu_requant(
+    g: torch.Tensor,
+    k: kernels.GeluConstants,
+    pre_shift: int,
+    mult: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    out_off: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """i-GELU of int32 ``g`` (M, N) at the GELU input scale → ``round(·/2^pre_shift)`` saturated to int32 →
+    per-channel dyadic (``mult``, ``shift`` int32 (N,)) → int8 codes (uint8 ``code + out_off`` if out_off)."""
+    if g.dtype != torch.int32 or g.dim() != 2 or g.stride(1) != 1:
+        raise ValueError(f"g must be 2-D int32 with unit column stride, got {g.dtype} {tuple(g.shape)}")
+    if not _use_native(backend):
+        g64 = kernels.i_gelu(g, k)
+        if pre_shift:
+            g64 = (g64 + (1 << (pre_shift - 1))) >> pre_shift
+        g32 = g64.clamp(-(2**31), 2**31 - 1).to(torch.int32)
+        h = requant_channels(g32, None, mult, shift, backend=backend)
+        return to_offset(h, out_off) if out_off else h
+    m, n = g.shape
+    out = torch.empty(m, n, dtype=torch.uint8 if out_off else torch.int8)
+    _lib().lowbit_int_gelu_rq(
+        g.data_ptr(), m, n, g.stride(0), k.b, k.c, k.one, pre_shift, mult.data_ptr(), shift.data_ptr(),
+        out.data_ptr(), n, out_off, 127, _threads(m * n),
+    )  # fmt: skip
+    return out
