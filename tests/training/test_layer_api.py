@@ -62,7 +62,8 @@ def test_block_search_and_fixed_block() -> None:
     assert candidate_blocks(96) == [1, 2, 4, 8, 16, 32]
     g = search_block(x, w)
     assert g in candidate_blocks(96) and g > 1
-    q = QuantLinear(96, 16, recipe=Recipe("int4-search", **{**_int4_fields(), "hadamard_block": None}))
+    q = QuantLinear(96, 16, recipe="int4")  # the registered int4 searches (the paper's released script)
+    assert get_recipe("int4").hadamard_block is None and int(q.hadamard_block) == 0  # unset until used
     q(x)
     assert int(q.hadamard_block) == search_block(x, q.weight)
     # a fixed block is capped to the largest power of two dividing D
@@ -74,7 +75,8 @@ def test_block_search_and_fixed_block() -> None:
         )
         == 32
     )
-    assert int(QuantLinear(100, 16, recipe="int4").hadamard_block) == 4
+    fixed32 = Recipe("int4-32", **{**_int4_fields(), "hadamard_block": 32})
+    assert int(QuantLinear(100, 16, recipe=fixed32).hadamard_block) == 4
 
 
 def _int4_fields() -> dict:
@@ -83,7 +85,9 @@ def _int4_fields() -> dict:
 
 
 def test_cold_start_resets_steps() -> None:
-    q = QuantLinear(32, 8, recipe=Recipe("int4-cold", **_int4_fields(), cold_start_steps=2))
+    q = QuantLinear(
+        32, 8, recipe=Recipe("int4-cold", **_int4_fields(), hadamard_block=32, cold_start_steps=2)
+    )
     for step in range(3):
         x = torch.randn(16, 32) * (step + 1)
         with torch.no_grad():

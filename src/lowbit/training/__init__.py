@@ -12,6 +12,7 @@ from lowbit.training.bit_split import bit_merge, bit_split
 from lowbit.training.convert import HEAD_NAMES, ConversionSummary, convert
 from lowbit.training.layers import QuantLinear
 from lowbit.training.leverage import leverage_probabilities, select_rows
+from lowbit.training.optim import param_groups
 from lowbit.training.recipes import RECIPES, OperandSpec, ProductSpec, Recipe, get_recipe
 
 
@@ -38,5 +39,6 @@ __all__ = [
     "get_recipe",
     "kernel_backend",
     "leverage_probabilities",
+    "param_groups",
     "select_rows",
 ]

@@ -61,17 +61,18 @@ class Recipe:
     """A complete training quantization recipe.
 
     ``fprop`` = (input, weight), ``dgrad`` = (grad_output, weight), ``wgrad`` = (grad_output, input).
-    ``hadamard_block``: fixed block size of the Hadamard quantizer, or None to search g in {1, ..., 1024}
-    (dividing D) at the first forward; a fixed size is capped per layer to the largest power of two
-    dividing D. ``lss``: leverage-score row selection in both backward products
-    ("nonzero": keep every non-zero row, released code; "sample": Bernoulli with Σp = N and 1/p
-    reweighting, paper text; "none"). ``grad_rounding``: rounding of the low half of the bit split
-    ("stochastic" makes it unbiased; "nearest" is deterministic). ``cold_start_steps``: for this many
-    training forwards the LSQ steps are reset to ``2·mean|·|/√7`` instead of learned. ``split_clamp``: the
-    hi/lo code range ±split_clamp (see ``bit_split``). ``lsq_lr_scale``: the learning rate of the LSQ step
-    sizes relative to the model's (an optimizer hint, read by ``lowbit.training.param_groups``): Adam
-    normalises away LSQ's gradient scale, so at the model's rate one scalar summarising a whole tensor moves
-    by up to ``lr`` per step — at lr 3e-3 that drives steps of ~0.01 through zero within tens of steps.
+    ``hadamard_block``: fixed block size of the Hadamard quantizer, or None (default, the paper's released
+    training script) to search g in {1, ..., 1024} (dividing D) at the first forward; a fixed size (the
+    released code's fixed default is 32) is capped per layer to the largest power of two dividing D. ``lss``:
+    leverage-score row selection in both backward products ("nonzero": keep every non-zero row, released code;
+    "sample": Bernoulli with Σp = N and 1/p reweighting, paper text; "none"). ``grad_rounding``: rounding of
+    the low half of the bit split ("stochastic" makes it unbiased; "nearest" is deterministic).
+    ``cold_start_steps``: for this many training forwards the LSQ steps are reset to ``2·mean|·|/√7`` instead
+    of learned. ``split_clamp``: the hi/lo code range ±split_clamp (see ``bit_split``). ``lsq_lr_scale``: the
+    learning rate of the LSQ step sizes relative to the model's (an optimizer hint, read by
+    ``lowbit.training.param_groups``): Adam normalises away LSQ's gradient scale, so at the model's rate one
+    scalar summarising a whole tensor moves by up to ``lr`` per step (at lr 3e-3, steps of ~0.01 went
+    through zero in the default GPT run).
     """
 
     name: str
@@ -79,7 +80,7 @@ class Recipe:
     fprop: ProductSpec = field(default_factory=lambda: ProductSpec(_FLOAT, _FLOAT))
     dgrad: ProductSpec = field(default_factory=lambda: ProductSpec(_FLOAT, _FLOAT))
     wgrad: ProductSpec = field(default_factory=lambda: ProductSpec(_FLOAT, _FLOAT))
-    hadamard_block: int | None = 32
+    hadamard_block: int | None = None
     lss: str = "none"
     grad_rounding: str = "stochastic"
     cold_start_steps: int = 0
