@@ -57,3 +57,17 @@ def test_bert_weight_bytes(tiny_bert: torch.nn.Module) -> None:
     im = convert_bert(tiny_bert, [_batch(0)])
     fp32 = sum(p.numel() * 4 for p in tiny_bert.parameters())
     assert im.weight_bytes() <= 0.3 * fp32  # MiniLM itself: 0.251 (per-channel overhead shrinks with width)
+
+
+def test_bert_fused_kernels_match_traced_path(tiny_bert: torch.nn.Module) -> None:
+    """Off-trace the layers run the fused kernels (QKV GEMM, requantize epilogues, native i-GELU): the same
+    integers as the traced unfused path."""
+    from lowbit.ops import native
+
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.why_not_native()}")
+    im = convert_bert(tiny_bert, [_batch(s) for s in range(3)])
+    assert all(layer.packed_qkv() is not None for layer in im.layers)
+    batch = _batch(11)
+    traced = im(batch["input_ids"], batch["attention_mask"], None, DtypeTrace())
+    assert torch.equal(im(batch["input_ids"], batch["attention_mask"]), traced)

@@ -66,3 +66,26 @@ def test_rejects_wide_weights_and_bad_inputs(gen: torch.Generator) -> None:
     pl = PackedLinear(torch.ones(4, 8, dtype=torch.int8), None, ones, ones, False, 128)
     with pytest.raises(ValueError, match="uint8"):
         pl(torch.zeros(3, 8, dtype=torch.int8))
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(50, 64, 48), (7, 34, 45), (1, 2, 1), (97, 384, 100)], ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+def test_wide_weights_int16_path_bit_exact(m: int, k: int, n: int, relu: bool, gen: torch.Generator) -> None:
+    """Full-range int8 weights (and inputs) take the exact int16 path."""
+    w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    w[0] = -128
+    x = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+    x[0] = -128
+    bias = torch.randint(-(2**20), 2**20, (n,), generator=gen, dtype=torch.int32)
+    mult = torch.randint(2**23, 2**24, (n,), generator=gen, dtype=torch.int32)
+    shift = torch.randint(26, 36, (n,), generator=gen, dtype=torch.int32)
+    acc = int_matmul(x, w, bits=8, layout="nt")
+    pl = PackedLinear(w, bias, mult, shift, relu, 0)
+    assert pl.wide
+    assert torch.equal(pl(x), requant_channels(acc, bias, mult, shift, relu=relu, backend="reference"))
+    r0 = torch.randint(-(2**31), 2**31 - 1, (m, n), generator=gen, dtype=torch.int32)
+    want = requant_channels(acc, bias, mult, shift - 16, relu=relu, residual=r0.clone(), backend="reference")
+    got = PackedLinear(w, bias, mult, shift - 16, relu, 0)(x, residual=r0.clone())
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="int8"):
+        pl(to_offset(x, 128))

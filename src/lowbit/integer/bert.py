@@ -29,8 +29,8 @@ from lowbit.integer.convert import (
     fold_linear,
     fold_norm,
 )
-from lowbit.integer.fast import gelu_requant, requant_channels
-from lowbit.integer.graph import DtypeTrace, IntAttention, IntLinear, IntNorm, _rec
+from lowbit.integer.fast import PackedLinear, gelu_requant, requant_channels
+from lowbit.integer.graph import DtypeTrace, IntAttention, IntLinear, IntNorm, _packed, _rec
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +63,26 @@ class IntBertLayer:
     ) -> torch.Tensor:
         """x int8 (B·T, C) → int8 (B·T, C)."""
         c = x.shape[1]
-        q, k, v = (lin(x, trace, f"{name}.{nm}").view(b, t, c) for nm, lin in (("q", self.q), ("k", self.k),
-                                                                                ("v", self.v)))  # fmt: skip
+        fused = self.packed_qkv() if trace is None else None
+        if fused is not None:  # fused GEMM + requantize (int16 path: 8-bit weights): the same integers
+            q, k, v = fused(x).view(b, t, 3 * c).split(c, dim=2)
+        else:
+            q, k, v = (
+                lin(x, trace, f"{name}.{nm}").view(b, t, c)
+                for nm, lin in (("q", self.q), ("k", self.k), ("v", self.v))
+            )
         ctx = self.attn(q, k, v, False, key_mask, trace, f"{name}.attn").view(b * t, c)
         r = _to_residual(x, self.x_to_r1)
-        self.out(ctx, trace, f"{name}.out_proj", residual=r)
+        if fused is not None:
+            self.out.packed_wide()(ctx, residual=r)
+        else:
+            self.out(ctx, trace, f"{name}.out_proj", residual=r)
         x1 = self.ln1(_rec(trace, f"{name}.residual1", r), trace, f"{name}.ln1")
         g_in = torch.zeros(b * t, self.fc_in.weight.shape[0], dtype=torch.int32)
-        self.fc_in(x1, trace, f"{name}.fc_in", residual=g_in)
+        if fused is not None:
+            self.fc_in.packed_wide()(x1, residual=g_in)
+        else:
+            self.fc_in(x1, trace, f"{name}.fc_in", residual=g_in)
         if trace is None:  # fused native i-GELU + requantization (the same integers)
             h = gelu_requant(g_in, self.gelu, self.gelu_pre_shift, self.gelu_mult, self.gelu_shift)
         else:
@@ -80,8 +92,27 @@ class IntBertLayer:
             g = _rec(trace, f"{name}.gelu", g64.clamp(-(2**31), 2**31 - 1).to(torch.int32))
             h = _rec(trace, f"{name}.hidden", requant_channels(g, None, self.gelu_mult, self.gelu_shift))
         r = _to_residual(x1, self.x1_to_r2)
-        self.fc_out(h, trace, f"{name}.fc_out", residual=r)
+        if fused is not None:
+            self.fc_out.packed_wide()(h, residual=r)
+        else:
+            self.fc_out(h, trace, f"{name}.fc_out", residual=r)
         return self.ln2(_rec(trace, f"{name}.residual2", r), trace, f"{name}.ln2")
+
+    def packed_qkv(self) -> PackedLinear | None:
+        """q, k, v as one packed (3C, C) linear on the fused kernel's int16 path, when every linear of the
+        layer can run there (8-bit weights, even K, native kernels); else None."""
+        lins = (self.q, self.k, self.v, self.out, self.fc_in, self.fc_out)
+        if any(lin.packed_wide() is None for lin in lins):
+            return None
+
+        def parts() -> tuple:
+            qkv = (self.q, self.k, self.v)
+            bias = [lin.bias if lin.bias is not None else torch.zeros_like(lin.mult) for lin in qkv]
+            cat = torch.cat
+            return (cat([lin.weight for lin in qkv]), cat(bias), cat([lin.mult for lin in qkv]),
+                    cat([lin.shift for lin in qkv]), False)  # fmt: skip
+
+        return _packed(self, -1, parts)
 
     def nbytes(self) -> int:
         lins = (self.q, self.k, self.v, self.out, self.fc_in, self.fc_out)

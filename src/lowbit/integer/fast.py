@@ -82,9 +82,12 @@ def _lib() -> ctypes.CDLL:
     lib.lowbit_int_attention_blocked.restype = None
     lib.lowbit_int_gelu_rq.argtypes = [_P, _L, _L, _L, _Q, _Q, _Q, _I, _P, _P, _P, _L, _I, _I, _I]
     lib.lowbit_int_gelu_rq.restype = None
+    lib.lowbit_int_pack_w16.argtypes = [_P, _L, _L, _P]
+    lib.lowbit_int_pack_w16.restype = None
     lib.lowbit_int_pack_w.argtypes = [_P, _L, _L, _P, _P]
     lib.lowbit_int_pack_w.restype = None
     lib.lowbit_int_gemm_rq.argtypes = [
+        _I,
         _P,
         _L,
         _L,
@@ -416,12 +419,13 @@ W7_RANGE = 64
 
 
 class PackedLinear:
-    """An int8 weight (N, K) with 7-bit codes packed once for ``lowbit_int_gemm_rq`` and its folded constants.
+    """An int8 weight (N, K) packed once for ``lowbit_int_gemm_rq``, with its folded requantization constants.
 
-    ``off`` is the activation offset the inputs will carry (uint8 storage of ``code + off``: 128 for signed
-    codes, 0 for non-negative ones such as ReLU outputs); ``off · colsum`` is folded into the int64 bias.
-    ``fast`` (the 32-bit epilogue) is enabled only when |codes·w + bias| < 2^31 and |y| < 2^31 are proven
-    from the code bounds, so the result is the same integers either way.
+    7-bit weight codes (in [-64, 64], K % 4 == 0) take the u8 x s8 ``vpmaddubsw`` path: inputs are uint8
+    ``code + off`` (``off`` 128 for signed codes, 0 for non-negative ones such as ReLU outputs) and
+    ``off · colsum`` is folded into the int64 bias. Other int8 weights (``wide``, K even) take the exact int16
+    ``vpmaddwd`` path on int8 input codes (``off`` must be 0). ``fast`` (the 32-bit epilogue) is enabled only
+    when |codes·w + bias| < 2^31 and |y| < 2^31 are proven from the code bounds: the same integers either way.
     """
 
     def __init__(
@@ -434,15 +438,24 @@ class PackedLinear:
         off: int,
     ) -> None:
         n, k = weight.shape
-        if k % 4 or int(weight.abs().max()) > W7_RANGE:
-            raise ValueError("PackedLinear needs K % 4 == 0 and weight codes in [-64, 64]")
+        wmax = int(weight.to(torch.int16).abs().max()) if weight.numel() else 0
+        self.wide = wmax > W7_RANGE
+        if (k % 4 and not self.wide) or k % 2 or (self.wide and off):
+            raise ValueError(
+                "PackedLinear needs weight codes in [-64, 64] with K % 4 == 0, or any int8 codes with K even "
+                "and off 0"
+            )
         self.n, self.k, self.relu, self.off = n, k, relu, off
         npan = -(-n // 16)
-        self.packed = torch.empty(npan * 16 * k, dtype=torch.int8)
-        colsum = torch.empty(n, dtype=torch.int32)
-        _lib().lowbit_int_pack_w(
-            weight.contiguous().data_ptr(), n, k, self.packed.data_ptr(), colsum.data_ptr()
-        )
+        w = weight.contiguous()
+        if self.wide:
+            self.packed = torch.empty(npan * 16 * k, dtype=torch.int16)
+            _lib().lowbit_int_pack_w16(w.data_ptr(), n, k, self.packed.data_ptr())
+            colsum = torch.zeros(n, dtype=torch.int32)
+        else:
+            self.packed = torch.empty(npan * 16 * k, dtype=torch.int8)
+            colsum = torch.empty(n, dtype=torch.int32)
+            _lib().lowbit_int_pack_w(w.data_ptr(), n, k, self.packed.data_ptr(), colsum.data_ptr())
         b = bias.to(torch.int64) if bias is not None else torch.zeros(n, dtype=torch.int64)
         self.bias = (b - off * colsum.to(torch.int64)).contiguous()
         self.mult = mult.to(torch.int64).contiguous()
@@ -451,11 +464,10 @@ class PackedLinear:
         half = torch.where(self.shift > 0, one << (self.shift - 1).clamp_min(0), torch.zeros_like(one))
         self.add = (half + (1 << 62)).contiguous()
         self.sub = ((1 << 62) >> self.shift).contiguous()
-        # fast epilogue: acc + bias and |y| provably inside int32 for every uint8 input (codes in
-        # [-128, 127] for off 128, [0, 255] for off 0)
-        x_bound = (255 if off == 0 else 128) * int(weight.abs().to(torch.int64).sum(1).max()) + int(
-            b.abs().max()
-        )
+        # fast epilogue: acc + bias and |y| provably inside int32 for every input (codes in [-128, 127] for
+        # off 128 and the int16 path, [0, 255] for off 0)
+        amax = 255 if (off == 0 and not self.wide) else 128
+        x_bound = amax * int(weight.to(torch.int64).abs().sum(1).max()) + int(b.abs().max())
         y_bound = (x_bound * self.mult + self.add - (1 << 62)) >> self.shift
         self.fast = x_bound < 2**31 - 1 and int(y_bound.max()) < 2**31 - 1
         self.b32 = self.bias.clamp(-(2**31), 2**31 - 1).to(torch.int32).contiguous()  # used only when fast
@@ -469,29 +481,28 @@ class PackedLinear:
         out_off: int = 0,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x uint8 (M, K) (codes + off, unit column stride) → int8/uint8 (M, N) codes (+ ``out_off``: 0 or
-        128, uint8 storage when 128), or added into ``residual`` int32 (M, N) in place."""
+        """x (M, K) with unit column stride — uint8 ``code + off`` (7-bit path) or int8 codes (``wide``) →
+        int8 (M, N) codes (uint8 ``code + out_off`` when out_off is 128), or added into ``residual`` int32
+        (M, N) in place."""
         m, k = x.shape
-        if x.dtype != torch.uint8 or k != self.k or x.stride(1) != 1:
+        want = torch.int8 if self.wide else torch.uint8
+        if x.dtype != want or k != self.k or x.stride(1) != 1:
             raise ValueError(
-                f"x must be uint8 (M, {self.k}) with unit column stride, got {x.dtype} {tuple(x.shape)}"
+                f"x must be {want} (M, {self.k}) with unit column stride, got {x.dtype} {tuple(x.shape)}"
             )
         if residual is not None:
             if residual.dtype != torch.int32 or residual.shape != (m, self.n) or not residual.is_contiguous():
                 raise ValueError("residual must be a contiguous int32 (M, N) tensor")
             dst, mode, fast = residual, 1, 0
         else:
-            dst = (
-                out
-                if out is not None
-                else torch.empty(m, self.n, dtype=torch.uint8 if out_off else torch.int8)
-            )
+            dtype = torch.uint8 if out_off else torch.int8
+            dst = out if out is not None else torch.empty(m, self.n, dtype=dtype)
             mode, fast = 0, int(self.fast)
         _lib().lowbit_int_gemm_rq(
-            x.data_ptr(), m, k, x.stride(0), self.packed.data_ptr(), self.n, self.bias.data_ptr(),
-            self.mult.data_ptr(), self.add.data_ptr(), self.shift.data_ptr(), self.sub.data_ptr(),
-            self.b32.data_ptr(), self.m32.data_ptr(), int(self.relu), mode, out_off, fast, dst.data_ptr(),
-            dst.stride(0), _threads(m * self.n * 16),
+            2 if self.wide else 0, x.data_ptr(), m, k, x.stride(0), self.packed.data_ptr(), self.n,
+            self.bias.data_ptr(), self.mult.data_ptr(), self.add.data_ptr(), self.shift.data_ptr(),
+            self.sub.data_ptr(), self.b32.data_ptr(), self.m32.data_ptr(), int(self.relu), mode, out_off,
+            fast, dst.data_ptr(), dst.stride(0), _threads(m * self.n * 16),
         )  # fmt: skip
         return dst
 

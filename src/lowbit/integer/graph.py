@@ -54,13 +54,20 @@ _PACKED: dict[tuple[int, int], tuple[object, PackedLinear | None]] = {}
 
 
 def _packed(owner: object, off: int, parts) -> PackedLinear | None:
-    """PackedLinear of ``parts()`` = (weight, bias, mult, shift, relu), built once per (owner, off)."""
+    """PackedLinear of ``parts()`` = (weight, bias, mult, shift, relu), built once per (owner, off).
+
+    ``off`` 0 or 128: the 7-bit-weight path (uint8 inputs), None when the weights are wider; ``off`` -1: any
+    int8 weights, int8 inputs (the 7-bit path's uint8 ``code + 128`` is not used then: the int16 path)."""
     hit = _PACKED.get((id(owner), off))
     if hit is not None and hit[0] is owner:
         return hit[1]
     w, bias, mult, shift, relu = parts()
-    ok = native.available() and w.shape[1] % 4 == 0 and int(w.abs().max()) <= W7_RANGE
-    pl = PackedLinear(w, bias, mult, shift, relu, off) if ok else None
+    seven = int(w.to(torch.int16).abs().max()) <= W7_RANGE
+    pl = None
+    if native.available() and off >= 0 and w.shape[1] % 4 == 0 and seven:
+        pl = PackedLinear(w, bias, mult, shift, relu, off)
+    elif native.available() and off < 0 and w.shape[1] % 2 == 0 and not seven:
+        pl = PackedLinear(w, bias, mult, shift, relu, 0)  # wide: int16 path on int8 codes
     _PACKED[(id(owner), off)] = (owner, pl)
     return pl
 
@@ -82,6 +89,10 @@ class IntLinear:
         """This layer packed for the fused GEMM + requantize kernel (inputs uint8 ``code + off``), or None
         when it cannot run there (no native kernels, weight codes beyond 7 bits, K not a multiple of 4)."""
         return _packed(self, off, lambda: (self.weight, self.bias, self.mult, self.shift, self.relu))
+
+    def packed_wide(self) -> PackedLinear | None:
+        """This layer on the fused kernel's int16 path (int8 inputs, weights wider than 7 bits), or None."""
+        return _packed(self, -1, lambda: (self.weight, self.bias, self.mult, self.shift, self.relu))
 
     def accumulate(self, x: torch.Tensor, trace: DtypeTrace | None, name: str) -> torch.Tensor:
         """The raw int32 accumulator (M, N)."""

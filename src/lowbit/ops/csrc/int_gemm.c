@@ -35,6 +35,17 @@ void lowbit_int_pack_w(const int8_t *w, long n, long k, int8_t *dst, int32_t *co
     }
 }
 
+/* Full-range variant: w int8 (n, k) (k even) -> int16 panels of 16 channels: panel q, k-pair p holds channel c's
+ * w[16q + c, 2p .. 2p + 1] at (q * 16 * k + p * 32 + c * 2) int16s; colsum unused (no offset on this path). */
+void lowbit_int_pack_w16(const int8_t *w, long n, long k, int16_t *dst) {
+    long npan = (n + IG_NR - 1) / IG_NR;
+    memset(dst, 0, sizeof(int16_t) * (size_t)(npan * IG_NR * k));
+    for (long j = 0; j < n; ++j) {
+        long q = j / IG_NR, c = j % IG_NR;
+        for (long kk = 0; kk < k; ++kk) dst[q * IG_NR * k + (kk / 2) * 32 + c * 2 + (kk % 2)] = w[j * k + kk];
+    }
+}
+
 typedef struct {
     const int64_t *bias;   /* (n,) bias - off * colsum, int64 */
     const int64_t *mult;   /* (n,) */
@@ -136,6 +147,32 @@ static inline void ig_store16_fast(__m256i v0, __m256i v1, const ig_epi *e, cons
         c##r##1 = _mm256_add_epi32(c##r##1, p1);                                  \
     }
 
+static void ig_epilogue(__m256i c[IG_MR][2], int rows, long i0, long n, long j0, const ig_epi *e,
+                        const int32_t *b32, const int32_t *m32);
+
+/* s16 x s16 tile (full-range int8 codes): a0 = int16 row i0 (row stride lda), bp int16 panel; vpmaddwd. */
+static void ig_tile16(const int16_t *a0, long lda, long i0, int rows, const int16_t *bp, long k, long n, long j0,
+                      const ig_epi *e, const int32_t *b32, const int32_t *m32) {
+    const int16_t *a1 = rows > 1 ? a0 + lda : a0, *a2 = rows > 2 ? a0 + 2 * lda : a0;
+    const int16_t *a3 = rows > 3 ? a0 + 3 * lda : a0, *a4 = rows > 4 ? a0 + 4 * lda : a0;
+    const int16_t *a5 = rows > 5 ? a0 + 5 * lda : a0;
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (long kk = 0; kk < k; kk += 2) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)bp), b1 = _mm256_loadu_si256((const __m256i *)(bp + 16));
+        bp += 32;
+#define IG_ROW16(r)                                                                \
+    {                                                                              \
+        __m256i av = _mm256_set1_epi32(*(const int32_t *)(a##r + kk));             \
+        c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(av, b0));            \
+        c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(av, b1));            \
+    }
+        IG_ROW16(0) IG_ROW16(1) IG_ROW16(2) IG_ROW16(3) IG_ROW16(4) IG_ROW16(5)
+    }
+    __m256i c[IG_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    ig_epilogue(c, rows, i0, n, j0, e, b32, m32);
+}
+
 /* One 6 x 16 tile: rows i0.. (rows valid), channels 16q.. ; full K. */
 static void ig_tile(const uint8_t *a, long lda, long i0, int rows, const int8_t *bp, long k, long n, long j0,
                     const ig_epi *e, const int32_t *b32, const int32_t *m32) {
@@ -152,6 +189,11 @@ static void ig_tile(const uint8_t *a, long lda, long i0, int rows, const int8_t 
         IG_ROW(0) IG_ROW(1) IG_ROW(2) IG_ROW(3) IG_ROW(4) IG_ROW(5)
     }
     __m256i c[IG_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    ig_epilogue(c, rows, i0, n, j0, e, b32, m32);
+}
+
+static void ig_epilogue(__m256i c[IG_MR][2], int rows, long i0, long n, long j0, const ig_epi *e,
+                        const int32_t *b32, const int32_t *m32) {
     int cols = n - j0 < IG_NR ? (int)(n - j0) : IG_NR;
     for (int r = 0; r < rows; ++r) {
         long i = i0 + r;
@@ -183,21 +225,44 @@ static void ig_tile(const uint8_t *a, long lda, long i0, int rows, const int8_t 
     }
 }
 
-/* a uint8 (m, k) with row stride lda (k % 4 == 0); wp from lowbit_int_pack_w (n channels); per-channel
- * int64 constants bias/mult/add/shift/sub (see ig_epi) and int32 copies b32/m32 for the fast path (fast != 0
- * only when the caller proved it exact: |acc + bias| < 2^31 and |y| < 2^31 before the clamp). */
-void lowbit_int_gemm_rq(const uint8_t *a, long m, long k, long lda, const int8_t *wp, long n, const int64_t *bias,
-                        const int64_t *mult, const int64_t *add, const int64_t *shift, const int64_t *sub,
-                        const int32_t *b32, const int32_t *m32, int relu, int mode, int out_off, int fast, void *out,
-                        long ldo, int threads) {
+/* kind 0: a uint8 (m, k) with row stride lda (k % 4 == 0), wp from lowbit_int_pack_w (7-bit weights).
+ * kind 2: a int8 codes (m, k) (k % 2 == 0), wp int16 from lowbit_int_pack_w16 (any int8 weights); each
+ * thread widens its 48-row block of a to int16 once. n channels; per-channel int64 constants
+ * bias/mult/add/shift/sub (see ig_epi) and int32 copies b32/m32 for the fast path (fast != 0 only when the
+ * caller proved it exact: |acc + bias| < 2^31 and |y| < 2^31 before the clamp). */
+void lowbit_int_gemm_rq(int kind, const void *a, long m, long k, long lda, const void *wp, long n,
+                        const int64_t *bias, const int64_t *mult, const int64_t *add, const int64_t *shift,
+                        const int64_t *sub, const int32_t *b32, const int32_t *m32, int relu, int mode, int out_off,
+                        int fast, void *out, long ldo, int threads) {
     ig_epi e = {bias, mult, add, shift, sub, relu, mode, out_off, fast, out, ldo};
     long nblk = (m + IG_MB - 1) / IG_MB, npan = (n + IG_NR - 1) / IG_NR;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && nblk > 1)
-    for (long blk = 0; blk < nblk; ++blk) {
-        long r0 = blk * IG_MB, r1 = r0 + IG_MB < m ? r0 + IG_MB : m;
-        for (long q = 0; q < npan; ++q)
-            for (long i = r0; i < r1; i += IG_MR)
-                ig_tile(a, lda, i, r1 - i < IG_MR ? (int)(r1 - i) : IG_MR, wp + q * IG_NR * k, k, n, q * IG_NR, &e,
-                        b32, m32);
+#pragma omp parallel num_threads(threads) if (threads > 1 && nblk > 1)
+    {
+        int16_t *a16 = kind == 2 ? (int16_t *)aligned_alloc(64, sizeof(int16_t) * IG_MB * k + 64) : NULL;
+#pragma omp for schedule(dynamic, 1)
+        for (long blk = 0; blk < nblk; ++blk) {
+            long r0 = blk * IG_MB, r1 = r0 + IG_MB < m ? r0 + IG_MB : m;
+            if (kind == 2) {
+                for (long i = r0; i < r1; ++i) {
+                    const int8_t *src = (const int8_t *)a + i * lda;
+                    int16_t *dst = a16 + (i - r0) * k;
+                    long kk = 0;
+                    for (; kk + 16 <= k; kk += 16)
+                        _mm256_storeu_si256((__m256i *)(dst + kk),
+                                            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(src + kk))));
+                    for (; kk < k; ++kk) dst[kk] = src[kk];
+                }
+                for (long q = 0; q < npan; ++q)
+                    for (long i = r0; i < r1; i += IG_MR)
+                        ig_tile16(a16 + (i - r0) * k, k, i, r1 - i < IG_MR ? (int)(r1 - i) : IG_MR,
+                                  (const int16_t *)wp + q * IG_NR * k, k, n, q * IG_NR, &e, b32, m32);
+            } else {
+                for (long q = 0; q < npan; ++q)
+                    for (long i = r0; i < r1; i += IG_MR)
+                        ig_tile((const uint8_t *)a, lda, i, r1 - i < IG_MR ? (int)(r1 - i) : IG_MR,
+                                (const int8_t *)wp + q * IG_NR * k, k, n, q * IG_NR, &e, b32, m32);
+            }
+        }
+        free(a16);
     }
 }
