@@ -26,48 +26,17 @@ static inline int64_t ia_floordiv(int64_t a, int64_t b) {
     return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
-/* Poly row weights, vectorised: returns 0 when the row needs the scalar path (|bias| or w out of bounds). */
-static int ia_poly_row(const int32_t *s, long t, long valid, const uint8_t *km, int64_t bias, int64_t delta,
-                       int frac_bits, int64_t row_const, int64_t *w, uint8_t *o, int64_t *rm) {
-    if (bias > (1 << 30) || bias < -(1 << 30) || delta < 0 || delta > ((int64_t)1 << 40)) return 0;
-    const __m256i b4 = _mm256_set1_epi64x(bias), d4 = _mm256_set1_epi64x(delta), zero = _mm256_setzero_si256();
-    __m256i vmax = zero, vsum = zero;
-    long j = 0;
-    for (; j + 4 <= valid; j += 4) {
-        __m256i u = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(s + j))), b4);
-        u = _mm256_and_si256(u, _mm256_cmpgt_epi64(u, zero)); /* relu; |u| < 2^31 + 2^30 */
-        __m256i x = _mm256_add_epi64(_mm256_mul_epu32(u, u), d4); /* u < 2^32: mul_epu32 is exact */
-        if (km) {
-            __m256i m = _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(*(const int32_t *)(km + j)));
-            x = _mm256_andnot_si256(_mm256_cmpeq_epi64(m, zero), x);
-        }
-        _mm256_storeu_si256((__m256i *)(w + j), x);
-        vmax = _mm256_blendv_epi8(vmax, x, _mm256_cmpgt_epi64(x, vmax));
-        vsum = _mm256_add_epi64(vsum, x);
-    }
-    int64_t mx[4], sm[4];
-    _mm256_storeu_si256((__m256i *)mx, vmax);
-    _mm256_storeu_si256((__m256i *)sm, vsum);
-    int64_t wmax = mx[0], wsum = sm[0] + sm[1] + sm[2] + sm[3];
-    for (int l = 1; l < 4; ++l) wmax = mx[l] > wmax ? mx[l] : wmax;
-    for (; j < valid; ++j) {
-        int64_t v = 0;
-        if (!km || km[j]) {
-            int64_t u = (int64_t)s[j] + bias;
-            if (u < 0) u = 0;
-            v = u * u + delta;
-        }
-        w[j] = v;
-        wmax = v > wmax ? v : wmax;
-        wsum += v;
-    }
+/* Row codes and multiplier from weights w[0 .. valid) (w >= 0, masked entries 0), wmax/wsum their max and sum:
+ * codes = floor((254 w + wmax) / (2 wmax)) in [0, 127] by a 7-step restoring division; 0 when wmax > 2^52. */
+static int ia_codes(const int64_t *w, long t, long valid, int64_t wmax, int64_t wsum, int frac_bits,
+                    int64_t row_const, uint8_t *o, int64_t *rm) {
     if (wmax < 1) wmax = 1;
     if (wsum < 1) wsum = 1;
     if (ia_bits((uint64_t)wmax) > 52) return 0; /* 254 w + wmax and 2 wmax << 6 must stay below 2^63 */
-    /* codes = floor((254 w + wmax) / (2 wmax)) in [0, 127]: 7-step restoring division */
-    const __m256i d2 = _mm256_set1_epi64x(2 * wmax), wm = _mm256_set1_epi64x(wmax);
+    const __m256i d2 = _mm256_set1_epi64x(2 * wmax), wm = _mm256_set1_epi64x(wmax), zero = _mm256_setzero_si256();
     const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-    for (j = 0; j + 8 <= valid; j += 8) {
+    long j = 0;
+    for (; j + 8 <= valid; j += 8) {
         __m256i q[2];
         for (int h = 0; h < 2; ++h) {
             __m256i x = _mm256_loadu_si256((const __m256i *)(w + j + 4 * h));
@@ -90,6 +59,108 @@ static int ia_poly_row(const int32_t *s, long t, long valid, const uint8_t *km, 
     for (; j < t; ++j) o[j] = 0;
     *rm = ia_floordiv(2 * (wmax << frac_bits) + wsum, 2 * wsum) * row_const;
     return 1;
+}
+
+static inline void ia_reduce(__m256i vmax, __m256i vsum, int64_t *wmax, int64_t *wsum) {
+    int64_t mx[4], sm[4];
+    _mm256_storeu_si256((__m256i *)mx, vmax);
+    _mm256_storeu_si256((__m256i *)sm, vsum);
+    *wmax = mx[0], *wsum = sm[0] + sm[1] + sm[2] + sm[3];
+    for (int l = 1; l < 4; ++l) *wmax = mx[l] > *wmax ? mx[l] : *wmax;
+}
+
+/* Poly row weights, vectorised: returns 0 when the row needs the scalar path (|bias| or w out of bounds). */
+static int ia_poly_row(const int32_t *s, long t, long valid, const uint8_t *km, int64_t bias, int64_t delta,
+                       int frac_bits, int64_t row_const, int64_t *w, uint8_t *o, int64_t *rm) {
+    if (bias > (1 << 30) || bias < -(1 << 30) || delta < 0 || delta > ((int64_t)1 << 40)) return 0;
+    const __m256i b4 = _mm256_set1_epi64x(bias), d4 = _mm256_set1_epi64x(delta), zero = _mm256_setzero_si256();
+    __m256i vmax = zero, vsum = zero;
+    long j = 0;
+    for (; j + 4 <= valid; j += 4) {
+        __m256i u = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(s + j))), b4);
+        u = _mm256_and_si256(u, _mm256_cmpgt_epi64(u, zero)); /* relu; |u| < 2^31 + 2^30 */
+        __m256i x = _mm256_add_epi64(_mm256_mul_epu32(u, u), d4); /* u < 2^32: mul_epu32 is exact */
+        if (km) {
+            __m256i m = _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(*(const int32_t *)(km + j)));
+            x = _mm256_andnot_si256(_mm256_cmpeq_epi64(m, zero), x);
+        }
+        _mm256_storeu_si256((__m256i *)(w + j), x);
+        vmax = _mm256_blendv_epi8(vmax, x, _mm256_cmpgt_epi64(x, vmax));
+        vsum = _mm256_add_epi64(vsum, x);
+    }
+    int64_t wmax, wsum;
+    ia_reduce(vmax, vsum, &wmax, &wsum);
+    for (; j < valid; ++j) {
+        int64_t v = 0;
+        if (!km || km[j]) {
+            int64_t u = (int64_t)s[j] + bias;
+            if (u < 0) u = 0;
+            v = u * u + delta;
+        }
+        w[j] = v;
+        wmax = v > wmax ? v : wmax;
+        wsum += v;
+    }
+    return ia_codes(w, t, valid, wmax, wsum, frac_bits, row_const, o, rm);
+}
+
+/* Softmax (i-exp) row weights, vectorised: w = ((p + eb)^2 + ec) >> z with q = s - max s = p - z ln2,
+ * z = min(floor(-q / ln2), max_shift) by a 6-step restoring division. Returns 0 for the scalar path. */
+static int ia_exp_row(const int32_t *s, long t, long valid, const uint8_t *km, int64_t ln2, int64_t eb, int64_t ec,
+                      int max_shift, int frac_bits, int64_t row_const, int64_t *w, uint8_t *o, int64_t *rm) {
+    if (ln2 < 1 || ln2 >= (1 << 24) || eb < 0 || eb >= (1 << 29) || ec < 0 || ec >= ((int64_t)1 << 60) ||
+        max_shift > 63)
+        return 0;
+    int64_t smax = INT32_MIN;
+    long j;
+    for (j = 0; j < valid; ++j)
+        if ((!km || km[j]) && s[j] > smax) smax = s[j];
+    const __m256i zero = _mm256_setzero_si256(), sm4 = _mm256_set1_epi64x(smax), l4 = _mm256_set1_epi64x(ln2);
+    const __m256i nl4 = _mm256_set1_epi64x(-ln2), eb4 = _mm256_set1_epi64x(eb), ec4 = _mm256_set1_epi64x(ec);
+    const __m256i ms4 = _mm256_set1_epi64x(max_shift);
+    __m256i vmax = zero, vsum = zero;
+    for (j = 0; j + 4 <= valid; j += 4) {
+        __m256i sv = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(s + j)));
+        __m256i r = _mm256_sub_epi64(sm4, sv); /* -q >= 0 for unmasked keys (masked: discarded below) */
+        r = _mm256_and_si256(r, _mm256_cmpgt_epi64(r, zero));
+        __m256i z = zero, rr = r;
+        for (int bit = 5; bit >= 0; --bit) {
+            __m256i tt = _mm256_slli_epi64(l4, bit);
+            __m256i ge = _mm256_xor_si256(_mm256_cmpgt_epi64(tt, rr), _mm256_set1_epi64x(-1));
+            rr = _mm256_sub_epi64(rr, _mm256_and_si256(tt, ge));
+            z = _mm256_or_si256(z, _mm256_and_si256(_mm256_set1_epi64x(1 << bit), ge));
+        }
+        /* floor(-q / ln2) >= 64 saturates z at 63: then min(z, max_shift) is max_shift either way */
+        z = _mm256_blendv_epi8(z, ms4, _mm256_cmpgt_epi64(z, ms4));
+        __m256i p = _mm256_add_epi64(_mm256_sub_epi64(zero, r), _mm256_mul_epu32(z, l4)); /* q + z ln2 */
+        p = _mm256_blendv_epi8(p, nl4, _mm256_cmpgt_epi64(nl4, p));
+        __m256i pe = _mm256_add_epi64(p, eb4); /* in [eb - ln2, eb]: |.| < 2^29 */
+        __m256i x = _mm256_srlv_epi64(_mm256_add_epi64(_mm256_mul_epi32(pe, pe), ec4), z);
+        if (km) {
+            __m256i m = _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(*(const int32_t *)(km + j)));
+            x = _mm256_andnot_si256(_mm256_cmpeq_epi64(m, zero), x);
+        }
+        _mm256_storeu_si256((__m256i *)(w + j), x);
+        vmax = _mm256_blendv_epi8(vmax, x, _mm256_cmpgt_epi64(x, vmax));
+        vsum = _mm256_add_epi64(vsum, x);
+    }
+    int64_t wmax, wsum;
+    ia_reduce(vmax, vsum, &wmax, &wsum);
+    for (; j < valid; ++j) {
+        int64_t v = 0;
+        if (!km || km[j]) {
+            int64_t q = (int64_t)s[j] - smax;
+            int64_t z = ia_floordiv(-q, ln2);
+            if (z > max_shift) z = max_shift;
+            int64_t p = q + z * ln2;
+            if (p < -ln2) p = -ln2;
+            v = ((p + eb) * (p + eb) + ec) >> z;
+        }
+        w[j] = v;
+        wmax = v > wmax ? v : wmax;
+        wsum += v;
+    }
+    return ia_codes(w, t, valid, wmax, wsum, frac_bits, row_const, o, rm);
 }
 
 /* int16 copies: q (t x hd) row-major; k in panels of 16 keys: [panel][d-pair][16 keys][2]. */
@@ -201,8 +272,10 @@ void lowbit_int_attention_blocked(const int8_t *q, const int8_t *k, const int8_t
                     long valid = causal ? i0 + r + 1 : t;
                     const int32_t *s = sc + r * tp;
                     uint8_t *o = codes + r * tp;
-                    int done = kind == 0 && ia_poly_row(s, t, valid, km, bias[h], delta, frac_bits, row_const, w,
-                                                        o, &rm[r]);
+                    int done = kind == 0 ? ia_poly_row(s, t, valid, km, bias[h], delta, frac_bits, row_const, w,
+                                                       o, &rm[r])
+                                         : ia_exp_row(s, t, valid, km, ln2, eb, ec, max_shift, frac_bits, row_const,
+                                                      w, o, &rm[r]);
                     if (!done) {
                         rm[r] = lowbit_int_attn_row(s, t, valid, km, kind, kind == 0 ? bias[h] : 0, delta, ln2,
                                                     eb, ec, max_shift, frac_bits, row_const, w, (int8_t *)o);
