@@ -70,3 +70,41 @@ def test_bad_input():
         ops.linear(torch.zeros(2, 8), torch.zeros(4, 8))
     with pytest.raises(ValueError, match="outside"):
         ops.pack_weight(torch.full((4, 8), 8, dtype=torch.int8), 1.0, bits=4)
+
+
+@pytest.mark.skipif(not native.available(), reason=native.why_not_native() or "native available")
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-quant-gemm", "quant-pack-then-gemm"])
+@pytest.mark.parametrize(
+    "bits,w_lo,w_hi,act_bits",
+    [
+        pytest.param(4, -8, 7, None, id="int4"),
+        pytest.param(8, -64, 64, None, id="int8-w7"),
+        pytest.param(8, -128, 127, 7, id="int8-a7"),
+        pytest.param(8, -128, 127, None, id="int8-full"),
+    ],
+)
+@pytest.mark.parametrize(
+    "m,n,k",
+    [
+        pytest.param(103, 40, 515, id="ragged-rows"),  # last band and last panel partial; K tail of 3
+        pytest.param(61, 33, 1030, id="two-K-slices"),  # K > 1024: partial sums across slices
+        pytest.param(200, 530, 64, id="wide-N"),  # several 512-column chunks inside one row band
+    ],
+)
+def test_fused_quantize_gemm_matches_unfused(gen, monkeypatch, fused, bits, w_lo, w_hi, act_bits, m, n, k):
+    """linear's fused quantize + GEMM (rows quantized in the GEMM) equals the two-step form bit for bit."""
+    from lowbit.ops import native_gemm
+
+    monkeypatch.setattr(native_gemm, "FUSED_ROWS_PER_THREAD", 1 if fused else 10**9)
+    assert native_gemm.fuses(m) == fused
+    x = torch.randn(m, k, generator=gen) * torch.logspace(-3, 3, m).reshape(-1, 1)  # a scale per row
+    x[5, :] = 0.0  # an all-zero row (scale 1)
+    w = torch.randint(w_lo, w_hi + 1, (n, k), generator=gen, dtype=torch.int8)
+    sw = torch.rand(n, generator=gen) + 0.01
+    bias = torch.randn(n, generator=gen)
+    packed = ops.pack_weight(w, sw, bits=bits, backend="native")
+    got = ops.linear(x, packed, bias, act_bits=act_bits, backend="native")
+    assert torch.equal(got, unfused(x, w, sw, bias, bits, act_bits or bits))
+    x[m - 1, k // 2] = float("inf")
+    with pytest.raises(ValueError, match="1 non-finite"):
+        ops.linear(x, packed, bias, act_bits=act_bits, backend="native")

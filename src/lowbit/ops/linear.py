@@ -1,9 +1,11 @@
 """Prepacked weights and the fused quantized linear: float32 x -> per-row codes -> integer GEMM -> float32 y.
 
 Pack a weight once with :func:`pack_weight` and call :func:`linear` many times: each call quantizes the
-activation rows on the fly (straight into the kernel's panel layout for the u8 paths), runs the integer
-GEMM and dequantizes ``acc * x_scale[i] * w_scale[j] + bias[j]`` in the kernel's epilogue, optionally into a
-reused ``out`` buffer. The result is bit-identical to ``quantize_rows`` followed by ``int_matmul_scaled``.
+activation rows on the fly straight into the kernel's panel layout (for M >= 192 rows per thread inside the
+GEMM's parallel region, one 48-row band at a time, so the codes never leave the core's caches), runs the
+integer GEMM and dequantizes ``acc * x_scale[i] * w_scale[j] + bias[j]`` in the kernel's epilogue, optionally
+into a reused ``out`` buffer. The result is bit-identical to ``quantize_rows`` followed by
+``int_matmul_scaled``.
 
 Which native path runs (``PackedWeight.path(act_bits)`` tells):
 
@@ -145,11 +147,15 @@ def linear(
         out2.copy_(reference.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt"))
         return out
     kind, off, qmax = weight.plan(act_bits)
-    a_packed, sx = native_gemm.quant_pack_a(x2, qmax, off, kind)
     if kind == native_gemm.KIND_S16:
         b_packed, colsum = weight.packed_s16, None
     else:
         b_packed, colsum = weight.packed, weight.colsum
+    if native_gemm.fuses(m) and n and k:  # quantize inside the GEMM's parallel region
+        epi = native_gemm.Epilogue(out_f32=out2, b_scale=weight.scale, bias=bias)
+        native_gemm.gemm_quant(kind, off, qmax, x2, b_packed, colsum, epi)
+        return out
+    a_packed, sx = native_gemm.quant_pack_a(x2, qmax, off, kind)
     epi = native_gemm.Epilogue(out_f32=out2, a_scale=sx, b_scale=weight.scale, bias=bias)
     native_gemm.gemm(kind, off, a_packed, b_packed, colsum, m, n, k, epi)
     return out

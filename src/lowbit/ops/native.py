@@ -35,6 +35,27 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     ),
     "lowbit_unpack_int4": ([_c_i8p, _c_long, _c_i8p, _c_int], None),
     "lowbit_quantize_rows": ([_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], _c_long),
+    "lowbit_gemm_quant": (
+        [
+            _c_int,  # kind
+            _c_i8p,  # float32 x (M, K)
+            _c_long,  # ldx
+            _c_int,  # qmax
+            _c_i8p,  # packed B
+            _c_int,  # M
+            _c_int,  # N
+            _c_int,  # K
+            _c_int,  # A offset
+            _c_i8p,  # B column sums (int32, N) or NULL
+            _c_i8p,  # float32 out
+            _c_long,  # ldc
+            _c_i8p,  # a_scale out (M,)
+            _c_i8p,  # b_scale (N,)
+            _c_i8p,  # bias (N,) or NULL
+            _c_int,  # threads
+        ],
+        _c_long,
+    ),
     "lowbit_gemm": (
         [
             _c_int,  # kind

@@ -258,3 +258,68 @@ def quant_pack_a(
     if bad:
         raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
     return dst, scale
+
+
+# The fused quantize + GEMM parallelises over bands of MR * LB_MCP = 48 rows (csrc/gemm_kernels.c); it is used
+# when there are at least 4 bands per thread, so that the dynamic schedule stays balanced.
+FUSED_ROWS_PER_THREAD = 4 * 48
+
+
+def fuses(m: int) -> bool:
+    """Whether :func:`gemm_quant` (rather than :func:`quant_pack_a` + :func:`gemm`) suits M rows."""
+    return m >= FUSED_ROWS_PER_THREAD * threads()
+
+
+def gemm_quant(
+    kind: int,
+    off: int,
+    qmax: int,
+    x: torch.Tensor,
+    b_packed: torch.Tensor,
+    colsum: torch.Tensor | None,
+    epi: Epilogue,
+) -> torch.Tensor:
+    """Fused ``quant_pack_a`` + ``gemm``: float32 rows x (contiguous (M, K)) quantized to [-qmax, qmax]
+    inside the GEMM's parallel region, multiplied by packed B into ``epi.out_f32``; returns the row scales
+    (M,). Bit-identical to the two-step form (both use the same per-panel quantizer)."""
+    m, k = x.shape
+    n = epi.out_f32.shape[1]
+    scale = torch.empty(m, dtype=torch.float32)
+    if not (x.dtype == torch.float32 and x.is_contiguous()) or m == 0 or n == 0 or k == 0:
+        raise ValueError("gemm_quant needs a non-empty contiguous float32 x; use quant_pack_a + gemm")
+    want = packed_nbytes(kind, n, k, NR)
+    if not b_packed.is_contiguous() or b_packed.numel() * b_packed.element_size() != want:
+        have = b_packed.numel() * b_packed.element_size()
+        raise ValueError(f"packed B has {have} bytes, kind {kind} needs {want}")
+    if off and (colsum is None or colsum.numel() != n or colsum.dtype != torch.int32):
+        raise ValueError(f"offset {off} needs int32 column sums of B with {n} entries")
+    out = epi.out_f32
+    if out.shape != (m, n) or not out.is_contiguous() or out.dtype != torch.float32:
+        raise ValueError(f"output must be contiguous float32 ({m}, {n}), got {tuple(out.shape)}")
+    for name, t in (("b_scale", epi.b_scale), ("bias", epi.bias)):
+        ok = t is not None and t.dtype == torch.float32 and t.is_contiguous() and t.numel() == n
+        if not ok and not (name == "bias" and t is None):
+            raise ValueError(f"{name} must be a contiguous float32 vector of {n} entries")
+    bad = native.lib().lowbit_gemm_quant(
+        kind,
+        x.data_ptr(),
+        k,
+        qmax,
+        b_packed.data_ptr(),
+        m,
+        n,
+        k,
+        off,
+        _ptr(colsum if off else None),
+        out.data_ptr(),
+        out.stride(0),
+        scale.data_ptr(),
+        epi.b_scale.data_ptr(),
+        _ptr(epi.bias),
+        threads(),
+    )
+    if bad < 0:
+        raise MemoryError("lowbit_gemm_quant could not allocate its per-thread buffers")
+    if bad:
+        raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
+    return scale

@@ -20,4 +20,9 @@
 #define LOWBIT_PAR_BYTES (1L << 18)      // packing / range / quantization passes: elements touched
 #define LOWBIT_PAR_MACS (1L << 22)       // GEMM: multiply-accumulates
 
+#include <stdint.h>
+// One A panel quantized from float rows (quant_rows.c); used by the fused quantize + GEMM (gemm_kernels.c).
+long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, int qmax, int off, int esz,
+                        int8_t *rowbuf, void *dst, float *scale);
+
 #endif

@@ -7,9 +7,11 @@
 // true result fits int32, even if acc alone would not.
 //
 // Blocking: the M x N output is cut into blocks of LB_MCP A panels x LB_NCP B panels, shared dynamically by the
-// threads; inside a block the K dimension is cut into kc slices (<= LOWBIT_I4_KC for kind 1, whose int16
-// accumulators must be widened before they can overflow). Per slice, one B panel (kc x 16) stays in L1 while
-// the block's A panels (mc x kc) stream from L2; int32 partial sums live in a per-thread tile buffer.
+// threads; inside a block K is cut into as few slices as keep kc <= LB_KC_MAX (one slice up to K = 1024).
+// Per slice, one B panel (kc x 16) stays in L1 while the block's A panels (mc x kc) stream from L1/L2. With one
+// slice each 6 x 16 tile is finished in a single micro-kernel pass and goes straight through the epilogue;
+// with several, int32 partial sums live in a per-thread tile buffer. Kind 1 widens its int16 accumulators to
+// int32 every LOWBIT_I4_KC k (inside the tile step), before they can overflow.
 #pragma GCC target("avx2")
 #include <immintrin.h>
 #include <stdint.h>
@@ -25,7 +27,7 @@
 #define LB_NCP 32  // B panels (of NR columns) per block: 512 columns
 #endif
 #ifndef LB_KC_MAX
-#define LB_KC_MAX 1024  // k per slice for kinds 0 and 2 (kind 1: LOWBIT_I4_KC)
+#define LB_KC_MAX 1024  // k per slice (kind 1 widens its int16 sums every LOWBIT_I4_KC k inside a slice)
 #endif
 #define LB_TILE (LOWBIT_MR * LOWBIT_NR)
 
@@ -64,39 +66,53 @@ static const int16_t LB_ONES16[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1
     LB_BCAST(r) "vpmaddwd %%ymm12,%%ymm14,%%ymm15\n\t vpaddd %%ymm15,%%ymm" #c0 ",%%ymm" #c0 "\n\t"           \
                 "vpmaddwd %%ymm13,%%ymm14,%%ymm15\n\t vpaddd %%ymm15,%%ymm" #c1 ",%%ymm" #c1 "\n\t"
 #define LB_SIX_ROWS(ROW) ROW(0, 0, 1) ROW(1, 2, 3) ROW(2, 4, 5) ROW(3, 6, 7) ROW(4, 8, 9) ROW(5, 10, 11)
+// kind 1 only: widen the int16 pair sums to int32 (vpmaddwd with ones; the B registers are free by now)
+#define LB_WIDEN                                                                                             \
+    "vmovdqu (%[ones]),%%ymm12\n\t"                                                                         \
+    "vpmaddwd %%ymm12,%%ymm0,%%ymm0\n\t vpmaddwd %%ymm12,%%ymm1,%%ymm1\n\t vpmaddwd %%ymm12,%%ymm2,%%ymm2\n\t" \
+    "vpmaddwd %%ymm12,%%ymm3,%%ymm3\n\t vpmaddwd %%ymm12,%%ymm4,%%ymm4\n\t vpmaddwd %%ymm12,%%ymm5,%%ymm5\n\t" \
+    "vpmaddwd %%ymm12,%%ymm6,%%ymm6\n\t vpmaddwd %%ymm12,%%ymm7,%%ymm7\n\t vpmaddwd %%ymm12,%%ymm8,%%ymm8\n\t" \
+    "vpmaddwd %%ymm12,%%ymm9,%%ymm9\n\t vpmaddwd %%ymm12,%%ymm10,%%ymm10\n\t vpmaddwd %%ymm12,%%ymm11,%%ymm11\n\t"
+// add the int32 tile already in memory unless this is the first pass (f != 0), then store the 12 accumulators
+#define LB_ACCUMULATE                                                                                        \
+    "test %[f],%[f]\n\t jnz 3f\n\t"                                                                          \
+    "vpaddd 0(%[o]),%%ymm0,%%ymm0\n\t vpaddd 32(%[o]),%%ymm1,%%ymm1\n\t vpaddd 64(%[o]),%%ymm2,%%ymm2\n\t"      \
+    "vpaddd 96(%[o]),%%ymm3,%%ymm3\n\t vpaddd 128(%[o]),%%ymm4,%%ymm4\n\t vpaddd 160(%[o]),%%ymm5,%%ymm5\n\t"   \
+    "vpaddd 192(%[o]),%%ymm6,%%ymm6\n\t vpaddd 224(%[o]),%%ymm7,%%ymm7\n\t vpaddd 256(%[o]),%%ymm8,%%ymm8\n\t"  \
+    "vpaddd 288(%[o]),%%ymm9,%%ymm9\n\t vpaddd 320(%[o]),%%ymm10,%%ymm10\n\t vpaddd 352(%[o]),%%ymm11,%%ymm11\n\t" \
+    "3:\n\t" LB_STORE
 // one k-group step: A advances MR groups of 4 bytes (24 bytes), B one 64-byte slice
-#define LB_LOOP(ROW)                                                                                         \
+#define LB_LOOP(ROW, TAIL)                                                                                   \
     LB_ZERO "test %[n],%[n]\n\t jz 2f\n\t"                                                                   \
     "1:\n\t" LB_LOADB LB_SIX_ROWS(ROW) "add $64,%[b]\n\t add $24,%[a]\n\t dec %[n]\n\t jnz 1b\n\t"           \
-    "2:\n\t" LB_STORE
+    "2:\n\t" TAIL LB_ACCUMULATE
 
-static void ukr_k8(const void *a, const void *b, long n, void *out) {
-    __asm__ volatile(LB_LOOP(LB_ROW_K8)
-                     : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n)
-                     : [o] "r"(out), [ones] "r"(LB_ONES16)
-                     : LB_CLOBBER);
-}
-static void ukr_i4(const void *a, const void *b, long n, void *out) {
-    __asm__ volatile(LB_LOOP(LB_ROW_I4) : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n) : [o] "r"(out) : LB_CLOBBER);
-}
-static void ukr_s16(const void *a, const void *b, long n, void *out) {
-    __asm__ volatile(LB_LOOP(LB_ROW_S16) : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n) : [o] "r"(out) : LB_CLOBBER);
-}
+// Each micro-kernel runs n k-group steps on one A panel and one B panel and adds its 6 x 16 int32 result into
+// the tile at `tile` (32-byte aligned), or stores it there when `first` is non-zero.
+#define LB_UKR(name, ROW, TAIL)                                                                              \
+    static void name(const void *a, const void *b, long n, int32_t *tile, long first) {                      \
+        __asm__ volatile(LB_LOOP(ROW, TAIL)                                                                  \
+                         : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n)                                             \
+                         : [o] "r"(tile), [ones] "r"(LB_ONES16), [f] "r"(first)                              \
+                         : LB_CLOBBER);                                                                      \
+    }
+LB_UKR(ukr_k8, LB_ROW_K8, "")
+LB_UKR(ukr_i4, LB_ROW_I4, LB_WIDEN)
+LB_UKR(ukr_s16, LB_ROW_S16, "")
 
-// Run one micro-kernel over `steps` k-groups and add (or, when first, store) its result into the int32 tile.
-static inline void tile_step(int kind, const void *a, const void *b, long steps, int32_t *tile, int first) {
-    __m256i tmp[12];
-    if (kind == 0)
-        ukr_k8(a, b, steps, tmp);
-    else if (kind == 1)
-        ukr_i4(a, b, steps, tmp);
-    else
-        ukr_s16(a, b, steps, tmp);
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int v = 0; v < 12; v++) {
-        __m256i x = kind == 1 ? _mm256_madd_epi16(tmp[v], ones) : tmp[v];  // kind 1: widen int16 pairs
-        __m256i *t = (__m256i *)(tile + 8 * v);
-        _mm256_store_si256(t, first ? x : _mm256_add_epi32(_mm256_load_si256(t), x));
+// Run `steps` k-groups of one tile and add (or, when first, store) the result into the int32 tile. Kind 1 runs
+// in chunks of LOWBIT_I4_KC k, widening its int16 accumulators to int32 before they can overflow.
+static inline void tile_step(int kind, const char *a, const char *b, long steps, int32_t *tile, int first) {
+    if (kind == 0) {
+        ukr_k8(a, b, steps, tile, first);
+    } else if (kind == 2) {
+        ukr_s16(a, b, steps, tile, first);
+    } else {
+        const long chunk = LOWBIT_I4_KC / 4;
+        for (long s = 0; s < steps || s == 0; s += chunk) {
+            long n = steps - s < chunk ? steps - s : chunk;
+            ukr_i4(a + s * LOWBIT_MR * 4, b + s * LOWBIT_NR * 4, n, tile, first && s == 0);
+        }
     }
 }
 
@@ -147,51 +163,102 @@ static void store_tile(const lb_epilogue *e, const int32_t *tile, int i0, int j0
     }
 }
 
+// The blocked driver. Packed A (Ap), or, when x is not NULL, float32 rows x (ldx) quantized by each thread
+// into its own A panels just before use (qmax, off; scales written to sa_out, non-finite inputs counted in
+// *bad): the activations are read once, their codes never leave the core's caches, and the quantization shares
+// the GEMM's parallel region. The fused mode makes each block a whole row band (all N), so no A panel is
+// quantized twice. Returns 0, or -1 when a buffer cannot be allocated.
+static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, int qmax, float *sa_out, long *bad,
+                       const void *Bp, int M, int N, int K, const lb_epilogue *e, int nthreads) {
+    const int kg = kind == 2 ? 2 : 4, esz = kind == 2 ? 2 : 1;
+    const int Kp = LOWBIT_ROUND_UP(K, kg);
+    const int nks = LOWBIT_CEIL_DIV(Kp, LB_KC_MAX);
+    const int kc = LOWBIT_ROUND_UP(LOWBIT_CEIL_DIV(Kp, nks), kg);
+    const int mpan = LOWBIT_CEIL_DIV(M, LOWBIT_MR), npan = LOWBIT_CEIL_DIV(N, LOWBIT_NR);
+    const int nmb = LOWBIT_CEIL_DIV(mpan, LB_MCP), nnb = x ? 1 : LOWBIT_CEIL_DIV(npan, LB_NCP);
+    const int ncp = x ? npan : LB_NCP;  // B panels per block
+    const long abytes = (long)LB_MCP * LOWBIT_MR * Kp * esz;
+    int failed = 0;
+    long nbad = 0;
+    if (M <= 0 || N <= 0) return 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : failed) reduction(+ : nbad) \
+    if ((double)M * N * K > LOWBIT_PAR_MACS && nmb * nnb > 1)
+    {
+        // One K slice: every tile is finished in one pass and written out at once from a stack tile. Several
+        // slices: the block's int32 partial sums live in a per-thread buffer until the last slice.
+        int32_t one[LB_TILE] __attribute__((aligned(32)));
+        int32_t *cbuf = nks > 1 ? aligned_alloc(64, sizeof(int32_t) * LB_TILE * LB_MCP * LB_NCP) : one;
+        char *abuf = x ? aligned_alloc(64, LOWBIT_ROUND_UP(abytes, 64)) : NULL;
+        int8_t *rowbuf = x ? malloc((size_t)LOWBIT_MR * Kp + 32) : NULL;
+        int ok = cbuf && (!x || (abuf && rowbuf));
+        if (!ok) failed = 1;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+        for (int mb = 0; mb < nmb; mb++) {
+            for (int nb = 0; nb < nnb; nb++) {
+                if (!ok) continue;
+                int p0 = mb * LB_MCP, p1 = p0 + LB_MCP < mpan ? p0 + LB_MCP : mpan;
+                const char *ablock = (const char *)Ap + (long)p0 * LOWBIT_MR * Kp * esz;
+                if (x) {
+                    for (int p = p0; p < p1; p++) {
+                        int r0 = p * LOWBIT_MR, rows = M - r0 < LOWBIT_MR ? M - r0 : LOWBIT_MR;
+                        nbad += lowbit_quant_panel(x, ldx, r0, rows, K, qmax, e->off, esz, rowbuf,
+                                                   abuf + (long)(p - p0) * LOWBIT_MR * Kp * esz, sa_out);
+                    }
+                    ablock = abuf;
+                }
+                for (int q0 = nb * LB_NCP; q0 < (nb + 1) * ncp && q0 < npan; q0 += LB_NCP) {
+                    int q1 = q0 + LB_NCP < npan ? q0 + LB_NCP : npan;
+                    for (int k0 = 0; k0 < Kp; k0 += kc) {
+                        long steps = ((k0 + kc < Kp ? k0 + kc : Kp) - k0) / kg;
+                        for (int q = q0; q < q1; q++) {
+                            const char *bpan =
+                                (const char *)Bp + ((long)q * LOWBIT_NR * Kp + (long)k0 * LOWBIT_NR) * esz;
+                            for (int p = p0; p < p1; p++) {
+                                const char *apan = ablock + ((long)(p - p0) * LOWBIT_MR * Kp + (long)k0 * LOWBIT_MR) * esz;
+                                if (nks == 1) {
+                                    tile_step(kind, apan, bpan, steps, one, 1);
+                                    store_tile(e, one, p * LOWBIT_MR, q * LOWBIT_NR);
+                                } else {
+                                    int32_t *tile = cbuf + ((long)(p - p0) * LB_NCP + (q - q0)) * LB_TILE;
+                                    tile_step(kind, apan, bpan, steps, tile, k0 == 0);
+                                }
+                            }
+                        }
+                    }
+                    if (nks > 1)
+                        for (int p = p0; p < p1; p++)
+                            for (int q = q0; q < q1; q++)
+                                store_tile(e, cbuf + ((long)(p - p0) * LB_NCP + (q - q0)) * LB_TILE, p * LOWBIT_MR,
+                                           q * LOWBIT_NR);
+                }
+            }
+        }
+        if (nks > 1) free(cbuf);
+        free(abuf);
+        free(rowbuf);
+    }
+    if (bad) *bad = nbad;
+    return failed ? -1 : 0;
+}
+
 // C (M x N) from packed A (kind's A layout, M rows) and packed B (N columns), K the true depth.
 // Returns 0, or -1 when a tile buffer cannot be allocated.
 int lowbit_gemm(int kind, const void *Ap, const void *Bp, int M, int N, int K, int off, const int32_t *colsum,
                 int32_t *out_i32, float *out_f32, long ldc, const float *sa, const float *sb, const float *bias,
                 int nthreads) {
-    const int kg = kind == 2 ? 2 : 4, esz = kind == 2 ? 2 : 1;
-    const int Kp = LOWBIT_ROUND_UP(K, kg);
-    const int kc_max = kind == 1 ? LOWBIT_I4_KC : LB_KC_MAX;
-    const int nks = LOWBIT_CEIL_DIV(Kp, kc_max);
-    const int kc = LOWBIT_ROUND_UP(LOWBIT_CEIL_DIV(Kp, nks), kg);
-    const int mpan = LOWBIT_CEIL_DIV(M, LOWBIT_MR), npan = LOWBIT_CEIL_DIV(N, LOWBIT_NR);
-    const int nmb = LOWBIT_CEIL_DIV(mpan, LB_MCP), nnb = LOWBIT_CEIL_DIV(npan, LB_NCP);
     const lb_epilogue e = {M, N, off, colsum, out_i32, out_f32, ldc, sa, sb, bias};
-    int failed = 0;
-    if (M <= 0 || N <= 0) return 0;
-#pragma omp parallel num_threads(nthreads) reduction(| : failed) \
-    if ((double)M * N * K > LOWBIT_PAR_MACS && nmb * nnb > 1)
-    {
-        int32_t *cbuf = aligned_alloc(64, sizeof(int32_t) * LB_TILE * LB_MCP * LB_NCP);
-        if (!cbuf) failed = 1;
-#pragma omp for schedule(dynamic, 1) collapse(2)
-        for (int mb = 0; mb < nmb; mb++) {
-            for (int nb = 0; nb < nnb; nb++) {
-                if (!cbuf) continue;
-                int p0 = mb * LB_MCP, p1 = p0 + LB_MCP < mpan ? p0 + LB_MCP : mpan;
-                int q0 = nb * LB_NCP, q1 = q0 + LB_NCP < npan ? q0 + LB_NCP : npan;
-                for (int k0 = 0; k0 < Kp; k0 += kc) {
-                    long steps = ((k0 + kc < Kp ? k0 + kc : Kp) - k0) / kg;
-                    for (int q = q0; q < q1; q++) {
-                        const char *bpan = (const char *)Bp + ((long)q * LOWBIT_NR * Kp + (long)k0 * LOWBIT_NR) * esz;
-                        for (int p = p0; p < p1; p++) {
-                            const char *apan =
-                                (const char *)Ap + ((long)p * LOWBIT_MR * Kp + (long)k0 * LOWBIT_MR) * esz;
-                            int32_t *tile = cbuf + ((long)(p - p0) * LB_NCP + (q - q0)) * LB_TILE;
-                            tile_step(kind, apan, bpan, steps, tile, k0 == 0);
-                        }
-                    }
-                }
-                for (int p = p0; p < p1; p++)
-                    for (int q = q0; q < q1; q++)
-                        store_tile(&e, cbuf + ((long)(p - p0) * LB_NCP + (q - q0)) * LB_TILE, p * LOWBIT_MR,
-                                   q * LOWBIT_NR);
-            }
-        }
-        free(cbuf);
-    }
-    return failed ? -1 : 0;
+    return gemm_driver(kind, Ap, NULL, 0, 0, NULL, NULL, Bp, M, N, K, &e, nthreads);
+}
+
+// Fused linear: quantize float32 rows x (M x K, row stride ldx) per row to [-qmax, qmax] (scales into sa_out),
+// shift by off, multiply with packed B and write float32 out through the epilogue. Identical results to
+// lowbit_quant_pack_u8 / _s16 followed by lowbit_gemm. Returns the number of non-finite inputs (the output is
+// then meaningless), or -1 when a buffer cannot be allocated.
+long lowbit_gemm_quant(int kind, const float *x, long ldx, int qmax, const void *Bp, int M, int N, int K, int off,
+                       const int32_t *colsum, float *out_f32, long ldc, float *sa_out, const float *sb,
+                       const float *bias, int nthreads) {
+    const lb_epilogue e = {M, N, off, colsum, NULL, out_f32, ldc, sa_out, sb, bias};
+    long bad = 0;
+    if (gemm_driver(kind, NULL, x, ldx, qmax, sa_out, &bad, Bp, M, N, K, &e, nthreads)) return -1;
+    return bad;
 }

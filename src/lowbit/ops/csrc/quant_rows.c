@@ -83,10 +83,42 @@ long lowbit_quantize_rows(const float *x, long ldx, int M, int K, int qmax, int8
     return bad;
 }
 
-// Quantize M rows and write them as u8 A panels (codes + off; layout in gemm_pack.c) plus scale (M,).
-long lowbit_quant_pack_u8(const float *x, long ldx, int M, int K, int qmax, int off, uint8_t *dst, float *scale,
-                          int nthreads) {
-    const int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(M, LOWBIT_MR);
+// Quantize rows r0 .. r0 + rows - 1 (rows <= MR) of x into one A panel of MR rows: u8 codes + off (esz 1,
+// layout in gemm_pack.c; padding holds off) or int16 codes (esz 2, kind 2; padding 0). rowbuf holds
+// MR * Kp + 32 bytes of scratch. Writes scale[r0 ..]; returns the number of non-finite inputs. Shared by the
+// quant-pack entry points below and the fused quantize + GEMM (gemm_kernels.c), so both give the same codes.
+long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, int qmax, int off, int esz,
+                        int8_t *rowbuf, void *dst, float *scale) {
+    const int kg = esz == 1 ? 4 : 2, Kp = LOWBIT_ROUND_UP(K, kg);
+    long bad = 0;
+    memset(rowbuf, esz == 1 ? off : 0, (size_t)LOWBIT_MR * Kp);  // padding k and rows hold the zero code
+    for (int r = 0; r < rows; r++) {
+        int i = r0 + r;
+        float amax;
+        bad += row_absmax(x + (long)i * ldx, K, &amax);
+        scale[i] = row_scale(amax, qmax);
+        row_quant(x + (long)i * ldx, K, scale[i], qmax, esz == 1 ? off : 0, rowbuf + (long)r * Kp);
+    }
+    if (esz == 1) {
+        uint8_t *d = dst;
+        for (int kb = 0; kb < Kp; kb += 4)
+            for (int r = 0; r < LOWBIT_MR; r++) memcpy(d + (long)kb * LOWBIT_MR + r * 4, rowbuf + (long)r * Kp + kb, 4);
+    } else {
+        int16_t *d = dst;
+        for (int kb = 0; kb < Kp; kb += 2)
+            for (int r = 0; r < LOWBIT_MR; r++) {
+                d[(long)kb * LOWBIT_MR + r * 2] = rowbuf[(long)r * Kp + kb];
+                d[(long)kb * LOWBIT_MR + r * 2 + 1] = rowbuf[(long)r * Kp + kb + 1];
+            }
+    }
+    return bad;
+}
+
+// Quantize M rows straight into the A panels of the GEMM (esz 1: u8 codes + off; esz 2: int16, kind 2) plus
+// scale (M,). Returns the number of non-finite inputs, or -1 when a row buffer cannot be allocated.
+static long quant_pack(const float *x, long ldx, int M, int K, int qmax, int off, int esz, void *dst, float *scale,
+                       int nthreads) {
+    const int Kp = LOWBIT_ROUND_UP(K, esz == 1 ? 4 : 2), npan = LOWBIT_CEIL_DIV(M, LOWBIT_MR);
     long bad = 0;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(+ : bad) reduction(| : failed) \
@@ -97,53 +129,21 @@ long lowbit_quant_pack_u8(const float *x, long ldx, int M, int K, int qmax, int 
 #pragma omp for schedule(static)
         for (int p = 0; p < npan; p++) {
             if (!rows) continue;
-            memset(rows, off, (size_t)LOWBIT_MR * Kp);  // padding k and rows beyond M hold the zero code
-            for (int r = 0; r < LOWBIT_MR && p * LOWBIT_MR + r < M; r++) {
-                int i = p * LOWBIT_MR + r;
-                float amax;
-                bad += row_absmax(x + (long)i * ldx, K, &amax);
-                scale[i] = row_scale(amax, qmax);
-                row_quant(x + (long)i * ldx, K, scale[i], qmax, off, rows + (long)r * Kp);
-            }
-            uint8_t *d = dst + (long)p * LOWBIT_MR * Kp;
-            for (int kb = 0; kb < Kp; kb += 4)
-                for (int r = 0; r < LOWBIT_MR; r++) memcpy(d + (long)kb * LOWBIT_MR + r * 4, rows + (long)r * Kp + kb, 4);
+            int r0 = p * LOWBIT_MR, n = M - r0 < LOWBIT_MR ? M - r0 : LOWBIT_MR;
+            bad += lowbit_quant_panel(x, ldx, r0, n, K, qmax, off, esz, rows,
+                                      (char *)dst + (long)p * LOWBIT_MR * Kp * esz, scale);
         }
         free(rows);
     }
     return failed ? -1 : bad;
 }
 
-// Quantize M rows and write them as int16 A panels of the exact 8-bit kernel (kind 2; layout in gemm_pack.c).
+long lowbit_quant_pack_u8(const float *x, long ldx, int M, int K, int qmax, int off, uint8_t *dst, float *scale,
+                          int nthreads) {
+    return quant_pack(x, ldx, M, K, qmax, off, 1, dst, scale, nthreads);
+}
+
 long lowbit_quant_pack_s16(const float *x, long ldx, int M, int K, int qmax, int16_t *dst, float *scale,
                            int nthreads) {
-    const int Kp = LOWBIT_ROUND_UP(K, 2), npan = LOWBIT_CEIL_DIV(M, LOWBIT_MR);
-    long bad = 0;
-    int failed = 0;
-#pragma omp parallel num_threads(nthreads) reduction(+ : bad) reduction(| : failed) \
-    if ((long)M * K > LOWBIT_PAR_BYTES)
-    {
-        int8_t *rows = malloc((size_t)LOWBIT_MR * Kp + 32);
-        if (!rows) failed = 1;
-#pragma omp for schedule(static)
-        for (int p = 0; p < npan; p++) {
-            if (!rows) continue;
-            memset(rows, 0, (size_t)LOWBIT_MR * Kp);
-            for (int r = 0; r < LOWBIT_MR && p * LOWBIT_MR + r < M; r++) {
-                int i = p * LOWBIT_MR + r;
-                float amax;
-                bad += row_absmax(x + (long)i * ldx, K, &amax);
-                scale[i] = row_scale(amax, qmax);
-                row_quant(x + (long)i * ldx, K, scale[i], qmax, 0, rows + (long)r * Kp);
-            }
-            int16_t *d = dst + (long)p * LOWBIT_MR * Kp;
-            for (int kb = 0; kb < Kp; kb += 2)
-                for (int r = 0; r < LOWBIT_MR; r++) {
-                    d[(long)kb * LOWBIT_MR + r * 2] = rows[(long)r * Kp + kb];
-                    d[(long)kb * LOWBIT_MR + r * 2 + 1] = rows[(long)r * Kp + kb + 1];
-                }
-        }
-        free(rows);
-    }
-    return failed ? -1 : bad;
+    return quant_pack(x, ldx, M, K, qmax, 0, 2, dst, scale, nthreads);
 }
