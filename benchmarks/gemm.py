@@ -1,18 +1,23 @@
 """GEMM benchmark: torch FP32 matmul vs lowbit INT8 / INT4 vs the oneDNN dynamic-quantized linear peer.
 
-Every row computes ``y = x @ w.T`` for float32 activations ``x`` (M, K) and a weight (N, K) prepared once
-(lowbit: quantized codes packed with ``pack_weight``; peer: ``quantized.linear_prepack``). Timed per call:
+Every row computes ``y = x @ w.T + bias`` for float32 activations ``x`` (M, K) and a weight (N, K) into a
+preallocated ``y`` (every method writes into the same reused buffer, so none pays page faults). Weights are
+prepared once outside the timing, as in real use (lowbit: per-channel codes packed with ``pack_weight``;
+peer: ``quantized.linear_prepack``); the activations' quantization and packing is inside every timed call.
 
 * ``fp32``: ``torch.addmm(bias, x, w.T, out=y)`` (MKL).
-* ``int4``: ``lowbit.ops.linear`` — per-row quantization of x to [-7, 7] and packing, u4 x s4 integer GEMM
-  with int16 accumulation, dequantization epilogue into ``y``; weight codes in [-8, 7].
-* ``int8``: the same with 8-bit codes on both sides ([-127, 127] activations, [-127, 127] weight): the exact
-  int16 kernel.
-* ``int8-a7``: 7-bit activations ([-63, 63]) with 8-bit weights: the u7 x s8 kernel.
-* ``peer-onednn-int8``: ``torch.ops.quantized.linear_dynamic`` with the onednn engine (quantizes x too).
+* ``int4``: ``lowbit.ops.linear``: activations per row to [-7, 7], weight codes in [-7, 7]; u4 x s4 kernel
+  with int16 accumulation, dequantization + bias in the epilogue.
+* ``int8``: what lowbit's INT8 recipe runs (``lowbit.ptq``'s default ``int8_kernel="w7"``): 8-bit activations
+  per row in [-127, 127], 7-bit per-channel weight codes in [-63, 63]; the u8 x s7 ``vpmaddubsw`` kernel.
+* ``int8-a7``: 7-bit activations in [-63, 63] (``act_bits=7``) with 8-bit weights in [-127, 127]: u7 x s8.
+* ``int8-full``: 8-bit codes on both sides ([-127, 127]): the exact int16 ``vpmaddwd`` kernel.
+* ``peer-onednn-int8``: ``torch.ops.quantized.linear_dynamic`` with the onednn engine (quantizes x too;
+  8-bit per-channel weights).
 
-Quantization + packing of x and the GEMM alone are also timed separately (``quant_ms``, ``gemm_ms``). Methods
-are interleaved within each repeat and medians are reported; run on a quiet machine and compare ratios.
+Each lowbit row's pieces are also timed alone: quantization + packing of x (``quant_ms``) and the GEMM with
+its epilogue on prepacked operands (``gemm_ms``); the full row runs them fused. Methods are interleaved
+within each repeat and medians are reported; run on a quiet machine and compare ratios from one run.
 Usage: ``python benchmarks/gemm.py [--json FILE]`` or ``lowbit bench gemm [--json FILE]``.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -54,74 +60,62 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+# lowbit rows: (name, weight bits, weight qmax, activation bits)
+LOWBIT_ROWS = [
+    ("int4", 4, 7, 4),
+    ("int8", 8, 63, 8),
+    ("int8-a7", 8, 127, 7),
+    ("int8-full", 8, 127, 8),
+]
+DTYPES = ["fp32"] + [row[0] for row in LOWBIT_ROWS] + ["peer-onednn-int8"]
+
+
+def code_ranges() -> dict[str, str]:
+    """The activation and weight code ranges of each lowbit row (for the table and the JSON records)."""
+    out = {}
+    for name, _, w_qmax, act_bits in LOWBIT_ROWS:
+        a_qmax = 2 ** (act_bits - 1) - 1
+        out[name] = f"act [-{a_qmax}, {a_qmax}], weight [-{w_qmax}, {w_qmax}]"
+    return out
+
+
 def _methods(m: int, k: int, n: int, gen: torch.Generator) -> dict[str, Callable[[], object]]:
-    """One closure per timed method, all writing into preallocated outputs."""
+    """One closure per timed method, all writing into the same preallocated output."""
     x = torch.randn(m, k, generator=gen)
     w = torch.randn(n, k, generator=gen) / k**0.5
     bias = torch.randn(n, generator=gen)
     y = torch.empty(m, n)
-    w_int4, s4 = ops.quantize_rows(w, 4)  # per-output-channel codes in [-7, 7]
-    w_int8, s8 = ops.quantize_rows(w, 8)  # [-127, 127]
-    p4 = ops.pack_weight(w_int4, s4, bits=4)
-    p8 = ops.pack_weight(w_int8, s8, bits=8)
     wt = w.t()
-    methods: dict[str, Callable[[], object]] = {
-        "fp32": lambda: torch.addmm(bias, x, wt, out=y),
-        "int4": lambda: ops.linear(x, p4, bias, out=y),
-        "int8": lambda: ops.linear(x, p8, bias, out=y),
-        "int8-a7": lambda: ops.linear(x, p8, bias, act_bits=7, out=y),
-    }
-    # the pieces of the int4 / int8 rows, timed alone
-    kind4, off4, q4 = p4.plan(4)
-    a4, sx4 = native_gemm.quant_pack_a(x, q4, off4)
-    methods["int4:quant"] = lambda: native_gemm.quant_pack_a(x, q4, off4)
-    methods["int4:gemm"] = lambda: native_gemm.gemm(
-        kind4,
-        off4,
-        a4,
-        p4.packed,
-        p4.colsum,
-        m,
-        n,
-        k,
-        native_gemm.Epilogue(out_f32=y, a_scale=sx4, b_scale=p4.scale, bias=bias),
-    )
-    kind8, off8, q8 = p8.plan(8)
-    a8, sx8 = native_gemm.quant_pack_a(x, q8, off8, kind8)
-    methods["int8:quant"] = lambda: native_gemm.quant_pack_a(x, q8, off8, kind8)
-    methods["int8:gemm"] = lambda: native_gemm.gemm(
-        kind8,
-        off8,
-        a8,
-        p8.packed_s16,
-        None,
-        m,
-        n,
-        k,
-        native_gemm.Epilogue(out_f32=y, a_scale=sx8, b_scale=p8.scale, bias=bias),
-    )
-    kind7, off7, q7 = p8.plan(7)
-    a7, sx7 = native_gemm.quant_pack_a(x, q7, off7)
-    methods["int8-a7:quant"] = lambda: native_gemm.quant_pack_a(x, q7, off7)
-    methods["int8-a7:gemm"] = lambda: native_gemm.gemm(
-        kind7,
-        off7,
-        a7,
-        p8.packed,
-        p8.colsum,
-        m,
-        n,
-        k,
-        native_gemm.Epilogue(out_f32=y, a_scale=sx7, b_scale=p8.scale, bias=bias),
-    )
+    methods: dict[str, Callable[[], object]] = {"fp32": lambda: torch.addmm(bias, x, wt, out=y)}
+    for name, bits, w_qmax, act_bits in LOWBIT_ROWS:
+        w_bits = w_qmax.bit_length() + 1  # quantize_rows bits giving codes in [-w_qmax, w_qmax]
+        w_codes, w_scale = ops.quantize_rows(w, w_bits)  # per output channel
+        packed = ops.pack_weight(w_codes, w_scale, bits=bits)
+        methods.update(_lowbit_methods(name, x, packed, bias, act_bits, y))
     # peer: oneDNN dynamic quantized linear (per-channel int8 weight, activations quantized per call)
     torch.backends.quantized.engine = "onednn"
+    _, s8 = ops.quantize_rows(w, 8)
     with warnings.catch_warnings():  # the quantized-tensor API is deprecated but is still the peer to beat
         warnings.simplefilter("ignore", UserWarning)
         qw = torch.quantize_per_channel(w, s8.double(), torch.zeros(n, dtype=torch.long), 0, torch.qint8)
     packed_peer = torch.ops.quantized.linear_prepack(qw, bias)
     methods["peer-onednn-int8"] = lambda: torch.ops.quantized.linear_dynamic(x, packed_peer, True)
     return methods
+
+
+def _lowbit_methods(name, x, packed, bias, act_bits, y) -> dict[str, Callable[[], object]]:
+    """``name``: the full ``linear``; ``name:quant`` / ``name:gemm``: its two pieces alone."""
+    m, k = x.shape
+    n = packed.out_features
+    kind, off, qmax = packed.plan(act_bits)
+    b_packed = packed.packed_s16 if kind == native_gemm.KIND_S16 else packed.packed
+    a_packed, sx = native_gemm.quant_pack_a(x, qmax, off, kind)
+    epi = native_gemm.Epilogue(out_f32=y, a_scale=sx, b_scale=packed.scale, bias=bias)
+    return {
+        name: lambda: ops.linear(x, packed, bias, act_bits=act_bits, out=y),
+        f"{name}:quant": lambda: native_gemm.quant_pack_a(x, qmax, off, kind),
+        f"{name}:gemm": lambda: native_gemm.gemm(kind, off, a_packed, b_packed, packed.colsum, m, n, k, epi),
+    }
 
 
 def bench_shape(m: int, k: int, n: int, repeats: int, warmup: int) -> list[dict]:
@@ -137,7 +131,8 @@ def bench_shape(m: int, k: int, n: int, repeats: int, warmup: int) -> list[dict]
     ms = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
     gop = 2.0 * m * k * n / 1e9
     records = []
-    for name in ("fp32", "int4", "int8", "int8-a7", "peer-onednn-int8"):
+    ranges = code_ranges()
+    for name in DTYPES:
         rec = {
             "shape": f"{m}x{k}x{n}",
             "dtype": name,
@@ -145,6 +140,8 @@ def bench_shape(m: int, k: int, n: int, repeats: int, warmup: int) -> list[dict]
             "gops": round(gop / (ms[name] / 1e3), 1),
             "speedup_vs_fp32": round(ms["fp32"] / ms[name], 3),
         }
+        if name in ranges:
+            rec["codes"] = ranges[name]
         if f"{name}:gemm" in ms:
             rec["quant_ms"] = round(ms[f"{name}:quant"], 3)
             rec["gemm_ms"] = round(ms[f"{name}:gemm"], 3)
@@ -154,13 +151,28 @@ def bench_shape(m: int, k: int, n: int, repeats: int, warmup: int) -> list[dict]
 
 
 def format_table(records: list[dict]) -> str:
-    head = "| shape MxKxN | dtype | ms | GOP/s | vs FP32 | quant+pack ms | GEMM-only ms | GEMM-only GOP/s |"
-    lines = [head, "|" + "---|" * 8]
+    cols = ["shape MxKxN", "dtype", "codes", "ms", "GOP/s", "vs FP32", "quant+pack ms", "GEMM-only ms"]
+    head = "| " + " | ".join([*cols, "GEMM-only GOP/s"]) + " |"
+    lines = [head, "|" + "---|" * 9]
     for r in records:
         extra = [str(r.get(key, "")) for key in ("quant_ms", "gemm_ms", "gemm_gops")]
-        cells = [r["shape"], r["dtype"], f"{r['ms']:.2f}", f"{r['gops']:.1f}", f"{r['speedup_vs_fp32']:.2f}x"]
+        cells = [r["shape"], r["dtype"], r.get("codes", ""), f"{r['ms']:.2f}", f"{r['gops']:.1f}"]
+        cells.append(f"{r['speedup_vs_fp32']:.2f}x")
         lines.append("| " + " | ".join(cells + extra) + " |")
     return "\n".join(lines)
+
+
+NOTES = """Every method writes into the same preallocated output (fp32: `torch.addmm(bias, x, w.T, out=y)`).
+Weights are quantized and packed once outside the timing (lowbit `pack_weight`, peer `linear_prepack`), as in
+real use; the activations' quantization and packing is inside every timed call. "int8" is the path lowbit's
+INT8 recipe runs (`lowbit.ptq` default `int8_kernel="w7"`: 8-bit activations, 7-bit weights, u8 x s7
+`vpmaddubsw`); "int8-a7" = 7-bit activations with 8-bit weights (u7 x s8); "int8-full" = 8-bit codes on both
+sides (exact int16 `vpmaddwd` kernel). quant+pack / GEMM-only = the two pieces of a lowbit row timed alone
+(the full row fuses them: rows are quantized inside the GEMM's parallel region)."""
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.2f}" for v in avg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     shapes = {"transformer": TRANSFORMER_SHAPES, "square": SQUARE_SHAPES}.get(
         args.shapes, TRANSFORMER_SHAPES + SQUARE_SHAPES
     )
+    load_before = os.getloadavg()
     records: list[dict] = []
     for m, k, n in shapes:
         logger.info("benchmarking %dx%dx%d", m, k, n)
@@ -178,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     table = format_table(records)
     header = (
         f"torch {torch.__version__}, {args.threads} threads, medians of {args.repeats} interleaved repeats "
-        f"after {args.warmup} warm-up calls; lowbit backend: {ops.backend()}"
+        f"after {args.warmup} warm-up calls; lowbit backend: {ops.backend()}; load average (1/5/15 min) "
+        f"{_load(load_before)} before, {_load(os.getloadavg())} after"
     )
     print(header + "\n\n" + table)  # noqa: T201 - the benchmark's report
     payload = json.dumps(records, indent=1)
@@ -188,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_results_file:
         RESULTS_DIR.mkdir(exist_ok=True)
         (RESULTS_DIR / "gemm.json").write_text(payload)
-        (RESULTS_DIR / "gemm.md").write_text(f"# GEMM benchmark\n\n{header}\n\n{table}\n")
+        (RESULTS_DIR / "gemm.md").write_text(f"# GEMM benchmark\n\n{header}\n\n{table}\n\n{NOTES}\n")
     return 0
 
 
