@@ -210,10 +210,35 @@ def test_bad_input(kwargs, err, match, backend):
         ops.int_matmul(a, b, **args)
 
 
-def test_k_too_large_raises():
-    a = torch.zeros(1, ops.MAX_K[8] + 1, dtype=torch.int8)
-    with pytest.raises(ValueError, match="split K"):
-        ops.int_matmul(a, a, bits=8, backend="reference")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "va,vb",
+    [
+        pytest.param(-8, -8, id="largest-result"),  # 64 * MAX_K[4] = 2**31 - 64
+        pytest.param(7, -8, id="wrapping-acc"),  # (7 + 8) * -8 * K wraps int32; the offset fix undoes it
+    ],
+)
+def test_int4_at_max_k(backend, va, vb):
+    k = ops.MAX_K[4]
+    a = torch.full((1, k), va, dtype=torch.int8)
+    b = torch.full((1, k), vb, dtype=torch.int8)
+    got = ops.int_matmul(a, b, bits=4, backend=backend)
+    assert torch.equal(got, torch.full((1, 1), va * vb * k, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bits", [8, 4])
+def test_k_beyond_max_k_raises_naming_it(backend, bits):
+    """K > MAX_K is refused up front (every entry point), naming MAX_K and the fix."""
+    k = ops.MAX_K[bits] + 1
+    a = torch.zeros(1, k, dtype=torch.int8)
+    match = rf"MAX_K\[{bits}\] = {k - 1}.*split K"
+    with pytest.raises(ValueError, match=match):
+        ops.int_matmul(a, a, bits=bits, backend=backend)
+    with pytest.raises(ValueError, match=match):
+        ops.int_matmul_scaled(a, a, 1.0, 1.0, bits=bits, backend=backend)
+    with pytest.raises(ValueError, match=match):
+        ops.pack_weight(a, 1.0, bits=bits, backend=backend)
 
 
 def test_meta_device_rejected():

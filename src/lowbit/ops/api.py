@@ -77,8 +77,8 @@ def check_matmul_args(
         )
     if k > MAX_K[bits]:
         raise ValueError(
-            f"K={k} exceeds {MAX_K[bits]}, the largest K whose int32 result cannot overflow for {bits}-bit "
-            "codes; split K into chunks and add the int32 (or int64) partial products"
+            f"K={k} exceeds lowbit.ops.MAX_K[{bits}] = {MAX_K[bits]}, the largest K whose int32 result "
+            f"cannot overflow for {bits}-bit codes; split K into chunks and add the partial products in int64"
         )
     return a8, b8
 

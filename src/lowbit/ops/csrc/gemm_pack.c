@@ -57,17 +57,22 @@ void lowbit_minmax_i8(const int8_t *src, long s_row, long s_k, int R, int K, int
     out[1] = mx;
 }
 
-// Fast paths of pack_panel for a full panel whose rows (s_k == 1) or columns (s_row == 1) are contiguous;
-// they fill k < (returned value) and leave the tail (and every other stride pattern) to the generic loop.
-static int fast_bytes(const int8_t *src, long s_row, long s_k, int r0, int P, int K, int off, uint8_t *d8) {
+// Fast paths of pack_panel for a panel whose rows (s_k == 1) or columns (s_row == 1) are contiguous; they fill
+// k < (returned value) for all P rows (rows >= `rows` get `pad`) and leave the tail (and every other stride
+// pattern) to the generic loop.
+static int fast_bytes(const int8_t *src, long s_row, long s_k, int r0, int rows, int P, int K, int off, int pad,
+                      uint8_t *d8) {
     int kend = K / 4 * 4;
+    uint32_t padv = (uint32_t)(uint8_t)pad * 0x01010101u;
     if (s_k == 1) {  // 4-byte groups, byte-wise add of off without carries between bytes (SWAR)
         uint32_t o = (uint32_t)(uint8_t)off * 0x01010101u;
         for (int kb = 0; kb < kend; kb += 4) {
             for (int r = 0; r < P; r++) {
-                uint32_t v;
-                memcpy(&v, src + (long)(r0 + r) * s_row + kb, 4);
-                v = ((v & 0x7F7F7F7Fu) + (o & 0x7F7F7F7Fu)) ^ ((v ^ o) & 0x80808080u);
+                uint32_t v = padv;
+                if (r < rows) {
+                    memcpy(&v, src + (long)(r0 + r) * s_row + kb, 4);
+                    v = ((v & 0x7F7F7F7Fu) + (o & 0x7F7F7F7Fu)) ^ ((v ^ o) & 0x80808080u);
+                }
                 memcpy(d8 + (long)kb * P + (long)r * 4, &v, 4);
             }
         }
@@ -77,7 +82,8 @@ static int fast_bytes(const int8_t *src, long s_row, long s_k, int r0, int P, in
         for (int kb = 0; kb < kend; kb += 4)
             for (int g = 0; g < 4; g++) {
                 const int8_t *s = src + (long)(kb + g) * s_k + r0;
-                for (int r = 0; r < P; r++) d8[(long)kb * P + r * 4 + g] = (uint8_t)(s[r] + off);
+                for (int r = 0; r < P; r++)
+                    d8[(long)kb * P + r * 4 + g] = r < rows ? (uint8_t)(s[r] + off) : (uint8_t)pad;
             }
         return kend;
     }
@@ -115,8 +121,10 @@ static void pack_panel(const int8_t *src, long s_row, long s_k, int r0, int rows
     uint8_t *d8 = (uint8_t *)dst_panel;
     int16_t *d16 = (int16_t *)dst_panel;
     int kb0 = 0;
-    if (rows == P) kb0 = esz == 1 ? fast_bytes(src, s_row, s_k, r0, P, K, off, d8)
-                                  : fast_int16(src, s_row, s_k, r0, P, K, d16);
+    if (esz == 1)
+        kb0 = fast_bytes(src, s_row, s_k, r0, rows, P, K, off, pad, d8);
+    else if (rows == P)
+        kb0 = fast_int16(src, s_row, s_k, r0, P, K, d16);
     for (int kb = kb0; kb < Kp; kb += kg) {
         for (int r = 0; r < P; r++) {
             const int8_t *s = src + (long)(r0 + r) * s_row + (long)kb * s_k;
