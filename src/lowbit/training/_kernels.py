@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
-import mmap
 
 import torch
 
@@ -20,7 +18,7 @@ from lowbit.ops.native import why_not_native
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
     "lowbit_train_hq_quant": ([_P, _L, _L, _I, _F, _P, _P, _I], _I),
-    "lowbit_train_hq_grad": ([_P, _P, _L, _L, _I, _P, _I], _I),
+    "lowbit_train_hq_grad_x": ([_P, _P, _F, _L, _L, _I, _P, _I], _I),
     "lowbit_train_absmax": ([_P, _L, _P, _I], _L),
     "lowbit_train_split_merged": ([_P, _L, _F, ctypes.c_uint32, _I, _P, _I], None),
     "lowbit_train_transpose_i8": ([_P, _L, _L, _P, _I], None),
@@ -41,32 +39,6 @@ def _lib() -> tuple[ctypes.CDLL | None, str]:
     return lib, ""
 
 
-# Buffers of at least this many bytes are mapped with transparent huge pages (see :func:`empty_huge`).
-HUGE_PAGE_MIN_BYTES = 8 << 20
-_HUGE_PAGE = 2 << 20  # x86-64 PMD page
-
-
-def empty_huge(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """``torch.empty(shape, dtype=dtype)``, backed by transparent huge pages when the buffer is large.
-
-    A fresh buffer of tens of MB costs one page fault per 4 KiB page on first touch (measured here: ~40 ms CPU
-    for 50 MB, more than the INT4 GEMM that fills it); an anonymous mapping with ``MADV_HUGEPAGE`` faults
-    once per 2 MiB (~6 ms for 50 MB). The memory is returned to the system when the tensor is freed. Below
-    ``HUGE_PAGE_MIN_BYTES``, or where ``madvise`` has no ``MADV_HUGEPAGE`` (not Linux), this is plain
-    ``torch.empty``; if the kernel has huge pages disabled the mapping keeps 4 KiB pages (same speed as
-    ``torch.empty``, never wrong).
-    """
-    numel = math.prod(shape)
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=dtype)
-    mapping = mmap.mmap(
-        -1, -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    )
-    mapping.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(mapping, dtype=dtype, count=numel).view(shape)  # the tensor keeps `mapping` alive
-
-
 def _threads() -> int:
     """Threads for one kernel call: torch's intra-op setting, read per call (as lowbit.ops does)."""
     return max(1, torch.get_num_threads())
@@ -84,41 +56,56 @@ def _check(x: torch.Tensor, name: str) -> None:
         )
 
 
-def hq_quantize(x: torch.Tensor, block: int, step: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Native block FWHT + LSQ INT4 quantize: ``(codes int8, dq_ds float32)``, identical to the torch path."""
+def hq_quantize(
+    x: torch.Tensor, block: int, step: float, *, with_dq: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Native block FWHT + LSQ INT4 quantize: ``(codes int8, dq_ds float32)``, identical to the torch path.
+
+    ``with_dq=False`` skips ``dq_ds`` (returns None): :func:`hq_grad_x_` recomputes it from ``x``.
+    """
     lib, reason = _lib()
     if lib is None:
         raise RuntimeError(f"native training kernels unavailable: {reason}")
     _check(x, "x")
-    codes = empty_huge(tuple(x.shape), torch.int8)
-    dq_ds = empty_huge(tuple(x.shape), torch.float32)
+    codes = torch.empty(x.shape, dtype=torch.int8)
+    dq_ds = torch.empty(x.shape, dtype=torch.float32) if with_dq else None
     if lib.lowbit_train_hq_quant(
-        x.data_ptr(), x.shape[0], x.shape[1], block, step, codes.data_ptr(), dq_ds.data_ptr(), _threads()
+        x.data_ptr(),
+        x.shape[0],
+        x.shape[1],
+        block,
+        step,
+        codes.data_ptr(),
+        None if dq_ds is None else dq_ds.data_ptr(),
+        _threads(),
     ):
         raise ValueError(f"block {block} must be a power of two <= 4096 dividing {x.shape[1]}")
     return codes, dq_ds
 
 
-def hq_grad_(grad: torch.Tensor, dq_ds: torch.Tensor, block: int) -> float:
-    """In place ``grad <- H(grad · clip_mask)``; returns ``Σ grad · dq_ds`` (before masking, double sum)."""
+def hq_grad_x_(grad: torch.Tensor, x: torch.Tensor, step: float, block: int) -> float:
+    """In place ``grad <- H(grad · clip_mask)``; returns ``Σ grad · dq_ds`` (before masking, double sum), with
+    ``dq_ds`` (and the clip mask) recomputed from the forward input ``x`` and ``step``: the same values
+    :func:`hq_quantize` gives."""
     lib, reason = _lib()
     if lib is None:
         raise RuntimeError(f"native training kernels unavailable: {reason}")
     _check(grad, "grad")
-    _check(dq_ds, "dq_ds")
-    if grad.shape != dq_ds.shape:
-        raise ValueError(f"grad {tuple(grad.shape)} and dq_ds {tuple(dq_ds.shape)} differ in shape")
+    _check(x, "x")
+    if grad.shape != x.shape:
+        raise ValueError(f"grad {tuple(grad.shape)} and x {tuple(x.shape)} differ in shape")
     total = ctypes.c_double()
-    if lib.lowbit_train_hq_grad(
+    if lib.lowbit_train_hq_grad_x(
         grad.data_ptr(),
-        dq_ds.data_ptr(),
-        grad.shape[0],
-        grad.shape[1],
+        x.data_ptr(),
+        step,
+        x.shape[0],
+        x.shape[1],
         block,
         ctypes.addressof(total),
         _threads(),
     ):
-        raise ValueError(f"block {block} must be a power of two <= 4096 dividing {grad.shape[1]}")
+        raise ValueError(f"block {block} must be a power of two <= 4096 dividing {x.shape[1]}")
     return total.value
 
 
@@ -143,7 +130,7 @@ def split_merged_native(g: torch.Tensor, scale: float, seed: int, stochastic: bo
         raise RuntimeError(f"native training kernels unavailable: {reason}")
     if g.dtype != torch.float32 or not g.is_contiguous():
         raise ValueError(f"g must be a contiguous float32 tensor, got {g.dtype}")
-    out = empty_huge(tuple(g.shape), torch.int8)
+    out = torch.empty(g.shape, dtype=torch.int8)
     lib.lowbit_train_split_merged(
         g.data_ptr(), g.numel(), scale, seed, int(stochastic), out.data_ptr(), _threads()
     )
@@ -159,6 +146,6 @@ def transpose_i8(codes: torch.Tensor) -> torch.Tensor:
     if codes.dtype != torch.int8 or codes.dim() != 2 or codes.device.type != "cpu":
         raise ValueError(f"codes must be a 2-D int8 CPU tensor, got {codes.dtype} {tuple(codes.shape)}")
     src = codes.contiguous()
-    out = empty_huge((src.shape[1], src.shape[0]), torch.int8)
+    out = torch.empty((src.shape[1], src.shape[0]), dtype=torch.int8)
     lib.lowbit_train_transpose_i8(src.data_ptr(), src.shape[0], src.shape[1], out.data_ptr(), _threads())
     return out

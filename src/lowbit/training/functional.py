@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lowbit.ops import int_matmul_scaled, quantize_rows
-from lowbit.training._kernels import empty_huge, hq_grad_, hq_quantize, native_reason, transpose_i8
+from lowbit.training._kernels import hq_grad_x_, hq_quantize, native_reason, transpose_i8
 from lowbit.training.bit_split import SPLIT_RADIX, bit_split, bit_split_merged
 from lowbit.training.hadamard_quant import block_transform
 from lowbit.training.leverage import select_rows
@@ -38,10 +38,14 @@ def _empty_safe_scaled(a, b, sa, sb, *, bits: int, layout: str, shape: tuple[int
 
 
 def _hq_quantize(t: torch.Tensor, block: int, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block Hadamard + LSQ INT4 codes and ∂t̂/∂s: the fused native kernel, or the bit-identical torch path."""
+    """Block Hadamard + LSQ INT4 codes and what :func:`_hq_grad` needs: the torch path returns ∂t̂/∂s; the
+    fused native kernel returns the float32 input itself, from which the backward kernel recomputes ∂t̂/∂s
+    (same values; no fresh 4-byte-per-element buffer, and a float layer saves its input anyway)."""
     if native_reason():
         return lsq_quantize(block_transform(t, block), step)
-    return hq_quantize(t.detach().float().contiguous(), block, float(step))
+    t32 = t.detach().float().contiguous()
+    codes, _ = hq_quantize(t32, block, float(step), with_dq=False)
+    return codes, t32
 
 
 def _codes_t(codes: torch.Tensor) -> torch.Tensor:
@@ -49,13 +53,16 @@ def _codes_t(codes: torch.Tensor) -> torch.Tensor:
     return codes.t().contiguous() if native_reason() else transpose_i8(codes)
 
 
-def _hq_grad(grad_q: torch.Tensor, dq_ds: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H(grad ⊙ clip mask), LSQ step gradient) from ∂L/∂(TH)^; native in one pass, else torch."""
-    if native_reason():
-        return block_transform(grad_q * clip_mask(dq_ds), block), lsq_step_grad(grad_q, dq_ds)
+def _hq_grad(
+    grad_q: torch.Tensor, saved: torch.Tensor, step: torch.Tensor, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H(grad ⊙ clip mask), LSQ step gradient) from ∂L/∂(TH)^ and ``saved`` of :func:`_hq_quantize`;
+    native in one pass, else torch."""
+    if native_reason():  # saved = ∂t̂/∂s
+        return block_transform(grad_q * clip_mask(saved), block), lsq_step_grad(grad_q, saved)
     grad = grad_q.contiguous()
-    total = hq_grad_(grad, dq_ds, block)
-    return grad, torch.full((), total * lsq_grad_scale(dq_ds.numel()), dtype=torch.float32)
+    total = hq_grad_x_(grad, saved, float(step), block)  # saved = t
+    return grad, torch.full((), total * lsq_grad_scale(saved.numel()), dtype=torch.float32)
 
 
 class Int4HQLinearFn(torch.autograd.Function):
@@ -64,8 +71,8 @@ class Int4HQLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x, weight, bias, x_step, w_step, block: int, recipe: Recipe, generator):  # noqa: D102
         sx, sw = x_step.detach().float().reshape(()), w_step.detach().float().reshape(())
-        x_int4, x_dq = _hq_quantize(x, block, sx)  # codes of XH (N, D) and ∂x̂/∂s_x
-        w_int4, w_dq = _hq_quantize(weight, block, sw)  # codes of WH (C, D) and ∂ŵ/∂s_w
+        x_int4, x_saved = _hq_quantize(x, block, sx)  # codes of XH (N, D); ∂x̂/∂s_x or x
+        w_int4, w_saved = _hq_quantize(weight, block, sw)  # codes of WH (C, D); ∂ŵ/∂s_w or W
         y = int_matmul_scaled(
             x_int4,
             w_int4,
@@ -74,15 +81,14 @@ class Int4HQLinearFn(torch.autograd.Function):
             None if bias is None else bias.detach().float(),
             bits=4,
             layout="nt",
-            out=empty_huge((x.shape[0], weight.shape[0]), torch.float32),
         )  # (N, C) = s_x s_w · int(XH) int(WH)ᵀ + b
-        ctx.save_for_backward(x_int4, w_int4, x_dq, w_dq, sx, sw)
+        ctx.save_for_backward(x_int4, w_int4, x_saved, w_saved, sx, sw)
         ctx.block, ctx.recipe, ctx.generator, ctx.has_bias = block, recipe, generator, bias is not None
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_out):  # noqa: D102
-        x_int4, w_int4, x_dq, w_dq, sx, sw = ctx.saved_tensors
+        x_int4, w_int4, x_saved, w_saved, sx, sw = ctx.saved_tensors
         recipe: Recipe = ctx.recipe
         need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
         need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[4]
@@ -101,22 +107,17 @@ class Int4HQLinearFn(torch.autograd.Function):
                 grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
             )  # (N, C)
             unit_t = torch.full((), unit, dtype=torch.float32)
-            n, d = x_int4.shape
             if need_x:  # ∇(XH)^ (N, D) = merged (N, C) · (WH)^ (C, D) = merged · ((WH)^ᵀ (D, C))ᵀ
-                out = empty_huge((n, d), torch.float32)
-                grad_xh = int_matmul_scaled(
-                    merged, _codes_t(w_int4), unit_t, sw, bits=8, layout="nt", out=out
-                )
+                grad_xh = int_matmul_scaled(merged, _codes_t(w_int4), unit_t, sw, bits=8, layout="nt")
             if need_w:  # ∇(WH)^ (C, D) = mergedᵀ (C, N) · (XH)^ (N, D)
-                out = empty_huge((w_int4.shape[0], d), torch.float32)
                 grad_wh = int_matmul_scaled(
-                    _codes_t(merged), _codes_t(x_int4), unit_t, sx, bits=8, layout="nt", out=out
+                    _codes_t(merged), _codes_t(x_int4), unit_t, sx, bits=8, layout="nt"
                 )
         if need_x:  # grad_input = H (∇(XH)^ ⊙ clip mask) (STE, H⁻¹ = H); ∂L/∂s_x = Σ ∇(XH)^ ⊙ ∂x̂/∂s_x · scale
-            grad_x, gx_step = _hq_grad(grad_xh, x_dq, ctx.block)
+            grad_x, gx_step = _hq_grad(grad_xh, x_saved, sx, ctx.block)
             gx_step = gx_step.reshape(sx.shape)
         if need_w:  # grad_weight: likewise
-            grad_w, gw_step = _hq_grad(grad_wh, w_dq, ctx.block)
+            grad_w, gw_step = _hq_grad(grad_wh, w_saved, sw, ctx.block)
             gw_step = gw_step.reshape(sw.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(0)

@@ -57,53 +57,71 @@ static void fwht_avx2(float *buf, int block) {
     for (int j = 0; j < block; j += 8) _mm256_storeu_ps(buf + j, fwht8_tail(_mm256_loadu_ps(buf + j)));
 }
 
-// 8 transformed values -> 8 codes (stored as int8) and dqds; the vector twin of quant_one.
-static inline void quant_x8(__m256 x, __m256 vstep, int8_t *codes, float *dqds) {
+// 8 transformed values -> clamped codes c (as floats) and dq = d(x_hat)/d(step); the twin of quant_one.
+static inline __m256 quant_x8(__m256 x, __m256 vstep, __m256 *dq) {
     const __m256 lo = _mm256_set1_ps(-8.0f), hi = _mm256_set1_ps(7.0f);
     __m256 v = _mm256_div_ps(x, vstep);
     __m256 q = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     // c = q < -8 ? -8 : (q > 7 ? 7 : q)
     __m256 c = _mm256_blendv_ps(q, hi, _mm256_cmp_ps(q, hi, _CMP_GT_OQ));
     c = _mm256_blendv_ps(c, lo, _mm256_cmp_ps(q, lo, _CMP_LT_OQ));
-    // dqds = q == c ? q - v : c
-    _mm256_storeu_ps(dqds, _mm256_blendv_ps(c, _mm256_sub_ps(q, v), _mm256_cmp_ps(q, c, _CMP_EQ_OQ)));
+    // dq = q == c ? q - v : c
+    *dq = _mm256_blendv_ps(c, _mm256_sub_ps(q, v), _mm256_cmp_ps(q, c, _CMP_EQ_OQ));
+    return c;
+}
+
+static inline void store_codes8(__m256 c, int8_t *codes) {
     __m256i i32 = _mm256_cvttps_epi32(c);
     __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
     _mm_storel_epi64((__m128i *)codes, _mm_packs_epi16(i16, i16));
 }
 
-static inline void quant_one(float x, float step, int8_t *code, float *dqds) {
+static inline int8_t quant_one(float x, float step, float *dq) {
     float v = x / step;
     float q = rintf(v);
     float c = q < -8.0f ? -8.0f : (q > 7.0f ? 7.0f : q);
-    *code = (int8_t)c;
-    *dqds = (q == c) ? q - v : c;
+    *dq = (q == c) ? q - v : c;
+    return (int8_t)c;
 }
 
-// codes (rows, d) int8 in [-8, 7] and dqds = d(x_hat)/d(step) of the block-Hadamard-transformed x.
-// Returns 0, or -1 for an invalid block.
+// buf <- the block-Hadamard transform of the block at x (block >= 8: AVX2; else scalar).
+static inline void transform_block(const float *x, float *buf, int block, float sc) {
+    if (block >= 8) {
+        const __m256 vsc = _mm256_set1_ps(sc);
+        for (int j = 0; j < block; j += 8) _mm256_storeu_ps(buf + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), vsc));
+        fwht_avx2(buf, block);
+    } else {
+        memcpy(buf, x, (size_t)block * sizeof(float));
+        if (block > 1) fwht_scalar(buf, block, sc);
+    }
+}
+
+// codes (rows, d) int8 in [-8, 7] and (unless dqds is NULL) dqds = d(x_hat)/d(step) of the
+// block-Hadamard-transformed x. Returns 0, or -1 for an invalid block.
 int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float step, int8_t *codes,
                           float *dqds, int nthreads) {
     if (!valid_block(d, block)) return -1;
     const float sc = (float)(1.0 / sqrt((double)block));
 #pragma omp parallel num_threads(nthreads) if (rows * d > 65536)
     {
-        float buf[LB_TRAIN_MAX_BLOCK];
-        const __m256 vsc = _mm256_set1_ps(sc), vstep = _mm256_set1_ps(step);
+        float buf[LB_TRAIN_MAX_BLOCK], dqb[8];
+        const __m256 vstep = _mm256_set1_ps(step);
 #pragma omp for schedule(static)
         for (long r = 0; r < rows; r++) {
             for (long k0 = 0; k0 < d; k0 += block) {
                 const long off = r * d + k0;
+                transform_block(x + off, buf, block, sc);
                 if (block >= 8) {
-                    for (int j = 0; j < block; j += 8)
-                        _mm256_storeu_ps(buf + j, _mm256_mul_ps(_mm256_loadu_ps(x + off + j), vsc));
-                    fwht_avx2(buf, block);
-                    for (int j = 0; j < block; j += 8)
-                        quant_x8(_mm256_loadu_ps(buf + j), vstep, codes + off + j, dqds + off + j);
+                    for (int j = 0; j < block; j += 8) {
+                        __m256 dq;
+                        store_codes8(quant_x8(_mm256_loadu_ps(buf + j), vstep, &dq), codes + off + j);
+                        if (dqds) _mm256_storeu_ps(dqds + off + j, dq);
+                    }
                 } else {
-                    memcpy(buf, x + off, (size_t)block * sizeof(float));
-                    if (block > 1) fwht_scalar(buf, block, sc);
-                    for (int j = 0; j < block; j++) quant_one(buf[j], step, codes + off + j, dqds + off + j);
+                    for (int j = 0; j < block; j++) {
+                        codes[off + j] = quant_one(buf[j], step, dqb);
+                        if (dqds) dqds[off + j] = dqb[0];
+                    }
                 }
             }
         }
@@ -111,38 +129,46 @@ int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float st
     return 0;
 }
 
-// In place: g <- H (g * mask), mask = |dqds| <= 0.5; *step_grad_sum = sum(g * dqds) (before masking).
-// The mask multiplies by 1.0 or 0.0 (as the torch path does), so -x * 0 keeps its negative zero.
-int lowbit_train_hq_grad(float *g, const float *dqds, long rows, long d, int block, double *step_grad_sum,
-                         int nthreads) {
+// In place: g <- H (g * mask), mask = |dqds| <= 0.5; *step_grad_sum = sum(g * dqds) (before masking), with
+// dqds recomputed from the forward input x and step (the operations of lowbit_train_hq_quant, so the same
+// values): the forward allocates no dqds (4 bytes per element of fresh memory) and saves x, which a float
+// linear layer saves as well. The mask multiplies by 1.0 or 0.0 (as the torch path does), so -x * 0 keeps
+// its negative zero.
+int lowbit_train_hq_grad_x(float *g, const float *x, float step, long rows, long d, int block,
+                           double *step_grad_sum, int nthreads) {
     if (!valid_block(d, block)) return -1;
     const float sc = (float)(1.0 / sqrt((double)block));
     double total = 0.0;
 #pragma omp parallel reduction(+ : total) num_threads(nthreads) if (rows * d > 65536)
     {
-        const __m256 vsc = _mm256_set1_ps(sc), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+        float xb[LB_TRAIN_MAX_BLOCK];
+        const __m256 vsc = _mm256_set1_ps(sc), vstep = _mm256_set1_ps(step);
+        const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
         const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
         __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
 #pragma omp for schedule(static)
         for (long r = 0; r < rows; r++) {
             for (long k0 = 0; k0 < d; k0 += block) {
                 float *buf = g + r * d + k0;
-                const float *dq = dqds + r * d + k0;
+                transform_block(x + r * d + k0, xb, block, sc);
                 if (block >= 8) {
                     for (int j = 0; j < block; j += 8) {
-                        __m256 gv = _mm256_loadu_ps(buf + j), dv = _mm256_loadu_ps(dq + j);
+                        __m256 dv;
+                        quant_x8(_mm256_loadu_ps(xb + j), vstep, &dv);
+                        __m256 gv = _mm256_loadu_ps(buf + j);
                         __m256 p = _mm256_mul_ps(gv, dv);  // float product, then widened (as the scalar)
                         acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
                         acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
                         __m256 keep = _mm256_cmp_ps(_mm256_and_ps(dv, abs_mask), half, _CMP_LE_OQ);
-                        __m256 m = _mm256_and_ps(keep, one);  // 1.0 or 0.0
-                        _mm256_storeu_ps(buf + j, _mm256_mul_ps(_mm256_mul_ps(gv, m), vsc));
+                        _mm256_storeu_ps(buf + j, _mm256_mul_ps(_mm256_mul_ps(gv, _mm256_and_ps(keep, one)), vsc));
                     }
                     fwht_avx2(buf, block);
                 } else {
                     for (int j = 0; j < block; j++) {
-                        total += (double)(buf[j] * dq[j]);
-                        buf[j] = buf[j] * (fabsf(dq[j]) <= 0.5f ? 1.0f : 0.0f);
+                        float dq;
+                        quant_one(xb[j], step, &dq);
+                        total += (double)(buf[j] * dq);
+                        buf[j] = buf[j] * (fabsf(dq) <= 0.5f ? 1.0f : 0.0f);
                     }
                     if (block > 1) fwht_scalar(buf, block, sc);
                 }
