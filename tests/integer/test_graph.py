@@ -39,28 +39,29 @@ def _batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def test_every_intermediate_is_integer(tiny_gpt: GPT) -> None:
+@pytest.mark.parametrize("path", ["fused", "unfused"])
+def test_every_intermediate_is_integer(tiny_gpt: GPT, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lowbit.integer.graph import IntGPTBlock
+
+    if path == "unfused":
+        monkeypatch.setattr(IntGPTBlock, "fused_linears", lambda self: None)
     im = convert(tiny_gpt, [x for x, _ in _batches(2, 1)])
     trace = DtypeTrace()
     im(_batches(1, 2)[0][0], trace)
     names = [r[0] for r in trace.records]
     # the trace covers every kind of op in every block: embeddings, norms, linears, attention, residual
-    for must in (
-        "embed",
-        "blocks.0.norm1",
-        "blocks.1.attn.scores",
-        "blocks.1.attn.probs",
-        "blocks.0.fc_in",
-        "blocks.1.out_proj.acc",
-        "blocks.1.residual",
-        "ln_f",
-        "lm_head.acc",
-    ):
-        assert must in names
+    must = ["embed", "blocks.0.norm1", "blocks.1.attn.scores", "blocks.1.attn.probs", "blocks.0.fc_in"]
+    must += ["blocks.1.residual", "ln_f", "lm_head.acc"]
+    must += ["blocks.1.out_proj.acc"] if path == "unfused" else ["blocks.1.qkv", "blocks.1.residual_attn"]
+    for name in must:
+        assert name in names
     assert trace.non_integer() == []
     dtypes = {r[0]: r[1] for r in trace.records}
-    assert dtypes["blocks.0.q"] == torch.int8 and dtypes["blocks.0.attn.probs"] == torch.int8
-    assert dtypes["blocks.0.q.acc"] == torch.int32 and dtypes["blocks.0.residual"] == torch.int32
+    assert dtypes["blocks.0.attn.probs"] == torch.int8 and dtypes["blocks.0.residual"] == torch.int32
+    if path == "unfused":
+        assert dtypes["blocks.0.q"] == torch.int8 and dtypes["blocks.0.q.acc"] == torch.int32
+    else:  # accumulators never leave the fused kernel: GEMM outputs are int8 codes
+        assert dtypes["blocks.0.qkv"] == torch.int8 and dtypes["blocks.0.fc_in"] == torch.int8
 
 
 def test_trace_detects_a_float() -> None:
@@ -123,16 +124,20 @@ def test_fused_attention_matches_unfused(kind: str, causal: bool, h: int, c: int
     assert torch.equal(shifted, to_offset(unfused, 128))
 
 
-def test_fused_block_path_matches_unfused(tiny_gpt: GPT, monkeypatch: pytest.MonkeyPatch) -> None:
-    """7-bit weights run the fused kernels (QKV as one GEMM, requantize in the epilogue, uint8 activations):
-    the same logits as the unfused path, and the trace of that path is integer-only too."""
+@pytest.mark.parametrize("weight_qmax", [64, 127], ids=["w7-u8-path", "w8-int16-path"])
+def test_fused_block_path_matches_unfused(
+    tiny_gpt: GPT, weight_qmax: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blocks run the fused kernels (QKV as one GEMM, requantize in the epilogue; 7-bit weights: uint8
+    activations): the same logits as the unfused path, and the trace of that path is integer-only too."""
     from lowbit.integer.graph import IntGPTBlock
     from lowbit.ops import native
 
     if not native.available():
         pytest.skip(f"native kernels unavailable: {native.why_not_native()}")
-    im = convert(tiny_gpt, [x for x, _ in _batches(2, 1)], ConvertConfig(weight_qmax=64))
-    assert all(blk.packed_qkv() is not None for blk in im.blocks)
+    im = convert(tiny_gpt, [x for x, _ in _batches(2, 1)], ConvertConfig(weight_qmax=weight_qmax))
+    fused_parts = [blk.fused_linears() for blk in im.blocks]
+    assert all(f is not None and f[4] == (128 if weight_qmax == 64 else 0) for f in fused_parts)
     x = _batches(1, 3)[0][0]
     fused = im(x)
     trace = DtypeTrace()
@@ -140,11 +145,9 @@ def test_fused_block_path_matches_unfused(tiny_gpt: GPT, monkeypatch: pytest.Mon
     names = {r[0] for r in trace.records}
     assert {"blocks.0.qkv", "blocks.1.attn.probs", "blocks.1.fc_in", "blocks.1.residual"} <= names
     assert trace.non_integer() == []
-    monkeypatch.setattr(IntGPTBlock, "packed_qkv", lambda self: None)
+    monkeypatch.setattr(IntGPTBlock, "fused_linears", lambda self: None)
     unfused = im(x)
     assert torch.equal(fused, unfused) and torch.equal(fused, traced)
     held = _batches(4, 7)
-    assert (
-        abs(integer_lm_loss(im, held) - evaluate_lm_loss(tiny_gpt, held)) / evaluate_lm_loss(tiny_gpt, held)
-        <= LOSS_REL_TOL
-    )
+    fp = evaluate_lm_loss(tiny_gpt, held)
+    assert abs(integer_lm_loss(im, held) - fp) / fp <= LOSS_REL_TOL

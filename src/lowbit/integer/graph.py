@@ -203,24 +203,26 @@ class IntGPTBlock:
         """Update the residual r (B, T, C) int32 in place."""
         b, t, c = r.shape
         r2 = r.view(b * t, c)
-        qkv = self.packed_qkv()
-        if qkv is not None:  # fused GEMM + requantize kernels; every activation stays 8-bit
-            x = _rec(trace, f"{name}.norm1", norm_rows(r2, "l1", self.norm1.consts, out_off=128))
+        fused = self.fused_linears()
+        if fused is not None:  # fused GEMM + requantize kernels; every activation stays 8-bit
+            qkv, out, fc_in, fc_out, off = fused
+            x = _rec(trace, f"{name}.norm1", norm_rows(r2, "l1", self.norm1.consts, out_off=off))
             q, k, v = _rec(trace, f"{name}.qkv", qkv(x)).view(b, t, 3 * c).split(c, dim=2)
             if trace is None:
                 a = self.attn
                 y = attention_fused(
                     q, k, v, a.n_head, causal=True, key_mask=None, row_const=a.row_const,
                     row_shift=a.row_shift, poly_bias=a.bias if a.kind == "poly" else None, delta=a.delta,
-                    exp=a.exp if a.kind == "softmax" else None, out_off=128,
+                    exp=a.exp if a.kind == "softmax" else None, out_off=off,
                 )  # fmt: skip
             else:  # the unfused path, recording scores and weights (the same integers, tested)
-                y = to_offset(self.attn(q, k, v, True, None, trace, f"{name}.attn"), 128)
-            self.out.packed(128)(y.view(b * t, c), residual=r2)
+                y = self.attn(q, k, v, True, None, trace, f"{name}.attn")
+                y = to_offset(y, off) if off else y
+            out(y.view(b * t, c), residual=r2)
             _rec(trace, f"{name}.residual_attn", r2)
-            x = _rec(trace, f"{name}.norm2", norm_rows(r2, "l1", self.norm2.consts, out_off=128))
-            h = _rec(trace, f"{name}.fc_in", self.fc_in.packed(128)(x))  # ReLU: codes in [0, 127]
-            self.fc_out.packed(0)(h.view(torch.uint8), residual=r2)
+            x = _rec(trace, f"{name}.norm2", norm_rows(r2, "l1", self.norm2.consts, out_off=off))
+            h = _rec(trace, f"{name}.fc_in", fc_in(x))  # ReLU: codes in [0, 127]
+            fc_out(h.view(torch.uint8) if off else h, residual=r2)
             _rec(trace, f"{name}.residual", r)
             return
         x = self.norm1(r2, trace, f"{name}.norm1")
@@ -235,24 +237,29 @@ class IntGPTBlock:
         self.fc_out(h, trace, f"{name}.fc_out", residual=r2)
         _rec(trace, f"{name}.residual", r)
 
-    def packed_qkv(self) -> PackedLinear | None:
-        """q, k, v as one packed (3C, C) linear (per-channel constants concatenated), when every projection
-        can run on the fused kernel (else None: the unfused path runs)."""
-
-        def parts() -> tuple:
-            lins = (self.q, self.k, self.v)
-            bias = [lin.bias if lin.bias is not None else torch.zeros_like(lin.mult) for lin in lins]
-            cat = torch.cat
-            return (cat([lin.weight for lin in lins]), cat(bias), cat([lin.mult for lin in lins]),
-                    cat([lin.shift for lin in lins]), False)  # fmt: skip
-
-        if any(
-            lin.packed(128) is None for lin in (self.q, self.k, self.v, self.out, self.fc_in, self.fc_out)
-        ):
+    def fused_linears(self) -> tuple | None:
+        """(qkv, out, fc_in, fc_out, input offset) on the fused GEMM kernel: the 7-bit-weight path (uint8
+        ``code + 128`` activations; ReLU outputs as they are) when every weight fits 7 bits, else the int16
+        path (int8 activations) when none does; None otherwise (the unfused path runs)."""
+        lins = (self.q, self.k, self.v, self.out, self.fc_in, self.fc_out)
+        if not self.fc_in.relu:
             return None
-        if self.fc_out.packed(0) is None or not self.fc_in.relu:
-            return None
-        return _packed(self, 128, parts)
+        if all(lin.packed(128) is not None for lin in lins) and self.fc_out.packed(0) is not None:
+            return _packed(self, 128, self._qkv_parts), self.out.packed(128), self.fc_in.packed(128), (
+                self.fc_out.packed(0)
+            ), 128  # fmt: skip
+        if all(lin.packed_wide() is not None for lin in lins):
+            wide = (lin.packed_wide() for lin in (self.out, self.fc_in, self.fc_out))
+            return _packed(self, -1, self._qkv_parts), *wide, 0
+        return None
+
+    def _qkv_parts(self) -> tuple:
+        """q, k, v as one (3C, C) linear: weights, biases and per-channel constants concatenated."""
+        lins = (self.q, self.k, self.v)
+        bias = [lin.bias if lin.bias is not None else torch.zeros_like(lin.mult) for lin in lins]
+        cat = torch.cat
+        return (cat([lin.weight for lin in lins]), cat(bias), cat([lin.mult for lin in lins]),
+                cat([lin.shift for lin in lins]), False)  # fmt: skip
 
     def nbytes(self) -> int:
         parts = (self.norm1, self.q, self.k, self.v, self.out, self.norm2, self.fc_in, self.fc_out)

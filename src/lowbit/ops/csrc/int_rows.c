@@ -96,7 +96,7 @@ void lowbit_int_norm(const int32_t *x, long m, long c, int kind, int pre_shift, 
 #pragma omp parallel num_threads(threads)
     {
         int64_t *cx = (int64_t *)malloc(sizeof(int64_t) * c);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 16)
         for (long i = 0; i < m; ++i) {
             const int32_t *xr = x + i * c;
             int64_t sum = 0;
@@ -104,7 +104,29 @@ void lowbit_int_norm(const int32_t *x, long m, long c, int kind, int pre_shift, 
             int64_t half = pre_shift ? ((int64_t)1 << (pre_shift - 1)) : 0;
             int64_t stat = 0;
             uint64_t cmax = 0;
-            for (long j = 0; j < c; ++j) {
+            long j0 = 0;
+            if (kind == 0 && c < (1L << 30)) { /* |x C - sum| < 2^62: the offset makes the shift arithmetic */
+                const __m256i cc = _mm256_set1_epi64x(c), sh = _mm256_set1_epi64x(sum - half - ((int64_t)1 << 62));
+                const __m256i sub = _mm256_set1_epi64x(((int64_t)1 << 62) >> pre_shift);
+                const __m128i ps = _mm_cvtsi32_si128(pre_shift);
+                __m256i st = _mm256_setzero_si256(), mx = st;
+                for (; j0 + 4 <= c; j0 += 4) {
+                    __m256i xv = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(xr + j0)));
+                    __m256i v = _mm256_sub_epi64(_mm256_srl_epi64(_mm256_sub_epi64(_mm256_mul_epi32(xv, cc), sh), ps),
+                                                 sub);
+                    _mm256_storeu_si256((__m256i *)(cx + j0), v);
+                    __m256i sg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
+                    __m256i av = _mm256_sub_epi64(_mm256_xor_si256(v, sg), sg);
+                    st = _mm256_add_epi64(st, av);
+                    mx = _mm256_or_si256(mx, av);
+                }
+                int64_t a4[4], m4[4];
+                _mm256_storeu_si256((__m256i *)a4, st);
+                _mm256_storeu_si256((__m256i *)m4, mx);
+                stat = a4[0] + a4[1] + a4[2] + a4[3];
+                cmax = (uint64_t)(m4[0] | m4[1] | m4[2] | m4[3]);
+            }
+            for (long j = j0; j < c; ++j) {
                 int64_t v = ((int64_t)xr[j] * c - sum + half) >> pre_shift;
                 uint64_t av = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
                 cx[j] = v;
