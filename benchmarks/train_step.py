@@ -4,9 +4,21 @@ Also a ``QuantLinear`` alone vs ``nn.Linear`` forward+backward on 4096x768 -> 30
 layer's time goes (torch.profiler, per op). Both sides run in the same process, alternating, on the same
 threads; the table reports medians and the FP32/INT4 time ratio (> 1: INT4 faster).
 
+What one step is, on both sides: ``opt.zero_grad(set_to_none=True)``; forward of ``--layers`` pre-norm
+blocks (``lowbit.models.layers.Block``: LayerNorm, softmax self-attention with separate q/k/v/out projections
+and materialised (B, H, T, T) scores, T = 512, LayerNorm, GELU MLP); loss ``mean(y²)``; backward;
+``AdamW.step()``.
+The INT4 model is a deep copy of the FP32 one converted with ``lowbit.convert(recipe, keep_head=False)``
+(the stack has no head: every ``nn.Linear``, 6 per block, becomes a ``QuantLinear``); everything else —
+attention, LayerNorm, GELU, residuals, loss, optimizer — is the same code on both sides and counts on both
+sides, so the step ratio is diluted by it. Same input, same initial weights, same thread count
+(``torch.set_num_threads``), one warm-up call each, then ``--repeats`` alternating calls; medians.
+The load average (``os.getloadavg``) before and after is recorded: the machine is shared, compare the
+ratios of one run rather than absolute times across runs.
+
 Usage: ``python benchmarks/train_step.py [--tokens 4096] [--hidden 768] [--ffn 3072] [--layers 2]
-[--recipe int4] [--repeats 5] [--threads 2] [--json FILE]``; results also go to ``results/train_step.json``.
-The block stack has no output head, so it is converted with ``keep_head=False`` (every Linear quantized).
+[--recipe int4] [--repeats 5] [--threads 2] [--json FILE]``; results also go to ``results/train_step.json``
+and the table to ``results/train_step.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -80,6 +93,7 @@ def _profile(fn: Callable[[], None], top: int = 10) -> list[dict[str, float | st
 
 def run(args: argparse.Namespace) -> dict:
     """All measurements as one JSON-ready dict."""
+    load_before = os.getloadavg()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     seq = 512
@@ -100,6 +114,7 @@ def run(args: argparse.Namespace) -> dict:
     grad_y = torch.randn(args.tokens, args.ffn)
     layer_fns = {"nn.Linear": _linear_fb(lin, x, grad_y), "QuantLinear": _linear_fb(qlin, x, grad_y)}
     layer_t = _median_seconds(layer_fns, args.repeats)
+    profile = _profile(layer_fns["QuantLinear"])
     return {
         "recipe": args.recipe,
         "tokens": args.tokens,
@@ -115,7 +130,9 @@ def run(args: argparse.Namespace) -> dict:
         "train_step_speedup": step_t["fp32"] / step_t[args.recipe],
         "linear_fwd_bwd_s": layer_t,
         "linear_speedup": layer_t["nn.Linear"] / layer_t["QuantLinear"],
-        "quantlinear_profile": _profile(layer_fns["QuantLinear"]),
+        "quantlinear_profile": profile,
+        "load_avg_1_5_15": {"before": list(load_before), "after": list(os.getloadavg())},
+        "torch": torch.__version__,
         "targets": {"train_step_speedup": 1.5, "linear_speedup": 2.0},
     }
 
@@ -123,7 +140,9 @@ def run(args: argparse.Namespace) -> dict:
 def _table(r: dict) -> str:
     s, lt = r["train_step_s"], r["linear_fwd_bwd_s"]
     lines = [
-        f"engine: {r['engine']}; training kernels: {r['training_kernels']}; threads {r['threads']}",
+        f"engine: {r['engine']}; training kernels: {r['training_kernels']}; threads {r['threads']}; "
+        f"medians of {r['repeats']}; load avg before {r['load_avg_1_5_15']['before'][0]:.2f}, "
+        f"after {r['load_avg_1_5_15']['after'][0]:.2f}",
         f"{r['converted']}",
         "",
         "| measurement | fp32 (s) | " + r["recipe"] + " (s) | speed-up | target |",
@@ -155,8 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="also write the results to this file")
     args = p.parse_args(argv)
     result = run(args)
-    print(_table(result))
+    table = _table(result)
+    print(table)
     RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "train_step.md").write_text("```\n" + table + "\n```\n")
     for path in [RESULTS_DIR / "train_step.json"] + ([args.json] if args.json else []):
         path.write_text(json.dumps(result, indent=2) + "\n")
 

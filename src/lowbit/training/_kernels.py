@@ -39,6 +39,18 @@ def _lib() -> tuple[ctypes.CDLL | None, str]:
     return lib, ""
 
 
+def _profiled(fn):
+    """Label the kernel call ``lowbit_train::<name>`` in torch.profiler traces (benchmarks/train_step.py)."""
+    label = f"lowbit_train::{fn.__name__.strip('_')}"
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.profiler.record_function(label):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _threads() -> int:
     """Threads for one kernel call: torch's intra-op setting, read per call (as lowbit.ops does)."""
     return max(1, torch.get_num_threads())
@@ -56,6 +68,7 @@ def _check(x: torch.Tensor, name: str) -> None:
         )
 
 
+@_profiled
 def hq_quantize(
     x: torch.Tensor, block: int, step: float, *, with_dq: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -83,6 +96,7 @@ def hq_quantize(
     return codes, dq_ds
 
 
+@_profiled
 def hq_grad_x_(grad: torch.Tensor, x: torch.Tensor, step: float, block: int) -> float:
     """In place ``grad <- H(grad · clip_mask)``; returns ``Σ grad · dq_ds`` (before masking, double sum), with
     ``dq_ds`` (and the clip mask) recomputed from the forward input ``x`` and ``step``: the same values
@@ -109,6 +123,7 @@ def hq_grad_x_(grad: torch.Tensor, x: torch.Tensor, step: float, block: int) -> 
     return total.value
 
 
+@_profiled
 def absmax(g: torch.Tensor) -> float:
     """max |g| of a contiguous float32 tensor (one native pass); ValueError on non-finite entries."""
     lib, reason = _lib()
@@ -123,6 +138,7 @@ def absmax(g: torch.Tensor) -> float:
     return out.value
 
 
+@_profiled
 def split_merged_native(g: torch.Tensor, scale: float, seed: int, stochastic: bool) -> torch.Tensor:
     """Merged bit-split code ``round(g · scale)`` (stochastic: hash noise of ``seed``), int8 in [-98, 98]."""
     lib, reason = _lib()
@@ -137,6 +153,7 @@ def split_merged_native(g: torch.Tensor, scale: float, seed: int, stochastic: bo
     return out
 
 
+@_profiled
 def transpose_i8(codes: torch.Tensor) -> torch.Tensor:
     """Contiguous transposed copy of a 2-D int8 CPU tensor (native blocked transpose); the same bytes as
     ``codes.t().contiguous()``, several times faster."""
