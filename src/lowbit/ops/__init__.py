@@ -14,12 +14,13 @@ Every op is also a ``torch.library`` custom op (``torch.ops.lowbit.*``) with a f
 traces under ``torch.compile`` (``linear`` is plain Python around them). Every function takes
 ``backend="auto" | "native" | "reference"``; both backends return identical integers and floats.
 
-Native paths (AVX2, both cores; ``csrc/gemm.h``): 4-bit codes use u4 x s4 ``vpmaddubsw`` with int16
-accumulation widened to int32 every 512 k (exact for any K <= ``MAX_K[4]``); 8-bit codes use u8 x s8
-``vpmaddubsw`` when one operand is 7-bit (b in [-64, 64], or a in [-64, 63]: e.g. ``quantize_rows(x, 7)``)
-and an exact int16 ``vpmaddwd`` kernel otherwise (~0.7x the speed). The engine checks the code ranges
-itself on every call, so every int8 code is exact. Reuse ``out=`` buffers and :class:`PackedWeight` in
-hot loops: fresh 50 MB outputs cost ~20 ms of page faults.
+Native paths (AVX2, both cores; ``csrc/gemm.h``; the rule is in docs/DESIGN.md "INT8 fast-path rule"): 4-bit
+codes use u4 x s4 ``vpmaddubsw`` with int16 accumulation widened to int32 every 512 k; 8-bit codes use u8 x s8
+``vpmaddubsw`` when one operand is 7-bit (b in [-64, 64], e.g. ``lowbit.ptq``'s default INT8 weights in
+[-63, 63], or a in [-64, 63], e.g. ``quantize_rows(x, 7)``) and an exact int16 ``vpmaddwd`` kernel otherwise
+(~0.8x the speed). The engine checks the code ranges itself on every call, so every int8 code is exact; every
+path is exact for K <= ``MAX_K[bits]`` and larger K raises ``ValueError``. Reuse ``out=`` buffers and
+:class:`PackedWeight` in hot loops: fresh 50 MB outputs cost ~20 ms of page faults.
 """
 
 from __future__ import annotations
