@@ -12,7 +12,7 @@ import lowbit
 from lowbit.training import QuantLinear, get_recipe
 from lowbit.training.hadamard_quant import block_transform
 from lowbit.training.lsq import lsq_init
-from lowbit.training.optim import param_groups, step_size_parameters
+from lowbit.training.optim import LSQ_LR_KEY, param_groups, step_size_parameters, sync_step_lrs
 
 
 def _model(recipe: str | None) -> nn.Module:
@@ -31,41 +31,43 @@ def test_float_model_keeps_two_groups() -> None:
     assert all(p.dim() == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
 
 
-def test_int4_steps_in_their_own_group() -> None:
+def test_int4_steps_in_groups_of_their_own() -> None:
     model = _model("int4")
     groups = param_groups(model, 1e-3, 0.1)
     steps = step_size_parameters(model)
     assert len(steps) == 4  # two converted layers (the head stays float) x (x_step, w_step)
-    assert len(groups) == 3
-    step_group = groups[2]
-    assert {id(p) for p in step_group["params"]} == set(steps)
-    assert step_group["weight_decay"] == 0.0
-    assert step_group["lr"] == pytest.approx(1e-3 * get_recipe("int4").lsq_lr_scale)
+    assert len(groups) == 2 + 4
+    for group in groups[2:]:
+        assert len(group["params"]) == 1 and id(group["params"][0]) in steps
+        assert group["weight_decay"] == 0.0 and group["lr"] == 0.0  # frozen until sync_step_lrs
+        assert group[LSQ_LR_KEY] == get_recipe("int4").lsq_lr
     # every trainable parameter in exactly one group
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted({id(p) for p in model.parameters()})
     assert all(p.dim() >= 2 for p in groups[0]["params"])
 
 
-def test_first_adam_update_of_a_step_is_lr_times_scale() -> None:
+def test_step_update_is_relative_to_the_step() -> None:
     model = _model("int4")
     opt = torch.optim.AdamW(param_groups(model, 1e-2, 0.1), lr=1e-2)
-    x = torch.randn(64, 32)
-    model(x).square().mean().backward()  # initialises the steps, then gives them gradients
+    model(torch.randn(64, 32)).square().mean().backward()  # initialises the steps, then gives them gradients
     before = {i: float(p.detach()) for i, (p, _) in step_size_parameters(model).items()}
+    assert len(set(before.values())) == 4 and min(before.values()) > 0
+    sync_step_lrs(opt, factor=0.5)
     opt.step()
-    lr_step = 1e-2 * get_recipe("int4").lsq_lr_scale
+    rate = get_recipe("int4").lsq_lr
     for i, (p, _) in step_size_parameters(model).items():
-        assert abs(float(p.detach()) - before[i]) == pytest.approx(lr_step, rel=1e-3)  # Adam: |Δ| = lr at t=1
+        change = abs(float(p.detach()) - before[i])
+        assert change == pytest.approx(rate * 0.5 * before[i], rel=1e-3)  # Adam's first update: |Δ| = lr
 
 
-def test_scale_per_recipe_and_validation() -> None:
-    slow = dataclasses.replace(get_recipe("int4"), name="int4-slow", lsq_lr_scale=0.5)
+def test_rate_per_recipe_and_validation() -> None:
+    slow = dataclasses.replace(get_recipe("int4"), name="int4-slow", lsq_lr=0.5)
     model = nn.Sequential(QuantLinear(32, 16, recipe=slow), QuantLinear(16, 8, recipe="int4"))
-    scales = sorted(g.get("lsq_lr_scale", -1) for g in param_groups(model, 1.0, 0.0))
-    assert scales == [-1, -1, get_recipe("int4").lsq_lr_scale, 0.5]
-    with pytest.raises(ValueError, match="lsq_lr_scale"):
-        dataclasses.replace(get_recipe("int4"), lsq_lr_scale=-1.0)
+    rates = sorted(g.get(LSQ_LR_KEY, -1) for g in param_groups(model, 1.0, 0.0))
+    assert rates == [-1, -1, get_recipe("int4").lsq_lr, get_recipe("int4").lsq_lr, 0.5, 0.5]
+    with pytest.raises(ValueError, match="lsq_lr"):
+        dataclasses.replace(get_recipe("int4"), lsq_lr=-1.0)
 
 
 @pytest.mark.parametrize("bad", [-0.05, 0.0, float("nan")])

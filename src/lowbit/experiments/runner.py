@@ -26,6 +26,7 @@ from lowbit.experiments.checkpoint import (
 )
 from lowbit.experiments.config import TrainConfig, derive_seed
 from lowbit.experiments.tasks import Task, make_task
+from lowbit.training.optim import sync_step_lrs
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on biases or norms); LSQ step sizes without decay at
-    ``lr × recipe.lsq_lr_scale`` (``lowbit.training.param_groups``)."""
+    """AdamW; weight decay on matrices only (not on biases or norms); LSQ step sizes without decay in groups
+    of their own, whose relative learning rate ``train_step`` sets (``lowbit.training.optim``)."""
     from lowbit.training.optim import param_groups
 
     groups = param_groups(model, config.lr, config.weight_decay)
@@ -246,6 +247,7 @@ class Run:
         loss.backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        sync_step_lrs(self.optimizer, lr_factor(self.step, self.config))  # LSQ steps: lsq_lr·|s|·schedule
         self.optimizer.step()
         self.scheduler.step()
         return float(loss.detach()), self.task.units(batch)

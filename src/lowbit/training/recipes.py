@@ -68,11 +68,10 @@ class Recipe:
     "sample": Bernoulli with Σp = N and 1/p reweighting, paper text; "none"). ``grad_rounding``: rounding of
     the low half of the bit split ("stochastic" makes it unbiased; "nearest" is deterministic).
     ``cold_start_steps``: for this many training forwards the LSQ steps are reset to ``2·mean|·|/√7`` instead
-    of learned. ``split_clamp``: the hi/lo code range ±split_clamp (see ``bit_split``). ``lsq_lr_scale``: the
-    learning rate of the LSQ step sizes relative to the model's (an optimizer hint, read by
-    ``lowbit.training.param_groups``): Adam normalises away LSQ's gradient scale, so at the model's rate one
-    scalar summarising a whole tensor moves by up to ``lr`` per step (at lr 3e-3, steps of ~0.01 went
-    through zero in the default GPT run).
+    of learned. ``split_clamp``: the hi/lo code range ±split_clamp (see ``bit_split``). ``lsq_lr``: the
+    relative learning rate of the LSQ step sizes: each step's Adam learning rate is ``lsq_lr × |s|`` (× the
+    model's schedule factor), so an update changes a step by at most about ``lsq_lr`` of itself, whatever the
+    model's learning rate (see ``lowbit.training.optim``).
     """
 
     name: str
@@ -85,7 +84,7 @@ class Recipe:
     grad_rounding: str = "stochastic"
     cold_start_steps: int = 0
     split_clamp: int = 7
-    lsq_lr_scale: float = 0.01
+    lsq_lr: float = 0.01
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -100,8 +99,8 @@ class Recipe:
             raise ValueError(f"hadamard_block must be a power of two or None, got {self.hadamard_block!r}")
         if self.cold_start_steps < 0:
             raise ValueError(f"cold_start_steps must be >= 0, got {self.cold_start_steps!r}")
-        if not (self.lsq_lr_scale >= 0 and math.isfinite(self.lsq_lr_scale)):
-            raise ValueError(f"lsq_lr_scale must be a finite number >= 0, got {self.lsq_lr_scale!r}")
+        if not (self.lsq_lr >= 0 and math.isfinite(self.lsq_lr)):
+            raise ValueError(f"lsq_lr must be a finite number >= 0, got {self.lsq_lr!r}")
         if self.split_clamp not in (6, 7):
             raise ValueError(f"split_clamp must be 6 (SPEC text) or 7 (unbiased), got {self.split_clamp!r}")
 
