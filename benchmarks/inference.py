@@ -7,6 +7,11 @@ the three variants interleaved round-robin so that load from other jobs hits eac
 held-out loss of each. Prints a table with speed ratios; ``--json FILE`` writes the figures (and
 ``--results FILE``, default benchmarks/results/inference.json, keeps the last run).
 
+``--profile`` adds a per-op time table of one integer forward (fused GEMMs by shape, attention, norms, the
+rest) and of one FP32 forward (torch profiler, top ops). ``--task minilm-rt`` times all-MiniLM-L6-v2 FP32 vs
+integer-only on ``--minilm-batches`` batches of 32 Rotten Tomatoes test snippets instead (fidelity: ``lowbit
+infer --task minilm-rt``). The JSON records the 1-minute load average before and after the timing.
+
 Run ``python benchmarks/inference.py [--train-steps 300] [--reps 5] [--threads 1]`` or
 ``lowbit bench inference ...``.
 """
@@ -14,8 +19,10 @@ Run ``python benchmarks/inference.py [--train-steps 300] [--reps 5] [--threads 1
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
+import os
 import statistics
 import time
 from pathlib import Path
@@ -33,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="batch x sequence tokens per forward")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per variant")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "inference.json"))
-    parser.add_argument("--profile", action="store_true", help="print where the integer forward spends time")
+    parser.add_argument(
+        "--profile", action="store_true", help="per-op times of the integer and FP32 forwards"
+    )
+    parser.add_argument("--minilm-batches", type=int, default=4, help="minilm-rt: timed batches of 32 texts")
 
 
 def measure(variants: dict[str, object], x: torch.Tensor, reps: int) -> dict[str, float]:
@@ -50,6 +60,120 @@ def measure(variants: dict[str, object], x: torch.Tensor, reps: int) -> dict[str
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def profile_integer(im: object, x: torch.Tensor, reps: int = 3) -> dict[str, float]:
+    """Mean ms per integer forward spent in each kind of op (timers around the graph's kernel calls)."""
+    from lowbit.integer import fast, graph
+
+    acc: dict[str, float] = collections.defaultdict(float)
+    saved = []
+
+    def timed(owner: object, attr: str, label) -> None:
+        fn = getattr(owner, attr)
+        saved.append((owner, attr, fn))
+
+        def wrapper(*a: object, **k: object) -> object:
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            acc[label(*a) if callable(label) else label] += time.perf_counter() - t0
+            return out
+
+        setattr(owner, attr, wrapper)
+
+    timed(fast.PackedLinear, "__call__", lambda self, x, **_: f"fused GEMM+requant N={self.n} K={self.k}")
+    labels = {
+        "attention_fused": "attention (fused)",
+        "norm_rows": "L1 LayerNorm",
+        "requant_channels": "requantize (embeddings)",
+        "int_matmul": "lm_head GEMM",
+    }
+    for attr, label in labels.items():
+        timed(graph, attr, label)
+    try:
+        im(x)
+        acc.clear()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            im(x)
+        total = (time.perf_counter() - t0) / reps * 1e3
+    finally:
+        for owner, attr, fn in saved:
+            setattr(owner, attr, fn)
+    table = {k: v / reps * 1e3 for k, v in sorted(acc.items(), key=lambda kv: -kv[1])}
+    table["rest (embedding gather, Python, output dequantization)"] = total - sum(table.values())
+    table["total"] = total
+    return table
+
+
+def profile_fp32(model: torch.nn.Module, x: torch.Tensor, top: int = 8) -> dict[str, float]:
+    """ms of one FP32 forward per aten op (self time, torch profiler), the ``top`` largest plus the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    table = {e.key: e.self_cpu_time_total / 1e3 for e in rows[:top]}
+    table["other ops"] = sum(e.self_cpu_time_total for e in rows[top:]) / 1e3
+    table["total"] = sum(table.values())
+    return table
+
+
+def run_minilm(args: argparse.Namespace) -> int:
+    """MiniLM latency: FP32 vs integer-only on batches of 32 test snippets, interleaved; median ms/batch."""
+    from lowbit.data.rotten_tomatoes import load_rotten_tomatoes
+    from lowbit.integer.bert import convert_bert
+    from lowbit.models.bert import load_minilm, mean_pool, tokenize
+
+    model, tok = load_minilm()
+    data = load_rotten_tomatoes()
+    calib = [tokenize(tok, data.train_texts[i * 32 : (i + 1) * 32]) for i in range(args.calib_batches)]
+    im = convert_bert(model, calib)
+    batches = [tokenize(tok, data.test_texts[i * 32 : (i + 1) * 32]) for i in range(args.minilm_batches)]
+
+    def fp32(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return mean_pool(model(**b).last_hidden_state, b["attention_mask"])
+
+    def integer(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return im(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
+
+    load_before = os.getloadavg()[0]
+    times: dict[str, list[float]] = {"fp32": [], "lowbit-integer": []}
+    cos = []
+    with torch.no_grad():
+        fp32(batches[0]), integer(batches[0])
+        for _ in range(args.reps):
+            for b in batches:
+                for name, fn in (("fp32", fp32), ("lowbit-integer", integer)):
+                    t0 = time.perf_counter()
+                    out = fn(b)
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+                    if name == "fp32":
+                        ref = out
+                cos.append(torch.nn.functional.cosine_similarity(ref, out, dim=-1).mean())
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "task": "minilm-rt",
+        "threads": torch.get_num_threads(),
+        "batch": 32,
+        "tokens_per_batch": [int(b["input_ids"].numel()) for b in batches],
+        "ms_per_batch": ms,
+        "speedup_vs_fp32": ms["fp32"] / ms["lowbit-integer"],
+        "mean_cosine_timed_batches": float(torch.stack(cos).mean()),
+        "load_avg_1min": [load_before, os.getloadavg()[0]],
+    }
+    print(
+        f"MiniLM, {result['threads']} threads, batches of 32 snippets (tokens {result['tokens_per_batch']})"
+    )
+    for name, v in ms.items():
+        print(f"{name:<22}{v:>10.1f} ms/batch")
+    cos_mean = result["mean_cosine_timed_batches"]
+    print(f"lowbit-integer vs fp32: {result['speedup_vs_fp32']:.2f}x  (cosine {cos_mean:.4f})")
+    text = json.dumps(result, indent=2) + "\n"
+    for path in filter(None, (args.json,)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Train/load, convert, time and evaluate the three variants; print the table."""
     from lowbit.integer import ConvertConfig, convert, integer_lm_loss
@@ -57,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.task == "minilm-rt":
+        return run_minilm(args)
     if args.tokens % args.seq_len:
         raise ValueError(f"--tokens {args.tokens} must be a multiple of --seq-len {args.seq_len}")
     model, _, train, val = infer.prepare_gpt(args)
@@ -71,7 +197,9 @@ def run(args: argparse.Namespace) -> int:
 
     x = next(iter(sequential_batches(val, args.seq_len, args.tokens // args.seq_len, 1)))[0]  # (B, T)
     variants = {"fp32": lambda t: model(t), "torch-dynamic-int8": lambda t: dyn(t), "lowbit-integer": im}
+    load_before = os.getloadavg()[0]
     ms = measure(variants, x, args.reps)
+    load_after = os.getloadavg()[0]
     with torch.no_grad():
         losses = {
             "fp32": evaluate_lm_loss(model, batches),
@@ -84,11 +212,13 @@ def run(args: argparse.Namespace) -> int:
         "shape": list(x.shape),
         "threads": torch.get_num_threads(),
         "model": {"layers": args.layers, "dim": args.dim, "heads": args.heads, "seq_len": args.seq_len},
+        "convert": {"act_qmax": args.act_qmax, "weight_qmax": args.weight_qmax},
         "ms": ms,
         "held_out_loss": losses,
         "speedup_vs_fp32": {k: ms["fp32"] / v for k, v in ms.items()},
         "integer_vs_dynamic": ms["torch-dynamic-int8"] / ms["lowbit-integer"],
         "weight_bytes": {"fp32": fp32_bytes, "lowbit-integer": im.weight_bytes()},
+        "load_avg_1min": [load_before, load_after],
     }
     print(
         f"torch {torch.__version__}, {result['threads']} threads, batch x seq = {x.shape[0]} x {x.shape[1]}"
@@ -97,15 +227,14 @@ def run(args: argparse.Namespace) -> int:
     for name in variants:
         print(f"{name:<22}{ms[name]:>12.1f}{ms['fp32'] / ms[name]:>9.2f}x{losses[name]:>16.4f}")
     print(f"lowbit-integer vs torch-dynamic-int8: {result['integer_vs_dynamic']:.2f}x")
+    print(f"load average (1 min) before / after timing: {load_before:.2f} / {load_after:.2f}")
     if args.profile:
-        import cProfile
-        import pstats
-
-        prof = cProfile.Profile()
-        prof.enable()
-        im(x)
-        prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(10)
+        with torch.no_grad():
+            result["profile_ms"] = {"lowbit-integer": profile_integer(im, x), "fp32": profile_fp32(model, x)}
+        for name, table in result["profile_ms"].items():
+            print(f"per-op ms, {name}:")
+            for op, v in table.items():
+                print(f"  {op:<58}{v:>9.1f}")
     text = json.dumps(result, indent=2) + "\n"
     for path in filter(None, (args.json, args.results)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

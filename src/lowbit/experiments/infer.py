@@ -50,7 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batches", type=int, default=8, help="held-out batches of batch x seq tokens")
     parser.add_argument("--calib-batches", type=int, default=4)
     parser.add_argument("--act-qmax", type=int, default=127, help="activation code range (63: 7-bit, faster)")
-    parser.add_argument("--weight-qmax", type=int, default=127, help="weight code range (64: 7-bit, faster)")
+    parser.add_argument(
+        "--weight-qmax",
+        type=int,
+        default=64,
+        help="GPT weight code range: 64 (default; 7-bit codes, the fused u8 x s8 GEMM path) or up to 127 "
+        "(8-bit, the exact int16 path); MiniLM always uses 127",
+    )
     parser.add_argument("--sample-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--max-texts", type=int, default=1000, help="minilm-rt: texts per split")
