@@ -1,7 +1,21 @@
-"""Fused requantization of int32 accumulators: native C (``ops/csrc/int_requant.c``) + PyTorch reference.
+"""Native integer kernels of the run-time graph (``ops/csrc/int_*.c``) + their PyTorch references.
 
-Both backends return identical integers (tested bit-exactly). ``backend="auto"`` uses native when
-``lowbit.ops.backend()`` reports native kernels, else the reference (``lowbit.ops.why_not_native`` says why).
+Every native path returns the same integers as its reference (tested bit-exactly); ``backend="auto"`` uses
+native when ``lowbit.ops.backend()`` reports native kernels, else the reference (``lowbit.ops.why_not_native``
+says why). The kernels are independent of the ``gemm_*`` engine:
+
+* :class:`PackedLinear` (``int_gemm.c``): a weight packed once; GEMM + bias + dyadic requantization (+ ReLU)
+  fused in the 6x16 tile epilogue, writing int8 codes or adding into the int32 residual in place
+  (accumulators never leave the kernel). 7-bit weights (``[-64, 64]``) take u8 x s8 ``vpmaddubsw`` with
+  activations stored as uint8 ``code + 128`` (``128 · colsum`` folded into the bias; ReLU outputs need no
+  offset); wider weights take an exact int16 ``vpmaddwd`` path on int8 codes.
+* :func:`attention_fused` (``int_attn.c`` for head dims that are multiples of 16, else ``int_rows.c``):
+  int16 score tiles, vectorised poly / i-exp row weights, u8 x s8 P·V tiles, per-row rescale; q, k, v may be
+  slices of one (B, T, 3C) QKV output.
+* :func:`norm_rows`, :func:`gelu_requant` (``int_rows.c``, ``int_gelu.c``): integer LayerNorms and i-GELU +
+  requantization. Divisions by per-row constants are restoring divisions over the clamped quotient range in
+  int64 lanes, or reciprocal multiplications — no divide instruction per element.
+* :func:`requant_channels`, :func:`requant_rows` (``int_requant.c``): stand-alone requantization.
 """
 
 from __future__ import annotations
