@@ -109,7 +109,7 @@ def hq_grad_x_(grad: torch.Tensor, x: torch.Tensor, step: float, block: int) -> 
     if grad.shape != x.shape:
         raise ValueError(f"grad {tuple(grad.shape)} and x {tuple(x.shape)} differ in shape")
     total = ctypes.c_double()
-    if lib.lowbit_train_hq_grad_x(
+    rc = lib.lowbit_train_hq_grad_x(
         grad.data_ptr(),
         x.data_ptr(),
         step,
@@ -118,7 +118,10 @@ def hq_grad_x_(grad: torch.Tensor, x: torch.Tensor, step: float, block: int) -> 
         block,
         ctypes.addressof(total),
         _threads(),
-    ):
+    )
+    if rc == -2:
+        raise MemoryError("lowbit_train_hq_grad_x could not allocate its per-chunk sums")
+    if rc:
         raise ValueError(f"block {block} must be a power of two <= 4096 dividing {x.shape[1]}")
     return total.value
 

@@ -8,7 +8,10 @@
 // round half-to-even (vroundps / rintf in the default rounding mode); no multiply-add appears, so nothing is
 // contracted. Blocks of 8 or more run in AVX2 (stages h >= 8 between registers, h = 4, 2, 1 inside one
 // register with the same a + b / a - b per pair); blocks 1, 2, 4 and ragged tails run the scalar twin.
-// The step-gradient sum is accumulated in double (not bit-exact with torch's float32 sum; tested to 1e-6).
+// The step-gradient sum is accumulated in double (not bit-exact with torch's float32 sum; tested to 1e-6), per
+// chunk of ROW_CHUNK rows, and the chunk sums are added in order: the same result for any thread count.
+// Rows are handed out in chunks (schedule dynamic): on a shared machine a thread that is not scheduled holds up
+// only its current chunk, not a static half of the rows.
 #pragma GCC target("avx2")  // no "fma": nothing may be contracted
 #include <immintrin.h>
 #include <math.h>
@@ -17,6 +20,7 @@
 #include <string.h>
 
 #define LB_TRAIN_MAX_BLOCK 4096
+#define ROW_CHUNK 16
 
 static int valid_block(long d, int block) {
     return block >= 1 && block <= LB_TRAIN_MAX_BLOCK && !(block & (block - 1)) && d % block == 0;
@@ -106,7 +110,7 @@ int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float st
     {
         float buf[LB_TRAIN_MAX_BLOCK], dqb[8];
         const __m256 vstep = _mm256_set1_ps(step);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, ROW_CHUNK)
         for (long r = 0; r < rows; r++) {
             for (long k0 = 0; k0 < d; k0 += block) {
                 const long off = r * d + k0;
@@ -138,46 +142,56 @@ int lowbit_train_hq_grad_x(float *g, const float *x, float step, long rows, long
                            double *step_grad_sum, int nthreads) {
     if (!valid_block(d, block)) return -1;
     const float sc = (float)(1.0 / sqrt((double)block));
-    double total = 0.0;
-#pragma omp parallel reduction(+ : total) num_threads(nthreads) if (rows * d > 65536)
+    const long nchunks = (rows + ROW_CHUNK - 1) / ROW_CHUNK;
+    double *partial = (double *)malloc((size_t)(nchunks > 0 ? nchunks : 1) * sizeof(double));
+    if (!partial) return -2;
+#pragma omp parallel num_threads(nthreads) if (rows * d > 65536)
     {
         float xb[LB_TRAIN_MAX_BLOCK];
         const __m256 vsc = _mm256_set1_ps(sc), vstep = _mm256_set1_ps(step);
         const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
         const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-        __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
-#pragma omp for schedule(static)
-        for (long r = 0; r < rows; r++) {
-            for (long k0 = 0; k0 < d; k0 += block) {
-                float *buf = g + r * d + k0;
-                transform_block(x + r * d + k0, xb, block, sc);
-                if (block >= 8) {
-                    for (int j = 0; j < block; j += 8) {
-                        __m256 dv;
-                        quant_x8(_mm256_loadu_ps(xb + j), vstep, &dv);
-                        __m256 gv = _mm256_loadu_ps(buf + j);
-                        __m256 p = _mm256_mul_ps(gv, dv);  // float product, then widened (as the scalar)
-                        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
-                        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
-                        __m256 keep = _mm256_cmp_ps(_mm256_and_ps(dv, abs_mask), half, _CMP_LE_OQ);
-                        _mm256_storeu_ps(buf + j, _mm256_mul_ps(_mm256_mul_ps(gv, _mm256_and_ps(keep, one)), vsc));
+#pragma omp for schedule(dynamic, 1)
+        for (long c = 0; c < nchunks; c++) {
+            const long r1 = (c + 1) * ROW_CHUNK < rows ? (c + 1) * ROW_CHUNK : rows;
+            __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+            double part = 0.0;
+            for (long r = c * ROW_CHUNK; r < r1; r++) {
+                for (long k0 = 0; k0 < d; k0 += block) {
+                    float *buf = g + r * d + k0;
+                    transform_block(x + r * d + k0, xb, block, sc);
+                    if (block >= 8) {
+                        for (int j = 0; j < block; j += 8) {
+                            __m256 dv;
+                            quant_x8(_mm256_loadu_ps(xb + j), vstep, &dv);
+                            __m256 gv = _mm256_loadu_ps(buf + j);
+                            __m256 p = _mm256_mul_ps(gv, dv);  // float product, then widened (as the scalar)
+                            acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+                            acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+                            __m256 keep = _mm256_cmp_ps(_mm256_and_ps(dv, abs_mask), half, _CMP_LE_OQ);
+                            _mm256_storeu_ps(buf + j,
+                                             _mm256_mul_ps(_mm256_mul_ps(gv, _mm256_and_ps(keep, one)), vsc));
+                        }
+                        fwht_avx2(buf, block);
+                    } else {
+                        for (int j = 0; j < block; j++) {
+                            float dq;
+                            quant_one(xb[j], step, &dq);
+                            part += (double)(buf[j] * dq);
+                            buf[j] = buf[j] * (fabsf(dq) <= 0.5f ? 1.0f : 0.0f);
+                        }
+                        if (block > 1) fwht_scalar(buf, block, sc);
                     }
-                    fwht_avx2(buf, block);
-                } else {
-                    for (int j = 0; j < block; j++) {
-                        float dq;
-                        quant_one(xb[j], step, &dq);
-                        total += (double)(buf[j] * dq);
-                        buf[j] = buf[j] * (fabsf(dq) <= 0.5f ? 1.0f : 0.0f);
-                    }
-                    if (block > 1) fwht_scalar(buf, block, sc);
                 }
             }
+            double lanes[4];
+            _mm256_storeu_pd(lanes, _mm256_add_pd(acc0, acc1));
+            partial[c] = part + ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]));
         }
-        double lanes[4];
-        _mm256_storeu_pd(lanes, _mm256_add_pd(acc0, acc1));
-        total += lanes[0] + lanes[1] + lanes[2] + lanes[3];
     }
+    double total = 0.0;
+    for (long c = 0; c < nchunks; c++) total += partial[c];  // chunk order: the same for any thread count
+    free(partial);
     *step_grad_sum = total;
     return 0;
 }

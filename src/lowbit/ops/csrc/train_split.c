@@ -32,7 +32,8 @@ static inline __m256i lb_hash32_x8(__m256i x) {
     return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
 }
 
-// Chunks of this many elements per OpenMP work item (a multiple of 32; the lanes never straddle a chunk).
+// Chunks of this many elements per OpenMP work item (a multiple of 32; the lanes never straddle a chunk),
+// handed out dynamically: on a shared machine a thread that is not scheduled holds up only its current chunk.
 #define SPLIT_CHUNK 16384L
 
 // max |g| over n floats; returns the number of non-finite entries (the caller raises when not zero).
@@ -40,7 +41,7 @@ long lowbit_train_absmax(const float *g, long n, float *amax, int nthreads) {
     float m = 0.0f;
     long bad = 0;
     const long nchunks = (n + SPLIT_CHUNK - 1) / SPLIT_CHUNK;
-#pragma omp parallel for reduction(max : m) reduction(+ : bad) schedule(static) num_threads(nthreads) \
+#pragma omp parallel for reduction(max : m) reduction(+ : bad) schedule(dynamic, 1) num_threads(nthreads) \
     if (n > SPLIT_CHUNK)
     for (long c = 0; c < nchunks; c++) {
         const long i0 = c * SPLIT_CHUNK, i1 = i0 + SPLIT_CHUNK < n ? i0 + SPLIT_CHUNK : n;
@@ -118,7 +119,7 @@ static inline __m256i split_x8(const float *g, long i, __m256 vscale, __m256i vs
 void lowbit_train_split_merged(const float *g, long n, float scale, uint32_t seed, int stochastic,
                                int8_t *out, int nthreads) {
     const long nchunks = (n + SPLIT_CHUNK - 1) / SPLIT_CHUNK;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (n > SPLIT_CHUNK)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (n > SPLIT_CHUNK)
     for (long c = 0; c < nchunks; c++) {
         const long i0 = c * SPLIT_CHUNK, i1 = i0 + SPLIT_CHUNK < n ? i0 + SPLIT_CHUNK : n;
         const __m256 vscale = _mm256_set1_ps(scale);

@@ -51,7 +51,7 @@ static void transpose_region(const int8_t *src, long rows, long cols, long r0, l
 void lowbit_train_transpose_i8(const int8_t *src, long rows, long cols, int8_t *dst, int nthreads) {
     const long rfull = rows / BLOCK * BLOCK, cfull = cols / BLOCK * BLOCK;
     const long nblocks = rows / BLOCK + (rows % BLOCK != 0);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (rows * cols > (1L << 18))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (rows * cols > (1L << 18))
     for (long blk = 0; blk < nblocks; blk++) {
         const long r0 = blk * BLOCK;
         if (r0 >= rfull) {  // the ragged last rows
