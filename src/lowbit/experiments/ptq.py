@@ -218,8 +218,9 @@ def _load_model(name: str) -> tuple[torch.nn.Module, object]:
 
 
 def _table(records: list[dict]) -> str:
+    w = max(24, *(len(r["format"]) for r in records))
     head = (
-        f"{'format':<24} {'emb cosine':>10} {'min cos':>8} {'accuracy':>8} {'Δacc':>6} "
+        f"{'format':<{w}} {'emb cosine':>10} {'min cos':>8} {'accuracy':>8} {'Δacc':>6} "
         f"{'weight bytes':>12} {'ratio':>6} {'SQNR dB':>8} {'seconds':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -230,7 +231,7 @@ def _table(records: list[dict]) -> str:
         sq = r.get("mean_layer_sqnr_db")
         sq_txt = "inf" if sq is None or math.isinf(sq) else f"{sq:.1f}"
         lines.append(
-            f"{r['format']:<24} {r['embedding_cosine']:>10.6f} {r['min_cosine']:>8.5f} {acc:>8} {delta:>6} "
+            f"{r['format']:<{w}} {r['embedding_cosine']:>10.6f} {r['min_cosine']:>8.5f} {acc:>8} {delta:>6} "
             f"{r['weight_bytes']:>12,} {r['weight_ratio']:>6.3f} {sq_txt:>8} {r['seconds']:>7.1f}"
         )
     return "\n".join(lines)
