@@ -123,6 +123,7 @@ def test_requant_channels_native_bit_exact(relu: bool, residual: bool, gen: torc
         outs.append(requant_channels(acc, bias, mult, shift, relu=relu, residual=res, backend=be))
     for o in outs[1:]:
         assert torch.equal(o, outs[0])
+
     # the reference itself against exact integers
     def sat32(v: int) -> int:
         return max(-(2**31), min(2**31 - 1, v))
