@@ -50,17 +50,18 @@ def _rec(trace: DtypeTrace | None, name: str, t: torch.Tensor) -> torch.Tensor:
     return trace.record(name, t) if trace is not None else t
 
 
-_PACKED: dict[tuple[int, int], tuple[object, PackedLinear | None]] = {}
-
-
 def _packed(owner: object, off: int, parts) -> PackedLinear | None:
-    """PackedLinear of ``parts()`` = (weight, bias, mult, shift, relu), built once per (owner, off).
+    """PackedLinear of ``parts()`` = (weight, bias, mult, shift, relu), built once per (owner, off), kept on
+    the owner (it lives and dies with the converted model).
 
     ``off`` 0 or 128: the 7-bit-weight path (uint8 inputs), None when the weights are wider; ``off`` -1: any
     int8 weights, int8 inputs (the 7-bit path's uint8 ``code + 128`` is not used then: the int16 path)."""
-    hit = _PACKED.get((id(owner), off))
-    if hit is not None and hit[0] is owner:
-        return hit[1]
+    cache = owner.__dict__.get("_fused_cache")
+    if cache is None:
+        cache = {}
+        object.__setattr__(owner, "_fused_cache", cache)  # the dataclasses are frozen; this is a cache
+    if off in cache:
+        return cache[off]
     w, bias, mult, shift, relu = parts()
     seven = int(w.to(torch.int16).abs().max()) <= W7_RANGE
     pl = None
@@ -68,7 +69,7 @@ def _packed(owner: object, off: int, parts) -> PackedLinear | None:
         pl = PackedLinear(w, bias, mult, shift, relu, off)
     elif native.available() and off < 0 and w.shape[1] % 2 == 0 and not seven:
         pl = PackedLinear(w, bias, mult, shift, relu, 0)  # wide: int16 path on int8 codes
-    _PACKED[(id(owner), off)] = (owner, pl)
+    cache[off] = pl
     return pl
 
 
