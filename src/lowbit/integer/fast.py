@@ -483,7 +483,7 @@ class PackedLinear:
         amax = 255 if (off == 0 and not self.wide) else 128
         x_bound = amax * int(weight.to(torch.int64).abs().sum(1).max()) + int(b.abs().max())
         y_bound = (x_bound * self.mult + self.add - (1 << 62)) >> self.shift
-        self.fast = x_bound < 2**31 - 1 and int(y_bound.max()) < 2**31 - 1
+        self.fast = x_bound < 2**31 - 1 and int(y_bound.max()) < 2**30  # (|y| <= y_bound + 2: margin)
         self.b32 = self.bias.clamp(-(2**31), 2**31 - 1).to(torch.int32).contiguous()  # used only when fast
         self.m32 = self.mult.to(torch.int32).contiguous()
 
