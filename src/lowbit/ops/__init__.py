@@ -16,7 +16,7 @@ traces under ``torch.compile`` (``linear`` is plain Python around them). Every f
 
 Native paths (AVX2, both cores; ``csrc/gemm.h``; the rule is in docs/DESIGN.md "INT8 fast-path rule"): 4-bit
 codes use u4 x s4 ``vpmaddubsw`` with int16 accumulation widened to int32 every 512 k; 8-bit codes use u8 x s8
-``vpmaddubsw`` when one operand is 7-bit (b in [-64, 64], e.g. ``lowbit.ptq``'s default INT8 weights in
+``vpmaddubsw`` when one operand is 7-bit (b in [-64, 64], e.g. ``lowbit.ptq``'s per-channel INT8 weights in
 [-63, 63], or a in [-64, 63], e.g. ``quantize_rows(x, 7)``) and an exact int16 ``vpmaddwd`` kernel otherwise
 (~0.8x the speed). The engine checks the code ranges itself on every call, so every int8 code is exact; every
 path is exact for K <= ``MAX_K[bits]`` and larger K raises ``ValueError``. Reuse ``out=`` buffers and
