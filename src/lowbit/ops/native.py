@@ -24,6 +24,8 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "lowbit_minmax_i8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_int], None),
     "lowbit_pack_u8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_int], None),
     "lowbit_pack_s8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),
+    "lowbit_pack_s8_rows": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),
+    "lowbit_pack_u8_cols": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_int], None),
     "lowbit_pack_s16": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),
     "lowbit_quant_pack_u8": (
         [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int],
@@ -65,7 +67,7 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
             _c_int,  # N
             _c_int,  # K
             _c_int,  # A offset
-            _c_i8p,  # B column sums (int32, N) or NULL
+            _c_i8p,  # B column sums (int32, N) or NULL; kind 3: A row sums (int32, M)
             _c_i8p,  # int32 out or NULL
             _c_i8p,  # float32 out or NULL
             _c_long,  # ldc

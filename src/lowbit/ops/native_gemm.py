@@ -5,7 +5,10 @@ code matrices on the CPU and only check what the kernels need (code ranges, whic
 
 Path planning for ``bits=8`` (see ``csrc/gemm.h``): ``b`` in [-64, 64] -> kind 0 with ``a`` shifted by 128;
 else ``a`` in [-64, 63] -> kind 0 with ``a`` shifted by 64; else kind 2 (int16 operands, exact for every int8
-code, slower). ``bits=4`` -> kind 1 (``a`` shifted by 8, int16 accumulation widened every 512 k).
+code, slower) — except that ``b`` in [-8, 7] (an 8-bit x 4-bit product, e.g. the INT4 training backward's
+merged bit-split gradient codes x INT4 codes) takes kind 3 (any int8 ``a`` x ``b`` shifted by 8, int16
+accumulation widened every 32 k, the shift undone with ``a``'s row sums), and both in [-8, 7] take kind 1.
+``bits=4`` -> kind 1 (``a`` shifted by 8, int16 accumulation widened every 512 k).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import torch
 from lowbit.ops import native
 
 MR, NR = 6, 16  # micro-tile rows (A panel) and columns (B panel); must match csrc/gemm.h
-KIND_U8S8, KIND_INT4, KIND_S16 = 0, 1, 2
+KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4 = 0, 1, 2, 3
+FOUR_BIT = (-8, 7)
 SEVEN_BIT = (-64, 64)  # |pair sum| of u8 (<= 255) x these stays below 2**15
 SEVEN_BIT_A = (-64, 63)  # a + 64 in [0, 127]
 
@@ -53,6 +57,8 @@ def plan(bits: int, a_range: tuple[int, int], b_range: tuple[int, int]) -> tuple
             if not _within(r, (-8, 7)):
                 raise ValueError(f"{name} holds codes in [{r[0]}, {r[1]}], outside [-8, 7] for bits=4")
         return KIND_INT4, 8
+    if _within(b_range, FOUR_BIT):
+        return (KIND_INT4, 8) if _within(a_range, FOUR_BIT) else (KIND_S8U4, 8)
     if _within(b_range, SEVEN_BIT):
         return KIND_U8S8, 128
     if _within(a_range, SEVEN_BIT_A):
@@ -85,6 +91,24 @@ def pack_b(kind: int, t: torch.Tensor, transposed: bool = False) -> tuple[torch.
     colsum = torch.empty(rows, dtype=torch.int32)
     lib.lowbit_pack_s8(t.data_ptr(), s_r, s_k, rows, k, dst.data_ptr(), colsum.data_ptr(), threads())
     return dst, colsum
+
+
+def pack_a_s8(t: torch.Tensor, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kind 3's A operand: unshifted s8 panels (the u8 layout) and the row sums (M,) that undo B's shift."""
+    rows, k, s_r, s_k = _view_rk(t, transposed)
+    dst = torch.empty(-(-rows // MR) * MR * (-(-k // 4) * 4), dtype=torch.int8)
+    rowsum = torch.empty(rows, dtype=torch.int32)
+    lib = native.lib()
+    lib.lowbit_pack_s8_rows(t.data_ptr(), s_r, s_k, rows, k, dst.data_ptr(), rowsum.data_ptr(), threads())
+    return dst, rowsum
+
+
+def pack_b_u8(off: int, t: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """Kind 3's B operand: 4-bit codes shifted by ``off`` (8) into u8 panels (the s8 layout)."""
+    rows, k, s_r, s_k = _view_rk(t, transposed)
+    dst = torch.empty(-(-rows // NR) * NR * (-(-k // 4) * 4), dtype=torch.uint8)
+    native.lib().lowbit_pack_u8_cols(t.data_ptr(), s_r, s_k, rows, k, off, dst.data_ptr(), threads())
+    return dst
 
 
 @dataclass(frozen=True)
@@ -164,7 +188,7 @@ def packed_nbytes(kind: int, rows: int, k: int, panel: int) -> int:
 
 def _check_packed(kind, a_packed, b_packed, colsum, m, n, k, off, out) -> None:
     """Guard the native call against mismatched buffers (a wrong size would read out of bounds)."""
-    if kind not in (KIND_U8S8, KIND_INT4, KIND_S16):
+    if kind not in (KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4):
         raise ValueError(f"unknown kernel kind {kind}")
     for name, t, rows, panel in (("A", a_packed, m, MR), ("B", b_packed, n, NR)):
         want = packed_nbytes(kind, rows, k, panel)
@@ -172,8 +196,9 @@ def _check_packed(kind, a_packed, b_packed, colsum, m, n, k, off, out) -> None:
             raise ValueError(
                 f"packed {name} has {t.numel() * t.element_size()} bytes, kind {kind} needs {want}"
             )
-    if off and (colsum is None or colsum.numel() != n or colsum.dtype != torch.int32):
-        raise ValueError(f"offset {off} needs int32 column sums of B with {n} entries")
+    sums = m if kind == KIND_S8U4 else n  # kind 3 undoes B's shift with A's row sums
+    if off and (colsum is None or colsum.numel() != sums or colsum.dtype != torch.int32):
+        raise ValueError(f"offset {off} needs int32 sums of the unshifted operand with {sums} entries")
     if out.shape != (m, n) or not out.is_contiguous():
         raise ValueError(f"output must be contiguous ({m}, {n}), got {tuple(out.shape)}")
 
@@ -189,6 +214,9 @@ def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str):
             plan(bits, minmax(a8, a_t), minmax(b8, b_t))
         return None, 0, None, None, None, m, n, k
     kind, off = plan(bits, minmax(a8, a_t), minmax(b8, b_t))
+    if kind == KIND_S8U4:
+        a_packed, rowsum = pack_a_s8(a8, a_t)
+        return kind, off, a_packed, pack_b_u8(off, b8, b_t), rowsum, m, n, k
     a_packed = pack_a(kind, off, a8, a_t)
     b_packed, colsum = pack_b(kind, b8, b_t)
     return kind, off, a_packed, b_packed, colsum, m, n, k
@@ -285,6 +313,8 @@ def gemm_quant(
     m, k = x.shape
     n = epi.out_f32.shape[1]
     scale = torch.empty(m, dtype=torch.float32)
+    if kind == KIND_S8U4:
+        raise ValueError("gemm_quant does not take kind 3 (its A row sums come from packing); use gemm")
     if not (x.dtype == torch.float32 and x.is_contiguous()) or m == 0 or n == 0 or k == 0:
         raise ValueError("gemm_quant needs a non-empty contiguous float32 x; use quant_pack_a + gemm")
     want = packed_nbytes(kind, n, k, NR)

@@ -13,7 +13,14 @@
 //   1: u4 x s4 (A + 8 in [0, 15], B in [-8, 7]) -> vpmaddubsw -> int16 accumulate for at most
 //      LOWBIT_I4_KC k (pair sums |.| <= 240, 128 steps * 240 = 30720 < 32767) -> vpmaddwd(1) -> int32.
 //   2: s16 x s16 -> vpmaddwd -> int32: exact for every int8 code (the full-range 8-bit path).
+//   3: s8 x u4 (any int8 A, B + 8 in [0, 15]; the unsigned operand of vpmaddubsw is B) -> int16 accumulate for
+//      at most LOWBIT_S8U4_KC k (pair sums |.| <= 2 * 128 * 15 = 3840, 8 steps * 3840 = 30720 < 32767) ->
+//      vpmaddwd(1) -> int32. The shift is undone per row: C[i, j] = acc - 8 * rowsum_A[i] (wrapping int32,
+//      exact whenever the true result fits int32: K * 128 * 8 <= 2**31 - 1, i.e. K <= 2097151, above the
+//      public MAX_K[8] = 131071). Made for 8-bit x 4-bit products (the INT4 training backward's merged
+//      bit-split gradient codes x INT4 codes).
 #define LOWBIT_I4_KC 512
+#define LOWBIT_S8U4_KC 32
 
 // Fork threads only when there is enough work: waking a second thread costs microseconds when idle and
 // up to a scheduler time slice when the other core is busy, which dwarfs small products.

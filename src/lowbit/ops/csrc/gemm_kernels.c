@@ -30,6 +30,10 @@
 #define LB_KC_MAX 1024  // k per slice (kind 1 widens its int16 sums every LOWBIT_I4_KC k inside a slice)
 #endif
 #define LB_TILE (LOWBIT_MR * LOWBIT_NR)
+#define LB_S8U4_STEPS 8  // LOWBIT_S8U4_KC / 4 (a literal: it is pasted into the asm text)
+#define LB_XSTR(x) #x
+#define LB_STR(x) LB_XSTR(x)
+_Static_assert(LB_S8U4_STEPS * 4 == LOWBIT_S8U4_KC, "kind 3 chunk");
 
 static const int16_t LB_ONES16[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
                                                                    1, 1, 1, 1, 1, 1, 1, 1};
@@ -65,6 +69,10 @@ static const int16_t LB_ONES16[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1
 #define LB_ROW_S16(r, c0, c1)                                                                                \
     LB_BCAST(r) "vpmaddwd %%ymm12,%%ymm14,%%ymm15\n\t vpaddd %%ymm15,%%ymm" #c0 ",%%ymm" #c0 "\n\t"           \
                 "vpmaddwd %%ymm13,%%ymm14,%%ymm15\n\t vpaddd %%ymm15,%%ymm" #c1 ",%%ymm" #c1 "\n\t"
+// kind 3: s8 (A, broadcast) x u8 (B + 8) pair sums accumulated in int16 (B is vpmaddubsw's unsigned operand)
+#define LB_ROW_S8U4(r, c0, c1)                                                                               \
+    LB_BCAST(r) "vpmaddubsw %%ymm14,%%ymm12,%%ymm15\n\t vpaddw %%ymm15,%%ymm" #c0 ",%%ymm" #c0 "\n\t"         \
+                "vpmaddubsw %%ymm14,%%ymm13,%%ymm15\n\t vpaddw %%ymm15,%%ymm" #c1 ",%%ymm" #c1 "\n\t"
 #define LB_SIX_ROWS(ROW) ROW(0, 0, 1) ROW(1, 2, 3) ROW(2, 4, 5) ROW(3, 6, 7) ROW(4, 8, 9) ROW(5, 10, 11)
 // kind 1 only: widen the int16 pair sums to int32 (vpmaddwd with ones; the B registers are free by now)
 #define LB_WIDEN                                                                                             \
@@ -100,6 +108,25 @@ LB_UKR(ukr_k8, LB_ROW_K8, "")
 LB_UKR(ukr_i4, LB_ROW_I4, LB_WIDEN)
 LB_UKR(ukr_s16, LB_ROW_S16, "")
 
+// Kind 3: n >= 1 k-group steps in chunks of LOWBIT_S8U4_KC / 4; after each chunk the int16 pair sums are widened
+// and added into the int32 tile in memory (which the caller has zeroed or holds earlier slices' sums).
+static void ukr_s8u4(const void *a, const void *b, long n, int32_t *tile) {
+    long c;
+    __asm__ volatile(
+        "1:\n\t" LB_ZERO "mov $" LB_STR(LB_S8U4_STEPS) ",%[c]\n\t cmp %[n],%[c]\n\t cmova %[n],%[c]\n\t"
+        "sub %[c],%[n]\n\t"
+        "2:\n\t" LB_LOADB LB_SIX_ROWS(LB_ROW_S8U4) "add $64,%[b]\n\t add $24,%[a]\n\t dec %[c]\n\t jnz 2b\n\t"
+        LB_WIDEN
+        "vpaddd 0(%[o]),%%ymm0,%%ymm0\n\t vpaddd 32(%[o]),%%ymm1,%%ymm1\n\t vpaddd 64(%[o]),%%ymm2,%%ymm2\n\t"
+        "vpaddd 96(%[o]),%%ymm3,%%ymm3\n\t vpaddd 128(%[o]),%%ymm4,%%ymm4\n\t vpaddd 160(%[o]),%%ymm5,%%ymm5\n\t"
+        "vpaddd 192(%[o]),%%ymm6,%%ymm6\n\t vpaddd 224(%[o]),%%ymm7,%%ymm7\n\t vpaddd 256(%[o]),%%ymm8,%%ymm8\n\t"
+        "vpaddd 288(%[o]),%%ymm9,%%ymm9\n\t vpaddd 320(%[o]),%%ymm10,%%ymm10\n\t vpaddd 352(%[o]),%%ymm11,%%ymm11\n\t"
+        LB_STORE "test %[n],%[n]\n\t jnz 1b\n\t"
+        : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n), [c] "=&r"(c)
+        : [o] "r"(tile), [ones] "r"(LB_ONES16)
+        : LB_CLOBBER);
+}
+
 // Run `steps` k-groups of one tile and add (or, when first, store) the result into the int32 tile. Kind 1 runs
 // in chunks of LOWBIT_I4_KC k, widening its int16 accumulators to int32 before they can overflow.
 static inline void tile_step(int kind, const char *a, const char *b, long steps, int32_t *tile, int first) {
@@ -107,6 +134,9 @@ static inline void tile_step(int kind, const char *a, const char *b, long steps,
         ukr_k8(a, b, steps, tile, first);
     } else if (kind == 2) {
         ukr_s16(a, b, steps, tile, first);
+    } else if (kind == 3) {
+        if (first) memset(tile, 0, sizeof(int32_t) * LB_TILE);
+        if (steps > 0) ukr_s8u4(a, b, steps, tile);
     } else {
         const long chunk = LOWBIT_I4_KC / 4;
         for (long s = 0; s < steps || s == 0; s += chunk) {
@@ -118,7 +148,8 @@ static inline void tile_step(int kind, const char *a, const char *b, long steps,
 
 typedef struct {
     int M, N, off;
-    const int32_t *colsum;  // (N,) or NULL when off == 0
+    const int32_t *colsum;  // (N,) or NULL when off == 0; kind 3: A's row sums (M,), off = B's shift
+    int rowcorr;            // kind 3: subtract off * colsum[i] per row instead of per column
     int32_t *out_i32;       // one of out_i32 / out_f32
     float *out_f32;
     long ldc;
@@ -131,9 +162,14 @@ static void store_tile(const lb_epilogue *e, const int32_t *tile, int i0, int j0
     int cols = e->N - j0 < LOWBIT_NR ? e->N - j0 : LOWBIT_NR;
     int32_t corr[LOWBIT_NR] __attribute__((aligned(32)));
     for (int c = 0; c < LOWBIT_NR; c++)  // wrapping uint32 math: exact modulo 2**32
-        corr[c] = (c < cols && e->off) ? (int32_t)((uint32_t)e->off * (uint32_t)e->colsum[j0 + c]) : 0;
+        corr[c] = (c < cols && e->off && !e->rowcorr) ? (int32_t)((uint32_t)e->off * (uint32_t)e->colsum[j0 + c])
+                                                      : 0;
     for (int r = 0; r < rows; r++) {
         const int32_t *t = tile + r * LOWBIT_NR;
+        if (e->rowcorr && e->off) {
+            int32_t rc = (int32_t)((uint32_t)e->off * (uint32_t)e->colsum[i0 + r]);
+            for (int c = 0; c < LOWBIT_NR; c++) corr[c] = rc;
+        }
         long base = (long)(i0 + r) * e->ldc + j0;
         if (cols == LOWBIT_NR) {
             for (int h = 0; h < LOWBIT_NR; h += 8) {
@@ -246,7 +282,7 @@ static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, int q
 int lowbit_gemm(int kind, const void *Ap, const void *Bp, int M, int N, int K, int off, const int32_t *colsum,
                 int32_t *out_i32, float *out_f32, long ldc, const float *sa, const float *sb, const float *bias,
                 int nthreads) {
-    const lb_epilogue e = {M, N, off, colsum, out_i32, out_f32, ldc, sa, sb, bias};
+    const lb_epilogue e = {M, N, off, colsum, kind == 3, out_i32, out_f32, ldc, sa, sb, bias};
     return gemm_driver(kind, Ap, NULL, 0, 0, NULL, NULL, Bp, M, N, K, &e, nthreads);
 }
 
@@ -257,7 +293,7 @@ int lowbit_gemm(int kind, const void *Ap, const void *Bp, int M, int N, int K, i
 long lowbit_gemm_quant(int kind, const float *x, long ldx, int qmax, const void *Bp, int M, int N, int K, int off,
                        const int32_t *colsum, float *out_f32, long ldc, float *sa_out, const float *sb,
                        const float *bias, int nthreads) {
-    const lb_epilogue e = {M, N, off, colsum, NULL, out_f32, ldc, sa_out, sb, bias};
+    const lb_epilogue e = {M, N, off, colsum, 0, NULL, out_f32, ldc, sa_out, sb, bias};
     long bad = 0;
     if (gemm_driver(kind, NULL, x, ldx, qmax, sa_out, &bad, Bp, M, N, K, &e, nthreads)) return -1;
     return bad;

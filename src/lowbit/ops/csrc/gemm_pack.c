@@ -170,6 +170,37 @@ void lowbit_pack_s8(const int8_t *src, long s_row, long s_k, int R, int K, int8_
     }
 }
 
+// Kind 3, A side: R rows -> s8 panels of MR rows (the u8 layout with no shift; padding 0), plus the row sums
+// rowsum (R,) that undo B's shift in the epilogue.
+void lowbit_pack_s8_rows(const int8_t *src, long s_row, long s_k, int R, int K, int8_t *dst, int32_t *rowsum,
+                         int nthreads) {
+    int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(R, LOWBIT_MR);
+#pragma omp parallel for num_threads(nthreads) schedule(static) if ((long)R * K > LOWBIT_PAR_BYTES)
+    for (int p = 0; p < npan; p++) {
+        int rows = R - p * LOWBIT_MR < LOWBIT_MR ? R - p * LOWBIT_MR : LOWBIT_MR;
+        pack_panel(src, s_row, s_k, p * LOWBIT_MR, rows, LOWBIT_MR, K, Kp, 4, 1, 0, 0,
+                   dst + (long)p * LOWBIT_MR * Kp);
+        for (int r = 0; r < rows; r++) {
+            const int8_t *s = src + (long)(p * LOWBIT_MR + r) * s_row;
+            int32_t sum = 0;
+            for (int k = 0; k < K; k++) sum += s[(long)k * s_k];
+            rowsum[p * LOWBIT_MR + r] = sum;
+        }
+    }
+}
+
+// Kind 3, B side: R columns -> u8 panels of NR columns, values src + off (off = 8 for codes in [-8, 7]).
+void lowbit_pack_u8_cols(const int8_t *src, long s_row, long s_k, int R, int K, int off, uint8_t *dst,
+                         int nthreads) {
+    int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(R, LOWBIT_NR);
+#pragma omp parallel for num_threads(nthreads) schedule(static) if ((long)R * K > LOWBIT_PAR_BYTES)
+    for (int q = 0; q < npan; q++) {
+        int cols = R - q * LOWBIT_NR < LOWBIT_NR ? R - q * LOWBIT_NR : LOWBIT_NR;
+        pack_panel(src, s_row, s_k, q * LOWBIT_NR, cols, LOWBIT_NR, K, Kp, 4, 1, off, off,
+                   dst + (long)q * LOWBIT_NR * Kp);
+    }
+}
+
 // Either side of kind 2: R rows -> int16 panels of P rows (P = MR for A, NR for B).
 void lowbit_pack_s16(const int8_t *src, long s_row, long s_k, int R, int K, int P, int16_t *dst, int32_t *unused,
                      int nthreads) {
