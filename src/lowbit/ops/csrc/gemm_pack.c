@@ -152,41 +152,34 @@ void lowbit_pack_u8(const int8_t *src, long s_row, long s_k, int R, int K, int o
     }
 }
 
+// R vectors (rows of src) -> s8 panels of `width` (no shift; padding 0), plus each vector's sum over K.
+static void pack_s8_with_sums(const int8_t *src, long s_row, long s_k, int R, int K, int width, int8_t *dst,
+                              int32_t *sums, int nthreads) {
+    int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(R, width);
+#pragma omp parallel for num_threads(nthreads) schedule(static) if ((long)R * K > LOWBIT_PAR_BYTES)
+    for (int q = 0; q < npan; q++) {
+        int n = R - q * width < width ? R - q * width : width;
+        pack_panel(src, s_row, s_k, q * width, n, width, K, Kp, 4, 1, 0, 0, dst + (long)q * width * Kp);
+        for (int c = 0; c < n; c++) {
+            const int8_t *v = src + (long)(q * width + c) * s_row;
+            int32_t sum = 0;
+            for (int k = 0; k < K; k++) sum += v[(long)k * s_k];
+            sums[q * width + c] = sum;
+        }
+    }
+}
+
 // B side of kinds 0/1: R columns -> s8 panels of NR columns, plus colsum (R,).
 void lowbit_pack_s8(const int8_t *src, long s_row, long s_k, int R, int K, int8_t *dst, int32_t *colsum,
                     int nthreads) {
-    int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(R, LOWBIT_NR);
-#pragma omp parallel for num_threads(nthreads) schedule(static) if ((long)R * K > LOWBIT_PAR_BYTES)
-    for (int q = 0; q < npan; q++) {
-        int cols = R - q * LOWBIT_NR < LOWBIT_NR ? R - q * LOWBIT_NR : LOWBIT_NR;
-        pack_panel(src, s_row, s_k, q * LOWBIT_NR, cols, LOWBIT_NR, K, Kp, 4, 1, 0, 0,
-                   dst + (long)q * LOWBIT_NR * Kp);
-        for (int c = 0; c < cols; c++) {
-            const int8_t *s = src + (long)(q * LOWBIT_NR + c) * s_row;
-            int32_t sum = 0;
-            for (int k = 0; k < K; k++) sum += s[(long)k * s_k];
-            colsum[q * LOWBIT_NR + c] = sum;
-        }
-    }
+    pack_s8_with_sums(src, s_row, s_k, R, K, LOWBIT_NR, dst, colsum, nthreads);
 }
 
 // Kind 3, A side: R rows -> s8 panels of MR rows (the u8 layout with no shift; padding 0), plus the row sums
 // rowsum (R,) that undo B's shift in the epilogue.
 void lowbit_pack_s8_rows(const int8_t *src, long s_row, long s_k, int R, int K, int8_t *dst, int32_t *rowsum,
                          int nthreads) {
-    int Kp = LOWBIT_ROUND_UP(K, 4), npan = LOWBIT_CEIL_DIV(R, LOWBIT_MR);
-#pragma omp parallel for num_threads(nthreads) schedule(static) if ((long)R * K > LOWBIT_PAR_BYTES)
-    for (int p = 0; p < npan; p++) {
-        int rows = R - p * LOWBIT_MR < LOWBIT_MR ? R - p * LOWBIT_MR : LOWBIT_MR;
-        pack_panel(src, s_row, s_k, p * LOWBIT_MR, rows, LOWBIT_MR, K, Kp, 4, 1, 0, 0,
-                   dst + (long)p * LOWBIT_MR * Kp);
-        for (int r = 0; r < rows; r++) {
-            const int8_t *s = src + (long)(p * LOWBIT_MR + r) * s_row;
-            int32_t sum = 0;
-            for (int k = 0; k < K; k++) sum += s[(long)k * s_k];
-            rowsum[p * LOWBIT_MR + r] = sum;
-        }
-    }
+    pack_s8_with_sums(src, s_row, s_k, R, K, LOWBIT_MR, dst, rowsum, nthreads);
 }
 
 // Kind 3, B side: R columns -> u8 panels of NR columns, values src + off (off = 8 for codes in [-8, 7]).
