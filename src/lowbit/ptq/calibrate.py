@@ -98,6 +98,20 @@ def _run_batch(model: nn.Module, batch: object) -> None:
         )
 
 
+def _token_mask(batch: object) -> torch.Tensor | None:
+    """The batch's ``attention_mask`` flattened to a bool vector (True = real token), or None without one."""
+    m = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    return m.reshape(-1).bool() if isinstance(m, torch.Tensor) else None
+
+
+def _real_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``x`` as a 2-D row matrix without the padding rows (when ``mask`` matches its rows; else all rows)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if mask is not None and mask.numel() == x2.shape[0]:
+        x2 = x2[mask]
+    return x2
+
+
 @torch.no_grad()
 def calibrate(
     model: nn.Module,
@@ -108,6 +122,9 @@ def calibrate(
 ) -> Calibration:
     """Run ``batches`` through ``model`` (eval mode, no grad) and observe the input of each selected linear.
 
+    Only real tokens are observed: when a batch is a dict holding an ``attention_mask`` whose size matches
+    the rows of a linear's input, the padding positions are dropped (padding must not set the scales).
+
     observer: ``"max"`` (the FP8-BERT rule), ``"percentile"`` / ``("percentile", p)``, ``"mse"`` or an
     :class:`ObserverSpec`. A batch is a dict of keyword arguments (e.g. a tokenizer's output), a tuple of
     positional arguments or one tensor. The model is not modified; pass the returned :class:`Calibration` to
@@ -117,18 +134,20 @@ def calibrate(
     names = select_linears(model, modules, exclude)
     module_of = dict(model.named_modules())
     calib = Calibration(spec, {n: HistogramObserver(spec) for n in names})
+    mask: list[torch.Tensor | None] = [None]
     handles = []
     for name in names:
         obs = calib.observers[name]
 
         def hook(_mod: nn.Module, args: tuple, obs: HistogramObserver = obs) -> None:
-            obs.update(args[0])
+            obs.update(_real_rows(args[0], mask[0]))
 
         handles.append(module_of[name].register_forward_pre_hook(hook))
     was_training = model.training
     model.eval()
     try:
         for batch in batches:
+            mask[0] = _token_mask(batch)
             _run_batch(model, batch)
             calib.batches += 1
             calib.inputs.append(batch)
@@ -158,10 +177,7 @@ def observe_linears(
 
     def make(name: str) -> Callable:
         def hook(_mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            x2, y2 = args[0].reshape(-1, args[0].shape[-1]), out.reshape(-1, out.shape[-1])
-            if mask[0] is not None and mask[0].numel() == x2.shape[0]:
-                x2, y2 = x2[mask[0]], y2[mask[0]]
-            fn(name, x2, y2)
+            fn(name, _real_rows(args[0], mask[0]), _real_rows(out, mask[0]))
 
         return hook
 
@@ -170,8 +186,7 @@ def observe_linears(
     model.eval()
     try:
         for batch in batches:
-            m = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-            mask[0] = m.reshape(-1).bool() if isinstance(m, torch.Tensor) else None
+            mask[0] = _token_mask(batch)
             _run_batch(model, batch)
     finally:
         for h in handles:
