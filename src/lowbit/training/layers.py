@@ -17,7 +17,7 @@ from torch import nn
 
 from lowbit.training.functional import Int4HQLinearFn, Int4NaiveLinearFn, Int8LinearFn
 from lowbit.training.hadamard_quant import block_transform, resolve_block, search_block
-from lowbit.training.lsq import lsq_init
+from lowbit.training.lsq import init_step
 from lowbit.training.recipes import Recipe, get_recipe
 
 _LAZY_KEYS = ("x_step", "w_step", "hadamard_block", "steps_done")
@@ -88,10 +88,11 @@ class QuantLinear(nn.Linear):
             cold = self.training and int(self.steps_done) < self.recipe.cold_start_steps
             # a step that is unset (0), was pushed to or through zero by the optimizer, or is not finite is
             # (re)initialised: a step near zero clips the whole tensor to ±8 (sign quantization)
+            init = self.recipe.lsq_init  # "paper" (2·mean|·|/√7) or "mse" (the MSE-best step)
             if cold or not _usable_step(float(self.x_step)):
-                self.x_step.copy_(lsq_init(block_transform(x2d, block)))
+                self.x_step.copy_(init_step(block_transform(x2d, block), init))
             if cold or not _usable_step(float(self.w_step)):
-                self.w_step.copy_(lsq_init(block_transform(self.weight, block)))
+                self.w_step.copy_(init_step(block_transform(self.weight, block), init))
             if self.training:
                 self.steps_done += 1
         return block

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from lowbit.training.lsq import LSQ_INITS
+
 KINDS = ("fp32", "int8", "int4", "int4-naive")
 ALGORITHMS = (
     "none",  # kept in floating point
@@ -67,11 +69,14 @@ class Recipe:
     leverage-score row selection in both backward products ("nonzero": keep every non-zero row, released code;
     "sample": Bernoulli with Σp = N and 1/p reweighting, paper text; "none"). ``grad_rounding``: rounding of
     the low half of the bit split ("stochastic" makes it unbiased; "nearest" is deterministic).
-    ``cold_start_steps``: for this many training forwards the LSQ steps are reset to ``2·mean|·|/√7`` instead
+    ``cold_start_steps``: for this many training forwards the LSQ steps are reset to their ``lsq_init`` value instead
     of learned. ``split_clamp``: the hi/lo code range ±split_clamp (see ``bit_split``). ``lsq_lr``: the
     relative learning rate of the LSQ step sizes: each step's Adam learning rate is ``lsq_lr × |s|`` (× the
     model's schedule factor), so an update changes a step by at most about ``lsq_lr`` of itself, whatever the
-    model's learning rate (see ``lowbit.training.optim``).
+    model's learning rate (see ``lowbit.training.optim``). ``lsq_init``: how a step is (re)initialised at
+    the first forward, from the Hadamard-transformed tensor: "paper" (``2·mean|x|/√7``) or "mse" (the
+    per-tensor step minimising the quantization MSE, ``lowbit.training.lsq.lsq_init_mse``); the learned LSQ
+    step continues from it either way.
     """
 
     name: str
@@ -85,6 +90,7 @@ class Recipe:
     cold_start_steps: int = 0
     split_clamp: int = 7
     lsq_lr: float = 0.01
+    lsq_init: str = "paper"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -101,6 +107,8 @@ class Recipe:
             raise ValueError(f"cold_start_steps must be >= 0, got {self.cold_start_steps!r}")
         if not (self.lsq_lr >= 0 and math.isfinite(self.lsq_lr)):
             raise ValueError(f"lsq_lr must be a finite number >= 0, got {self.lsq_lr!r}")
+        if self.lsq_init not in LSQ_INITS:
+            raise ValueError(f"lsq_init must be one of {LSQ_INITS}, got {self.lsq_init!r}")
         if self.split_clamp not in (6, 7):
             raise ValueError(f"split_clamp must be 6 (SPEC text) or 7 (unbiased), got {self.split_clamp!r}")
 
