@@ -69,11 +69,11 @@ class Recipe:
     leverage-score row selection in both backward products ("nonzero": keep every non-zero row, released code;
     "sample": Bernoulli with Σp = N and 1/p reweighting, paper text; "none"). ``grad_rounding``: rounding of
     the low half of the bit split ("stochastic" makes it unbiased; "nearest" is deterministic).
-    ``cold_start_steps``: for this many training forwards the LSQ steps are reset to their ``lsq_init`` value instead
-    of learned. ``split_clamp``: the hi/lo code range ±split_clamp (see ``bit_split``). ``lsq_lr``: the
-    relative learning rate of the LSQ step sizes: each step's Adam learning rate is ``lsq_lr × |s|`` (× the
-    model's schedule factor), so an update changes a step by at most about ``lsq_lr`` of itself, whatever the
-    model's learning rate (see ``lowbit.training.optim``). ``lsq_init``: how a step is (re)initialised at
+    ``cold_start_steps``: for this many training forwards the LSQ steps are reset to their ``lsq_init`` value
+    instead of learned. ``split_clamp``: the hi/lo code range ±split_clamp (see ``bit_split``). ``lsq_lr``:
+    the relative learning rate of the LSQ step sizes: each step's Adam learning rate is ``lsq_lr × |s|`` (×
+    the model's schedule factor), so an update changes a step by at most about ``lsq_lr`` of itself, whatever
+    the model's learning rate (see ``lowbit.training.optim``). ``lsq_init``: how a step is (re)initialised at
     the first forward, from the Hadamard-transformed tensor: "paper" (``2·mean|x|/√7``) or "mse" (the
     per-tensor step minimising the quantization MSE, ``lowbit.training.lsq.lsq_init_mse``); the learned LSQ
     step continues from it either way.
