@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 TASKS = ("gpt-shakespeare", "vit-fashion", "bert-rt")
+#: What a run evaluates on: the task's test data (default) or a validation part of its training data.
+EVAL_SPLITS = ("test", "val")
+#: Fields added after checkpoints were first written, with the value they implicitly had before: left out of
+#: the identity at that value, so older checkpoints still resume.
+_LATER_FIELDS = {"eval_split": "test", "lsq_init": None, "lsq_lr": None}
 #: The fields that describe where and how a run is written, not what it computes (excluded from identity).
 _RUN_PLACEMENT_FIELDS = ("out", "resume", "progress", "checkpoint_every", "json")
 
@@ -84,6 +89,9 @@ class TrainConfig:
     max_eval_examples: int | None = None
     threads: int | None = None  # torch CPU threads; None = torch's default (set by the CLI, not the runner)
     data: str | None = None
+    eval_split: str = "test"
+    lsq_init: str | None = None  # overrides the int4 recipes' Recipe.lsq_init ("paper" | "mse")
+    lsq_lr: float | None = None  # overrides the int4 recipes' Recipe.lsq_lr
     out: str = "runs/train"
     json: str | None = None
     resume: bool = False
@@ -109,6 +117,12 @@ class TrainConfig:
             )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.eval_split not in EVAL_SPLITS:
+            raise ValueError(f"eval_split must be one of {EVAL_SPLITS}, got {self.eval_split!r}")
+        if self.lsq_init is not None and self.lsq_init not in ("paper", "mse"):
+            raise ValueError(f"lsq_init must be 'paper' or 'mse', got {self.lsq_init!r}")
+        if self.lsq_lr is not None and not (self.lsq_lr >= 0 and self.lsq_lr < float("inf")):
+            raise ValueError(f"lsq_lr must be a finite number >= 0, got {self.lsq_lr!r}")
         if self.dim is not None and self.heads is not None and self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
 
@@ -133,7 +147,11 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings that determine the computation; a checkpoint resumes only under the same identity."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUN_PLACEMENT_FIELDS}
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in _RUN_PLACEMENT_FIELDS and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])
+        }
 
 
 def derive_seed(seed: int, stream: str) -> int:

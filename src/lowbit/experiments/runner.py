@@ -92,14 +92,26 @@ def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
     return found
 
 
-def apply_recipe(model: nn.Module, recipe: str, seed: int, skip: tuple[str, ...] = ()) -> Any:
+def resolve_recipe(config: TrainConfig) -> Any:
+    """The recipe a run converts with: ``config.recipe`` (a name), with ``config.lsq_init`` and
+    ``config.lsq_lr`` applied when given and the recipe has LSQ steps (kind "int4"; others ignore them)."""
+    from lowbit.training.recipes import get_recipe
+
+    recipe = get_recipe(config.recipe)
+    changes = {k: getattr(config, k) for k in ("lsq_init", "lsq_lr") if getattr(config, k) is not None}
+    if changes and recipe.kind == "int4":
+        recipe = dataclasses.replace(recipe, **changes)
+    return recipe
+
+
+def apply_recipe(model: nn.Module, recipe: Any, seed: int, skip: tuple[str, ...] = ()) -> Any:
     """Convert ``model`` in place with ``lowbit.convert`` (head kept in FP32 by its default); its summary.
 
     ``fp32`` is the reference: the plain torch model, left as built. The converted layers' own generators
     (stochastic rounding, row sampling) are seeded by ``convert`` from the run's ``"quant"`` seed stream and
     each layer's name, independently of init and data order.
     """
-    if recipe == REFERENCE_RECIPE:
+    if recipe == REFERENCE_RECIPE or getattr(recipe, "name", None) == REFERENCE_RECIPE:
         return "fp32 reference: model left unconverted"
     import lowbit
 
@@ -148,7 +160,8 @@ class Run:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "init"))
             self.model = self.task.build_model()
-        self.convert_summary = apply_recipe(self.model, config.recipe, config.seed, self.task.keep_fp32)
+        recipe = config.recipe if config.recipe == REFERENCE_RECIPE else resolve_recipe(config)
+        self.convert_summary = apply_recipe(self.model, recipe, config.seed, self.task.keep_fp32)
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.sampler = self.task.make_sampler(torch.Generator().manual_seed(derive_seed(config.seed, "data")))

@@ -3,6 +3,13 @@
 A task owns its data (loaded once in ``__init__``), builds a fresh model (``build_model``, called under the
 run's init seed), hands out batches through a sampler whose ``state_dict`` is the exact data position, and
 evaluates a model (held-out loss for the GPT, test accuracy in % for the classifiers).
+
+``config.eval_split = "val"`` evaluates on a validation part of the training data instead of the test data,
+for tuning. The classifiers use the training examples the run never draws: the run takes ``steps ×
+batch_size`` examples from the first epoch's seeded permutation, and the rest of that permutation is the
+validation set, so the training data stay exactly those of the default (test) run. The GPT samples windows
+anywhere in its training text, so there the last ``GPT_VAL_FRACTION`` of the training text is carved off as
+the validation set and the run trains on the rest (its training data differ from the test run's).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.experiments.config import TrainConfig
+from lowbit.experiments.config import TrainConfig, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +33,27 @@ EVAL_WINDOWS_PER_BATCH = 64
 EVAL_EXAMPLES_PER_BATCH = 256
 #: ViT feed-forward width as a multiple of ``dim``.
 VIT_MLP_RATIO = 2
+#: gpt-shakespeare with ``eval_split="val"``: this tail of the training text is the validation set.
+GPT_VAL_FRACTION = 0.1
+
+
+def unused_training_examples(config: TrainConfig, n_train: int) -> torch.Tensor:
+    """Indices of the training examples a run of ``config`` never draws (its validation set), fixed order.
+
+    The run's ``EpochSampler`` draws ``steps × batch_size`` examples from the first epoch's permutation (the
+    first ``randperm`` of its data generator); this is the rest of that permutation, cut to
+    ``max_eval_examples``. ValueError when the run draws every example (it spans one epoch or more).
+    """
+    used = config.steps * config.batch_size
+    if used >= n_train:
+        raise ValueError(
+            f"--eval-split val uses the training examples the run never draws, but {config.steps} steps x "
+            f"{config.batch_size} examples = {used} >= the {n_train} training examples; lower --steps or "
+            f"--batch-size, or evaluate with --eval-split test"
+        )
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "data"))
+    rest = torch.randperm(n_train, generator=generator)[used:]
+    return rest[: config.max_eval_examples] if config.max_eval_examples else rest
 
 
 class RandomWindowSampler:
@@ -156,8 +184,17 @@ class GPTShakespeareTask(Task):
         splits = load_text_file(config.data) if config.data else load_shakespeare()
         self.tokenizer = CharTokenizer.from_text(splits.train, splits.val)
         train_text = splits.train[: config.max_train_examples] if config.max_train_examples else splits.train
+        eval_text = splits.val
+        if config.eval_split == "val":  # carve the validation set off the end of the training text
+            cut = len(train_text) - int(len(train_text) * GPT_VAL_FRACTION)
+            if cut <= config.seq_len or len(train_text) - cut <= config.seq_len:
+                raise ValueError(
+                    f"--eval-split val holds out the last {GPT_VAL_FRACTION:.0%} of the {len(train_text)} "
+                    f"training characters, too few for --seq-len {config.seq_len} windows on both sides"
+                )
+            train_text, eval_text = train_text[:cut], train_text[cut:]
         self.train_tokens = self.tokenizer.encode(train_text)
-        self.val_tokens = self.tokenizer.encode(splits.val)
+        self.val_tokens = self.tokenizer.encode(eval_text)
         self.source = splits.name
 
     def build_model(self) -> nn.Module:
@@ -202,7 +239,8 @@ class GPTShakespeareTask(Task):
     def describe(self) -> dict[str, Any]:
         return {
             "data": self.source, "vocab_size": self.tokenizer.vocab_size,
-            "train_tokens": self.train_tokens.numel(), "val_tokens": self.val_tokens.numel(),
+            "train_tokens": self.train_tokens.numel(), "eval_split": self.config.eval_split,
+            "val_tokens": self.val_tokens.numel(),
         }  # fmt: skip
 
 
@@ -246,8 +284,12 @@ class ViTFashionTask(_ClassificationTask):
         x_train, y_train, x_test, y_test = load_fashion_mnist(config.data or DEFAULT_ROOT)
         n_train, n_test = config.max_train_examples, config.max_eval_examples
         self.x_train, self.y_train = to_float(x_train[:n_train]), y_train[:n_train]
-        self.x_test, self.y_test = to_float(x_test[:n_test]), y_test[:n_test]
         self.n_train = int(self.y_train.shape[0])
+        if config.eval_split == "val":  # "test" below means "what is evaluated"
+            val = unused_training_examples(config, self.n_train)
+            self.x_test, self.y_test = self.x_train[val], self.y_train[val]
+        else:
+            self.x_test, self.y_test = to_float(x_test[:n_test]), y_test[:n_test]
 
     def build_model(self) -> nn.Module:
         from lowbit.models.vit import ViT, ViTConfig
@@ -272,6 +314,7 @@ class ViTFashionTask(_ClassificationTask):
         return {
             "data": "fashion-mnist",
             "train_images": self.n_train,
+            "eval_split": self.config.eval_split,
             "test_images": int(self.y_test.shape[0]),
         }
 
@@ -303,10 +346,15 @@ class BertRTTask(_ClassificationTask):
         n_train, n_test = config.max_train_examples, config.max_eval_examples
         self.train_ids = self._encode(tokenizer, splits.train_texts[:n_train])
         self.train_labels = splits.train_labels[:n_train]
-        self.test_ids = self._encode(tokenizer, splits.test_texts[:n_test])
-        self.test_labels = splits.test_labels[:n_test]
-        self.pad_id = int(tokenizer.pad_token_id)
         self.n_train = len(self.train_ids)
+        if config.eval_split == "val":  # "test" below means "what is evaluated"
+            val = unused_training_examples(config, self.n_train)
+            self.test_ids = [self.train_ids[i] for i in val.tolist()]
+            self.test_labels = self.train_labels[val]
+        else:
+            self.test_ids = self._encode(tokenizer, splits.test_texts[:n_test])
+            self.test_labels = splits.test_labels[:n_test]
+        self.pad_id = int(tokenizer.pad_token_id)
 
     def _encode(self, tokenizer: Any, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, [CLS] ... [SEP], cut at ``seq_len`` tokens."""
@@ -348,7 +396,10 @@ class BertRTTask(_ClassificationTask):
         return self._accuracy(model, batches)
 
     def describe(self) -> dict[str, Any]:
-        return {"data": self.source, "train_examples": self.n_train, "test_examples": len(self.test_ids)}
+        return {
+            "data": self.source, "train_examples": self.n_train, "eval_split": self.config.eval_split,
+            "test_examples": len(self.test_ids),
+        }  # fmt: skip
 
 
 TASK_TYPES: dict[str, type[Task]] = {t.name: t for t in (GPTShakespeareTask, ViTFashionTask, BertRTTask)}

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from lowbit.experiments.checkpoint import CheckpointError
-from lowbit.experiments.config import TASK_DEFAULTS, TASKS, TrainConfig
+from lowbit.experiments.config import EVAL_SPLITS, TASK_DEFAULTS, TASKS, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,22 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "vit-fashion: a folder with the four Fashion-MNIST IDX .gz files",
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument(
+        "--eval-split",
+        choices=EVAL_SPLITS,
+        help="evaluate on the test data (default) or on a validation part of the training data, for tuning: "
+        "bert-rt/vit-fashion: the training examples the run never draws (same training data as with test); "
+        "gpt-shakespeare: the last 10%% of the training text, carved off (the run trains on the rest)",
+    )
+    lsq = parser.add_argument_group("LSQ steps of the int4 recipes (default: the recipe's; others ignore)")
+    lsq.add_argument(
+        "--lsq-init",
+        choices=("paper", "mse"),
+        help="step initialisation: paper = 2*mean|x|/sqrt(7), mse = the per-tensor MSE-best step",
+    )
+    lsq.add_argument(
+        "--lsq-lr", type=float, help="relative learning rate of the steps (each moves ~this share per update)"
+    )
     size = parser.add_argument_group("sizes (default: per task)")
     size.add_argument("--batch-size", type=int, help="examples (GPT: windows) per step")
     size.add_argument("--lr", type=float, help="peak learning rate (AdamW, warmup then cosine to 10%%)")
@@ -92,6 +108,7 @@ def config_from_args(args: argparse.Namespace, recipe: str, out: str) -> TrainCo
         layers=args.layers, dim=args.dim, heads=args.heads, seq_len=args.seq_len, patch_size=args.patch_size,
         max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
         progress=not args.no_progress, json=getattr(args, "json", None), threads=args.threads,
+        eval_split=args.eval_split, lsq_init=args.lsq_init, lsq_lr=args.lsq_lr,
     )  # fmt: skip
 
 
