@@ -49,16 +49,19 @@ class PackedWeight:
     def in_features(self) -> int:
         return self.codes.shape[1]
 
-    def plan(self, act_bits: int) -> tuple[int, int, int]:
-        """(kernel kind, activation offset, activation qmax) of the native path for ``act_bits``."""
+    def plan(self, act_bits: int, static: bool = False) -> tuple[int, int, int]:
+        """(kernel kind, activation offset, activation qmax) of the native path for ``act_bits``-bit
+        activation codes: [-qmax, qmax] per row, or [-qmax - 1, qmax] with a ``static`` scale."""
         qmax = 2 ** (act_bits - 1) - 1
-        a_range = (-qmax, qmax)
+        a_range = (-qmax - 1 if static else -qmax, qmax)
         kind, off = native_gemm.plan(self.bits, a_range, self.code_range)
+        if kind == native_gemm.KIND_S8U4:  # needs A row sums from packing; a 4-bit weight is 7-bit too
+            kind, off = native_gemm.KIND_U8S8, 128
         return kind, off, qmax
 
-    def path(self, act_bits: int | None = None) -> str:
+    def path(self, act_bits: int | None = None, static: bool = False) -> str:
         """Human-readable name of the native kernel path used for activations of ``act_bits`` bits."""
-        kind, off, _ = self.plan(act_bits or self.bits)
+        kind, off, _ = self.plan(act_bits or self.bits, static)
         return {0: f"u8xs8 (activation offset {off})", 1: "u4xs4 int16-accumulate", 2: "s16xs16 exact"}[kind]
 
 
@@ -107,6 +110,7 @@ def linear(
     bias: torch.Tensor | None = None,
     *,
     act_bits: int | None = None,
+    act_scale: float | torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -115,6 +119,12 @@ def linear(
     x: float32 (..., K); returns float32 (..., N) (written into ``out`` when given: float32, contiguous,
     shape (..., N)). ``act_bits`` defaults to ``weight.bits`` (4 -> codes in [-7, 7], 8 -> [-127, 127]);
     ``act_bits=7`` with an 8-bit weight selects the fast u7 x s8 path. Bit-identical on every backend.
+
+    ``act_scale`` (a positive finite Python float or one-element float32 tensor) replaces the per-row scales
+    by one static scale (calibrated per-tensor activations): codes ``clamp(round_half_even(x / act_scale),
+    -2**(act_bits-1), 2**(act_bits-1) - 1)`` in float32 — the full signed range, as ``lowbit.ptq``'s static
+    quantizer — and ``y = acc · act_scale · w_scale[j] + bias[j]``, i.e. ``int_matmul_scaled(codes,
+    weight.codes, act_scale, weight.scale, bias)`` bit for bit. Non-finite x raises ``ValueError`` either way.
     """
     if not isinstance(weight, PackedWeight):
         raise TypeError(
@@ -139,14 +149,20 @@ def linear(
         raise ValueError(f"out must be a contiguous float32 tensor of shape {out_shape}")
     if bias is not None:
         bias = api._scale_vector("bias", bias, n)
+    s_static = None if act_scale is None else _static_scale(act_scale)
     out2 = out.view(m, n)
     if api._resolve_backend(backend) == "reference" or weight.packed is None:
         if backend == "native":
             raise RuntimeError("weight was packed with backend='reference'; repack it with backend='native'")
-        codes, sx = api.quantize_rows(x2, act_bits, backend="reference")
+        if s_static is None:
+            codes, sx = api.quantize_rows(x2, act_bits, backend="reference")
+        else:
+            codes, sx = quantize_static(x2, act_bits, s_static), s_static.reshape(1).expand(m)
         out2.copy_(reference.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt"))
         return out
-    kind, off, qmax = weight.plan(act_bits)
+    kind, off, qmax = weight.plan(act_bits, static=s_static is not None)
+    if s_static is not None:
+        qmax = native_gemm.ActQuant(qmax, -qmax - 1, float(s_static))
     if kind == native_gemm.KIND_S16:
         b_packed, colsum = weight.packed_s16, None
     else:
@@ -159,3 +175,35 @@ def linear(
     epi = native_gemm.Epilogue(out_f32=out2, a_scale=sx, b_scale=weight.scale, bias=bias)
     native_gemm.gemm(kind, off, a_packed, b_packed, colsum, m, n, k, epi)
     return out
+
+
+def _static_scale(act_scale: object) -> torch.Tensor:
+    """``act_scale`` as a 0-dim float32 tensor; TypeError/ValueError name the problem."""
+    if isinstance(act_scale, bool) or not isinstance(act_scale, (int, float, torch.Tensor)):
+        raise TypeError(
+            f"act_scale must be a float or a one-element float32 tensor, got {type(act_scale).__name__}"
+        )
+    if isinstance(act_scale, torch.Tensor):
+        if act_scale.numel() != 1 or act_scale.dtype != torch.float32 or act_scale.device.type != "cpu":
+            raise ValueError(
+                "act_scale must be a one-element float32 CPU tensor (one static scale for every row), got "
+                f"shape {tuple(act_scale.shape)} {act_scale.dtype} on {act_scale.device}; for per-row scales "
+                "leave act_scale=None"
+            )
+        s = act_scale.detach().reshape(())
+    else:
+        s = torch.tensor(float(act_scale), dtype=torch.float32)
+    value = float(s)
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"act_scale must be positive and finite, got {value} (as float32)")
+    return s
+
+
+def quantize_static(x: torch.Tensor, act_bits: int, scale: torch.Tensor) -> torch.Tensor:
+    """Reference static quantizer: int8 codes ``clamp(round_half_even(x / scale), -2**(b-1), 2**(b-1) - 1)``
+    of a float32 (M, K) matrix for a 0-dim float32 ``scale``; non-finite x raises ``ValueError``."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
+    hi = 2 ** (act_bits - 1) - 1
+    return torch.clamp(torch.round(x / scale), -hi - 1, hi).to(torch.int8)

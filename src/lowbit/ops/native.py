@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 _c_i8p = ctypes.c_void_p
 _c_int = ctypes.c_int
 _c_long = ctypes.c_long
+_c_float = ctypes.c_float
 
 # symbol -> (argtypes, restype); every argument that is a pointer is passed as an int address
 _SIGNATURES: dict[str, tuple[list, object]] = {
@@ -27,12 +28,13 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "lowbit_pack_s8_rows": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),
     "lowbit_pack_u8_cols": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_int], None),
     "lowbit_pack_s16": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),
+    # x, ldx, M, K, qmax, qlo, static scale (0: per row), [off,] dst, scale out, threads
     "lowbit_quant_pack_u8": (
-        [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int],
+        [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_int, _c_float, _c_int, _c_i8p, _c_i8p, _c_int],
         _c_long,
     ),
     "lowbit_quant_pack_s16": (
-        [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int],
+        [_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_int, _c_float, _c_i8p, _c_i8p, _c_int],
         _c_long,
     ),
     "lowbit_unpack_int4": ([_c_i8p, _c_long, _c_i8p, _c_int], None),
@@ -43,6 +45,8 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
             _c_i8p,  # float32 x (M, K)
             _c_long,  # ldx
             _c_int,  # qmax
+            _c_int,  # qlo (static scale only)
+            _c_float,  # static scale, or 0 for per-row scales
             _c_i8p,  # packed B
             _c_int,  # M
             _c_int,  # N

@@ -264,22 +264,41 @@ def quantize_rows(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tenso
     return codes, scale
 
 
+@dataclass(frozen=True)
+class ActQuant:
+    """How activation rows are quantized: per-row absmax into [-qmax, qmax] (``static_scale`` 0), or one
+    static scale for every row with codes ``clamp(round_half_even(x / static_scale), qlo, qmax)``."""
+
+    qmax: int
+    qlo: int = 0
+    static_scale: float = 0.0
+
+    def args(self) -> tuple[int, int, float]:
+        return self.qmax, self.qlo, self.static_scale
+
+
+def _act_quant(q: int | ActQuant) -> ActQuant:
+    return q if isinstance(q, ActQuant) else ActQuant(int(q))
+
+
 def quant_pack_a(
-    x: torch.Tensor, qmax: int, off: int, kind: int = KIND_U8S8
+    x: torch.Tensor, qmax: int | ActQuant, off: int, kind: int = KIND_U8S8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize float32 rows (contiguous (M, K)) straight into A panels of ``kind`` (u8 with offset ``off``,
-    or int16 for ``KIND_S16``); returns (packed, scale (M,))."""
+    or int16 for ``KIND_S16``); ``qmax``: an int (per-row scales) or an :class:`ActQuant`. Returns (packed,
+    scale (M,))."""
     m, k = x.shape
+    q = _act_quant(qmax)
     scale = torch.empty(m, dtype=torch.float32)
     if kind == KIND_S16:
         dst = torch.empty(-(-m // MR) * MR * (-(-k // 2) * 2), dtype=torch.int16)
         bad = native.lib().lowbit_quant_pack_s16(
-            x.data_ptr(), max(k, 1), m, k, qmax, dst.data_ptr(), scale.data_ptr(), threads()
+            x.data_ptr(), max(k, 1), m, k, *q.args(), dst.data_ptr(), scale.data_ptr(), threads()
         )
     else:
         dst = torch.empty(-(-m // MR) * MR * (-(-k // 4) * 4), dtype=torch.uint8)
         bad = native.lib().lowbit_quant_pack_u8(
-            x.data_ptr(), max(k, 1), m, k, qmax, off, dst.data_ptr(), scale.data_ptr(), threads()
+            x.data_ptr(), max(k, 1), m, k, *q.args(), off, dst.data_ptr(), scale.data_ptr(), threads()
         )
     if bad < 0:
         raise MemoryError("lowbit_quant_pack_u8 could not allocate its row buffers")
@@ -301,16 +320,18 @@ def fuses(m: int) -> bool:
 def gemm_quant(
     kind: int,
     off: int,
-    qmax: int,
+    qmax: int | ActQuant,
     x: torch.Tensor,
     b_packed: torch.Tensor,
     colsum: torch.Tensor | None,
     epi: Epilogue,
 ) -> torch.Tensor:
-    """Fused ``quant_pack_a`` + ``gemm``: float32 rows x (contiguous (M, K)) quantized to [-qmax, qmax]
-    inside the GEMM's parallel region, multiplied by packed B into ``epi.out_f32``; returns the row scales
-    (M,). Bit-identical to the two-step form (both use the same per-panel quantizer)."""
+    """Fused ``quant_pack_a`` + ``gemm``: float32 rows x (contiguous (M, K)) quantized as ``qmax`` says (an
+    int: per-row scales into [-qmax, qmax]; or an :class:`ActQuant`) inside the GEMM's parallel region,
+    multiplied by packed B into ``epi.out_f32``; returns the row scales (M,). Bit-identical to the two-step
+    form (both use the same per-panel quantizer)."""
     m, k = x.shape
+    q = _act_quant(qmax)
     n = epi.out_f32.shape[1]
     scale = torch.empty(m, dtype=torch.float32)
     if kind == KIND_S8U4:
@@ -334,7 +355,7 @@ def gemm_quant(
         kind,
         x.data_ptr(),
         k,
-        qmax,
+        *q.args(),
         b_packed.data_ptr(),
         m,
         n,

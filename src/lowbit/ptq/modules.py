@@ -162,10 +162,11 @@ class Int8Linear(QuantLinear):
     ``spec.int8_kernel`` fixes the code ranges and so the engine's kernel (see :data:`INT8_KERNELS`):
     ``"w7"`` — weight codes in [-63, 63], activations in the full int8 range; ``"a7"`` — activation codes in
     [-64, 63] (static scale ``clip / 63``) or [-63, 63] (per token); ``"exact"`` — full range on both sides.
-    Static per-tensor activations go through ``ops.int_matmul_scaled`` (the engine packs both operands per
-    call; ``lowbit.ops.linear`` only quantizes per row); per-token activations through ``ops.linear`` on a
-    :class:`~lowbit.ops.PackedWeight` packed once (re-packed only if the weight buffers are overwritten).
-    Every result is the exact integer product, dequantized in float32.
+    Both activation modes run ``ops.linear`` on a :class:`~lowbit.ops.PackedWeight` packed once (re-packed
+    only if the weight buffers are overwritten), which quantizes the activations inside the GEMM: static
+    per-tensor scales with ``act_scale=`` (codes ``clamp(round_half_even(x / s), qmin, qmax)`` of the
+    activation format, as :func:`quantize_static`), per-token scales without. Every result is the exact
+    integer product, dequantized in float32 (``acc · s_x · s_w + bias``).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -197,9 +198,12 @@ class Int8Linear(QuantLinear):
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         if self.act_scale is not None:  # static per-tensor scale from calibration, saturating
             fmt = INT7 if self.kernel == "a7" else self.act_format
-            a_codes = quantize_static(x2, fmt, self.act_scale)
-            w_codes, w_scale = self.w_codes, self.w_scale
-            return ops.int_matmul_scaled(a_codes, w_codes, self.act_scale, w_scale, self.bias, bits=8)
+            if not (isinstance(fmt, IntFormat) and fmt.signed and not fmt.narrow and fmt.bits <= 8):
+                a_codes = quantize_static(x2, fmt, self.act_scale)  # a range ops.linear does not take
+                w_codes, w_scale = self.w_codes, self.w_scale
+                return ops.int_matmul_scaled(a_codes, w_codes, self.act_scale, w_scale, self.bias, bits=8)
+            packed = self.packed_weight()
+            return ops.linear(x2.contiguous(), packed, self.bias, act_bits=fmt.bits, act_scale=self.act_scale)
         act_bits = 7 if self.kernel == "a7" else 8  # dynamic per token, fused quantize + GEMM
         return ops.linear(x2.contiguous(), self.packed_weight(), self.bias, act_bits=act_bits)
 

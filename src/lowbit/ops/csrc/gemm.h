@@ -28,8 +28,14 @@
 #define LOWBIT_PAR_MACS (1L << 22)       // GEMM: multiply-accumulates
 
 #include <stdint.h>
+// How activation rows are quantized: sstat == 0 -> per-row absmax scale, codes in [-qmax, qmax]; sstat > 0 ->
+// the one static scale sstat for every row, codes clamp(round_half_even(x / sstat), qlo, qmax).
+typedef struct {
+    int qmax, qlo;
+    float sstat;
+} lb_actq;
 // One A panel quantized from float rows (quant_rows.c); used by the fused quantize + GEMM (gemm_kernels.c).
-long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, int qmax, int off, int esz,
+long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, const lb_actq *q, int off, int esz,
                         int8_t *rowbuf, void *dst, float *scale);
 
 #endif

@@ -200,11 +200,11 @@ static void store_tile(const lb_epilogue *e, const int32_t *tile, int i0, int j0
 }
 
 // The blocked driver. Packed A (Ap), or, when x is not NULL, float32 rows x (ldx) quantized by each thread
-// into its own A panels just before use (qmax, off; scales written to sa_out, non-finite inputs counted in
+// into its own A panels just before use (q, off; scales written to sa_out, non-finite inputs counted in
 // *bad): the activations are read once, their codes never leave the core's caches, and the quantization shares
 // the GEMM's parallel region. The fused mode makes each block a whole row band (all N), so no A panel is
 // quantized twice. Returns 0, or -1 when a buffer cannot be allocated.
-static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, int qmax, float *sa_out, long *bad,
+static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, const lb_actq *q, float *sa_out, long *bad,
                        const void *Bp, int M, int N, int K, const lb_epilogue *e, int nthreads) {
     const int kg = kind == 2 ? 2 : 4, esz = kind == 2 ? 2 : 1;
     const int Kp = LOWBIT_ROUND_UP(K, kg);
@@ -237,7 +237,7 @@ static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, int q
                 if (x) {
                     for (int p = p0; p < p1; p++) {
                         int r0 = p * LOWBIT_MR, rows = M - r0 < LOWBIT_MR ? M - r0 : LOWBIT_MR;
-                        nbad += lowbit_quant_panel(x, ldx, r0, rows, K, qmax, e->off, esz, rowbuf,
+                        nbad += lowbit_quant_panel(x, ldx, r0, rows, K, q, e->off, esz, rowbuf,
                                                    abuf + (long)(p - p0) * LOWBIT_MR * Kp * esz, sa_out);
                     }
                     ablock = abuf;
@@ -283,18 +283,20 @@ int lowbit_gemm(int kind, const void *Ap, const void *Bp, int M, int N, int K, i
                 int32_t *out_i32, float *out_f32, long ldc, const float *sa, const float *sb, const float *bias,
                 int nthreads) {
     const lb_epilogue e = {M, N, off, colsum, kind == 3, out_i32, out_f32, ldc, sa, sb, bias};
-    return gemm_driver(kind, Ap, NULL, 0, 0, NULL, NULL, Bp, M, N, K, &e, nthreads);
+    return gemm_driver(kind, Ap, NULL, 0, NULL, NULL, NULL, Bp, M, N, K, &e, nthreads);
 }
 
 // Fused linear: quantize float32 rows x (M x K, row stride ldx) per row to [-qmax, qmax] (scales into sa_out),
 // shift by off, multiply with packed B and write float32 out through the epilogue. Identical results to
-// lowbit_quant_pack_u8 / _s16 followed by lowbit_gemm. Returns the number of non-finite inputs (the output is
+// lowbit_quant_pack_u8 / _s16 followed by lowbit_gemm. sstat > 0 replaces the per-row scales by that static
+// scale with codes clamped to [qlo, qmax] (see lb_actq). Returns the number of non-finite inputs (the output is
 // then meaningless), or -1 when a buffer cannot be allocated.
-long lowbit_gemm_quant(int kind, const float *x, long ldx, int qmax, const void *Bp, int M, int N, int K, int off,
-                       const int32_t *colsum, float *out_f32, long ldc, float *sa_out, const float *sb,
-                       const float *bias, int nthreads) {
+long lowbit_gemm_quant(int kind, const float *x, long ldx, int qmax, int qlo, float sstat, const void *Bp, int M,
+                       int N, int K, int off, const int32_t *colsum, float *out_f32, long ldc, float *sa_out,
+                       const float *sb, const float *bias, int nthreads) {
     const lb_epilogue e = {M, N, off, colsum, 0, NULL, out_f32, ldc, sa_out, sb, bias};
+    const lb_actq q = {qmax, qlo, sstat};
     long bad = 0;
-    if (gemm_driver(kind, NULL, x, ldx, qmax, sa_out, &bad, Bp, M, N, K, &e, nthreads)) return -1;
+    if (gemm_driver(kind, NULL, x, ldx, &q, sa_out, &bad, Bp, M, N, K, &e, nthreads)) return -1;
     return bad;
 }

@@ -47,9 +47,25 @@ static float row_scale(float amax, int qmax) {
     return s < FLT_MIN ? FLT_MIN : s;  // FLT_MIN = 2**-126, the smallest normal float
 }
 
-// codes (+ off, as bytes) of one row; dst[k] for k < K.
-static void row_quant(const float *x, int K, float scale, int qmax, int off, int8_t *dst) {
-    const __m256 vs = _mm256_set1_ps(scale), hi = _mm256_set1_ps((float)qmax), lo = _mm256_set1_ps((float)-qmax);
+// How many entries of one row are NaN or +-Inf (the static-scale path has no absmax pass that counts them).
+static long row_nonfinite(const float *x, int K) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(FLT_MAX);
+    long bad = 0;
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k));
+        bad += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_NLE_UQ)));
+    }
+    for (; k < K; k++) {
+        float a = x[k] < 0 ? -x[k] : x[k];
+        if (!(a <= FLT_MAX)) bad++;
+    }
+    return bad;
+}
+
+// codes clamp(round_half_even(x / scale), qlo, qhi) (+ off, as bytes) of one row; dst[k] for k < K.
+static void row_quant(const float *x, int K, float scale, int qlo, int qhi, int off, int8_t *dst) {
+    const __m256 vs = _mm256_set1_ps(scale), hi = _mm256_set1_ps((float)qhi), lo = _mm256_set1_ps((float)qlo);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), voff = _mm256_set1_epi8((char)off);
     int k = 0;
     for (; k + 32 <= K; k += 32) {
@@ -64,7 +80,7 @@ static void row_quant(const float *x, int K, float scale, int qmax, int off, int
     }
     for (; k < K; k++) {
         float v = _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(x[k] / scale), LB_ROUND));
-        v = v > (float)qmax ? (float)qmax : (v < (float)-qmax ? (float)-qmax : v);
+        v = v > (float)qhi ? (float)qhi : (v < (float)qlo ? (float)qlo : v);
         dst[k] = (int8_t)(uint8_t)((int)v + off);
     }
 }
@@ -78,26 +94,35 @@ long lowbit_quantize_rows(const float *x, long ldx, int M, int K, int qmax, int8
         float amax;
         bad += row_absmax(x + (long)i * ldx, K, &amax);
         scale[i] = row_scale(amax, qmax);
-        row_quant(x + (long)i * ldx, K, scale[i], qmax, 0, codes + (long)i * K);
+        row_quant(x + (long)i * ldx, K, scale[i], -qmax, qmax, 0, codes + (long)i * K);
     }
     return bad;
 }
 
 // Quantize rows r0 .. r0 + rows - 1 (rows <= MR) of x into one A panel of MR rows: u8 codes + off (esz 1,
 // layout in gemm_pack.c; padding holds off) or int16 codes (esz 2, kind 2; padding 0). rowbuf holds
-// MR * Kp + 32 bytes of scratch. Writes scale[r0 ..]; returns the number of non-finite inputs. Shared by the
-// quant-pack entry points below and the fused quantize + GEMM (gemm_kernels.c), so both give the same codes.
-long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, int qmax, int off, int esz,
+// MR * Kp + 32 bytes of scratch. q->sstat == 0: per-row absmax scales into [-qmax, qmax]; q->sstat > 0: that
+// one static scale for every row, codes clamped to [q->qlo, qmax] (lowbit.ptq's static quantizer). Writes
+// scale[r0 ..]; returns the number of non-finite inputs. Shared by the quant-pack entry points below and the
+// fused quantize + GEMM (gemm_kernels.c), so both give the same codes.
+long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, const lb_actq *q, int off, int esz,
                         int8_t *rowbuf, void *dst, float *scale) {
+    const int qmax = q->qmax;
     const int kg = esz == 1 ? 4 : 2, Kp = LOWBIT_ROUND_UP(K, kg);
     long bad = 0;
     memset(rowbuf, esz == 1 ? off : 0, (size_t)LOWBIT_MR * Kp);  // padding k and rows hold the zero code
     for (int r = 0; r < rows; r++) {
         int i = r0 + r;
+        if (q->sstat > 0.0f) {
+            bad += row_nonfinite(x + (long)i * ldx, K);
+            scale[i] = q->sstat;
+            row_quant(x + (long)i * ldx, K, q->sstat, q->qlo, qmax, esz == 1 ? off : 0, rowbuf + (long)r * Kp);
+            continue;
+        }
         float amax;
         bad += row_absmax(x + (long)i * ldx, K, &amax);
         scale[i] = row_scale(amax, qmax);
-        row_quant(x + (long)i * ldx, K, scale[i], qmax, esz == 1 ? off : 0, rowbuf + (long)r * Kp);
+        row_quant(x + (long)i * ldx, K, scale[i], -qmax, qmax, esz == 1 ? off : 0, rowbuf + (long)r * Kp);
     }
     if (esz == 1) {
         uint8_t *d = dst;
@@ -116,8 +141,8 @@ long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, int q
 
 // Quantize M rows straight into the A panels of the GEMM (esz 1: u8 codes + off; esz 2: int16, kind 2) plus
 // scale (M,). Returns the number of non-finite inputs, or -1 when a row buffer cannot be allocated.
-static long quant_pack(const float *x, long ldx, int M, int K, int qmax, int off, int esz, void *dst, float *scale,
-                       int nthreads) {
+static long quant_pack(const float *x, long ldx, int M, int K, const lb_actq *q, int off, int esz, void *dst,
+                       float *scale, int nthreads) {
     const int Kp = LOWBIT_ROUND_UP(K, esz == 1 ? 4 : 2), npan = LOWBIT_CEIL_DIV(M, LOWBIT_MR);
     long bad = 0;
     int failed = 0;
@@ -130,7 +155,7 @@ static long quant_pack(const float *x, long ldx, int M, int K, int qmax, int off
         for (int p = 0; p < npan; p++) {
             if (!rows) continue;
             int r0 = p * LOWBIT_MR, n = M - r0 < LOWBIT_MR ? M - r0 : LOWBIT_MR;
-            bad += lowbit_quant_panel(x, ldx, r0, n, K, qmax, off, esz, rows,
+            bad += lowbit_quant_panel(x, ldx, r0, n, K, q, off, esz, rows,
                                       (char *)dst + (long)p * LOWBIT_MR * Kp * esz, scale);
         }
         free(rows);
@@ -138,12 +163,15 @@ static long quant_pack(const float *x, long ldx, int M, int K, int qmax, int off
     return failed ? -1 : bad;
 }
 
-long lowbit_quant_pack_u8(const float *x, long ldx, int M, int K, int qmax, int off, uint8_t *dst, float *scale,
-                          int nthreads) {
-    return quant_pack(x, ldx, M, K, qmax, off, 1, dst, scale, nthreads);
+// qlo, sstat: see lowbit_quant_panel (sstat 0 = per-row scales, qlo unused).
+long lowbit_quant_pack_u8(const float *x, long ldx, int M, int K, int qmax, int qlo, float sstat, int off,
+                          uint8_t *dst, float *scale, int nthreads) {
+    const lb_actq q = {qmax, qlo, sstat};
+    return quant_pack(x, ldx, M, K, &q, off, 1, dst, scale, nthreads);
 }
 
-long lowbit_quant_pack_s16(const float *x, long ldx, int M, int K, int qmax, int16_t *dst, float *scale,
-                           int nthreads) {
-    return quant_pack(x, ldx, M, K, qmax, 0, 2, dst, scale, nthreads);
+long lowbit_quant_pack_s16(const float *x, long ldx, int M, int K, int qmax, int qlo, float sstat, int16_t *dst,
+                           float *scale, int nthreads) {
+    const lb_actq q = {qmax, qlo, sstat};
+    return quant_pack(x, ldx, M, K, &q, 0, 2, dst, scale, nthreads);
 }
