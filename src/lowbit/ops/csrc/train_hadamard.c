@@ -7,7 +7,9 @@
 // add/subtract stages pairing elements h = block/2, ..., 1 apart; v = x / step (a true division);
 // round half-to-even (vroundps / rintf in the default rounding mode); no multiply-add appears, so nothing is
 // contracted. Blocks of 8 or more run in AVX2 (stages h >= 8 between registers, h = 4, 2, 1 inside one
-// register with the same a + b / a - b per pair); blocks 1, 2, 4 and ragged tails run the scalar twin.
+// register with the same a + b / a - b per pair); blocks 1, 2, 4 run eight values (whole blocks) per register
+// too, and only a row's last d mod 8 values run the scalar twin. (The block search picks 2 for inputs such as
+// a GELU output: the scalar loop made the 4096 x 3072 FFN-down quantize ~10x and its backward ~6x slower.)
 // The step-gradient sum is accumulated in double (not bit-exact with torch's float32 sum; tested to 1e-6), per
 // chunk of ROW_CHUNK rows, and the chunk sums are added in order: the same result for any thread count.
 // Rows are handed out in chunks (schedule dynamic): on a shared machine a thread that is not scheduled holds up
@@ -38,15 +40,31 @@ static void fwht_scalar(float *buf, int block, float sc) {
             }
 }
 
-// Stages h = 4, 2, 1 of eight consecutive elements in one register: out = blend(a + b, a - b) where a holds
-// the first and b the second element of every pair, broadcast to both positions.
+// Stages h = 2, 1 (block 4) or h = 1 (block 2) of eight consecutive elements in one register, i.e. of two
+// blocks of 4 or four blocks of 2 side by side (the scalar twin's pairs; out = blend(a + b, a - b) where a
+// holds the first and b the second element of every pair, broadcast to both positions).
+static inline __m256 fwht_pairs8(__m256 v, int block) {
+    __m256 a, b;
+    if (block >= 4) {
+        a = _mm256_permute_ps(v, 0x44), b = _mm256_permute_ps(v, 0xEE);  // h = 2: (x0 x1 x0 x1), (x2 x3 x2 x3)
+        v = _mm256_blend_ps(_mm256_add_ps(a, b), _mm256_sub_ps(a, b), 0xCC);
+    }
+    a = _mm256_permute_ps(v, 0xA0), b = _mm256_permute_ps(v, 0xF5);  // h = 1: (x0 x0 x2 x2), (x1 x1 x3 x3)
+    return _mm256_blend_ps(_mm256_add_ps(a, b), _mm256_sub_ps(a, b), 0xAA);
+}
+
+// Stages h = 4, 2, 1 of eight consecutive elements (one block of 8, or the last stages of a larger block).
 static inline __m256 fwht8_tail(__m256 v) {
     __m256 a = _mm256_permute2f128_ps(v, v, 0x00), b = _mm256_permute2f128_ps(v, v, 0x11);  // h = 4
     v = _mm256_blend_ps(_mm256_add_ps(a, b), _mm256_sub_ps(a, b), 0xF0);
-    a = _mm256_permute_ps(v, 0x44), b = _mm256_permute_ps(v, 0xEE);  // h = 2: (x0 x1 x0 x1), (x2 x3 x2 x3)
-    v = _mm256_blend_ps(_mm256_add_ps(a, b), _mm256_sub_ps(a, b), 0xCC);
-    a = _mm256_permute_ps(v, 0xA0), b = _mm256_permute_ps(v, 0xF5);  // h = 1: (x0 x0 x2 x2), (x1 x1 x3 x3)
-    return _mm256_blend_ps(_mm256_add_ps(a, b), _mm256_sub_ps(a, b), 0xAA);
+    return fwht_pairs8(v, 4);
+}
+
+// Eight consecutive values of x transformed in blocks of 1, 2 or 4 (block 1: unchanged, as the scalar twin,
+// which neither scales nor transforms; else scaled by vsc, then the stages).
+static inline __m256 small_transform8(const float *x, int block, __m256 vsc) {
+    __m256 v = _mm256_loadu_ps(x);
+    return block == 1 ? v : fwht_pairs8(_mm256_mul_ps(v, vsc), block);
 }
 
 // In-place FWHT of one block of ``block`` >= 8 floats (a power of two), the scaled input already in buf.
@@ -109,10 +127,18 @@ int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float st
 #pragma omp parallel num_threads(nthreads) if (rows * d > 65536)
     {
         float buf[LB_TRAIN_MAX_BLOCK], dqb[8];
-        const __m256 vstep = _mm256_set1_ps(step);
+        const __m256 vstep = _mm256_set1_ps(step), vsc = _mm256_set1_ps(sc);
 #pragma omp for schedule(dynamic, ROW_CHUNK)
         for (long r = 0; r < rows; r++) {
-            for (long k0 = 0; k0 < d; k0 += block) {
+            long k0 = 0;
+            if (block < 8)  // blocks of 1, 2, 4: eight values (whole blocks) per register, the rest scalar
+                for (; k0 + 8 <= d; k0 += 8) {
+                    const long off = r * d + k0;
+                    __m256 dq;
+                    store_codes8(quant_x8(small_transform8(x + off, block, vsc), vstep, &dq), codes + off);
+                    if (dqds) _mm256_storeu_ps(dqds + off, dq);
+                }
+            for (; k0 < d; k0 += block) {
                 const long off = r * d + k0;
                 transform_block(x + off, buf, block, sc);
                 if (block >= 8) {
@@ -157,7 +183,21 @@ int lowbit_train_hq_grad_x(float *g, const float *x, float step, long rows, long
             __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
             double part = 0.0;
             for (long r = c * ROW_CHUNK; r < r1; r++) {
-                for (long k0 = 0; k0 < d; k0 += block) {
+                long k0 = 0;
+                if (block < 8)  // blocks of 1, 2, 4: eight values (whole blocks) per register, the rest scalar
+                    for (; k0 + 8 <= d; k0 += 8) {
+                        float *buf = g + r * d + k0;
+                        __m256 dv;
+                        quant_x8(small_transform8(x + r * d + k0, block, vsc), vstep, &dv);
+                        __m256 gv = _mm256_loadu_ps(buf);
+                        __m256 p = _mm256_mul_ps(gv, dv);
+                        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+                        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+                        __m256 keep = _mm256_cmp_ps(_mm256_and_ps(dv, abs_mask), half, _CMP_LE_OQ);
+                        __m256 m = _mm256_mul_ps(gv, _mm256_and_ps(keep, one));
+                        _mm256_storeu_ps(buf, block == 1 ? m : fwht_pairs8(_mm256_mul_ps(m, vsc), block));
+                    }
+                for (; k0 < d; k0 += block) {
                     float *buf = g + r * d + k0;
                     transform_block(x + r * d + k0, xb, block, sc);
                     if (block >= 8) {
