@@ -93,7 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lowbit train`` flags."""
     add_common_arguments(parser)
     parser.add_argument(
-        "--recipe", default="fp32", help="fp32, int8, int4, int4-sample or int4-naive (default fp32)"
+        "--recipe",
+        default="fp32",
+        help="fp32, int8, int4, int4-paper, int4-mse, int4-sample or int4-naive (default fp32)",
     )
     parser.add_argument("--out", help="output folder (default runs/TASK-RECIPE)")
     parser.add_argument("--json", help="also write {task, recipe, steps, seconds, ...} to this JSON file")

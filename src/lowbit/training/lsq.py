@@ -27,8 +27,10 @@ def lsq_init(x: torch.Tensor) -> torch.Tensor:
 #: Step initialisations a recipe can name (``Recipe.lsq_init``).
 LSQ_INITS = ("paper", "mse")
 #: The MSE search: a geometric grid of this many steps from ``s_full · 2^-MSE_GRID_OCTAVES`` to ``s_full``
-#: (the smallest step that clips nothing), then at most ``MSE_REFINE_ITERS`` alternating refinements.
+#: (the smallest step that clips nothing), a finer grid of ``MSE_FINE_POINTS`` between the best step's two
+#: neighbours, then at most ``MSE_REFINE_ITERS`` alternating refinements.
 MSE_GRID_POINTS = 128
+MSE_FINE_POINTS = 64
 MSE_GRID_OCTAVES = 10
 MSE_REFINE_ITERS = 30
 
@@ -45,10 +47,11 @@ def quant_sse(x: torch.Tensor, step: float, out: torch.Tensor | None = None) -> 
 def lsq_init_mse(x: torch.Tensor) -> torch.Tensor:
     """The per-tensor step minimising the INT4 quantization MSE of ``x`` (float32 scalar; 1 for all zeros).
 
-    Deterministic: the best of a geometric grid below the no-clipping step and the paper's init, then
-    alternating refinement (codes for the step, then the least-squares step ``Σxq/Σq²`` for the codes), which
-    never increases the error; the result's MSE is never above the paper init's. Why: the paper's
-    ``2·mean|x|/√7`` is 1.1-1.8x the MSE-best step on MiniLM's tensors (results/train/README.md).
+    Deterministic: the best of a geometric grid below the no-clipping step and the paper's init, refined on a
+    finer grid around it, then by alternating refinement (codes for the step, then the least-squares step
+    ``Σxq/Σq²`` for the codes), which never increases the error; the result's MSE is never above the paper
+    init's. Why: the paper's ``2·mean|x|/√7`` is 1.1-1.8x the MSE-best step on MiniLM's tensors
+    (results/train/README.md).
     Non-finite inputs fall back to :func:`lsq_init`.
     """
     v = x.detach().float().reshape(-1)
@@ -62,11 +65,15 @@ def lsq_init_mse(x: torch.Tensor) -> torch.Tensor:
     candidates = [s_full * ratio**k for k in range(MSE_GRID_POINTS)] + [float(lsq_init(v))]
     buf = torch.empty_like(v)
     best_s, best_e = s_full, math.inf
-    for s in candidates:
-        s = float(torch.tensor(s, dtype=torch.float32))  # the step is stored as float32
-        e = quant_sse(v, s, buf)
-        if e < best_e:
-            best_s, best_e = s, e
+    for fine in (False, True):
+        if fine:  # a finer grid over the neighbourhood of the coarse grid's best step
+            n = MSE_FINE_POINTS
+            candidates = [best_s * ratio ** (2 * k / (n - 1) - 1) for k in range(n)]
+        for s in candidates:
+            s = float(torch.tensor(s, dtype=torch.float32))  # the step is stored as float32
+            e = quant_sse(v, s, buf)
+            if e < best_e:
+                best_s, best_e = s, e
     s = best_s
     for _ in range(MSE_REFINE_ITERS):
         q = torch.round(v / s).clamp_(QMIN, QMAX).double()

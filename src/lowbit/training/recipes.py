@@ -5,8 +5,9 @@ A linear layer ``Y = X Wᵀ + b`` has three products: forward (fprop) ``X Wᵀ``
 algorithm of its two operands (:class:`OperandSpec`); the layer (``lowbit.training.layers``) dispatches on
 ``Recipe.kind``. Registered names: ``fp32`` (nothing converted), ``int8`` (the paper's INT8 baseline),
 ``int4`` (Xi et al.: Hadamard quantizer + LSQ, bit splitting, leverage-score row selection, keep-non-zero
-mode of the released code), ``int4-sample`` (the same with the paper's unbiased Bernoulli sampling) and
-``int4-naive`` (per-tensor round-to-nearest INT4 everywhere).
+mode of the released code), ``int4-paper`` / ``int4-mse`` (``int4`` with the LSQ steps initialised by the
+paper's formula / at the MSE-best step), ``int4-sample`` (``int4`` with the paper's unbiased Bernoulli
+sampling) and ``int4-naive`` (per-tensor round-to-nearest INT4 everywhere).
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ RECIPES: dict[str, Recipe] = {
             grad_rounding="nearest",
         ),
         Recipe("int4", lss="nonzero", **_INT4_COMMON),
+        # the two LSQ step initialisations by name, whichever "int4" uses
+        Recipe("int4-paper", lss="nonzero", lsq_init="paper", **_INT4_COMMON),
+        Recipe("int4-mse", lss="nonzero", lsq_init="mse", **_INT4_COMMON),
         Recipe("int4-sample", lss="sample", **_INT4_COMMON),
         Recipe(
             "int4-naive",
