@@ -16,8 +16,10 @@ Formats: ``fp32``, ``fp8-e4m3``, ``fp8-e5m2``, ``int8`` (weights and activations
 integer kernel: ``+w7`` (7-bit weight codes, fast u8 x s8), ``+a7`` (7-bit activation codes, fast) or
 ``+exact`` (full int8 range on both sides, the paper's INT8, exact int16 kernel); without one, per-channel
 weights get ``w7`` and a per-tensor weight ``exact`` (``PTQConfig.int8_kernel="auto"``). FP8 and INT8 entries
-also take ``+gptq`` (GPTQ error-compensating weight rounding, same grid and scales) and ``+bc`` (bias
-correction on the calibration snippets), e.g. ``fp8-e4m3/channel+gptq+bc``.
+also take ``+gptq`` (GPTQ error-compensating weight rounding, same grid and scales), ``+gptq-seq`` /
+``+gptq-asym`` (sequential GPTQ on the quantized model's own inputs; ``-asym`` rounds toward the FP32 layer
+output, :mod:`lowbit.ptq.sequential`), ``+ao`` (GPTQ act-order) and ``+bc`` (bias correction on the
+calibration snippets), e.g. ``fp8-e4m3/channel+gptq+bc``, ``fp8-e4m3/channel/token+gptq-asym``.
 ``--json`` writes ``[{format, embedding_cosine, accuracy, weight_bytes, ...}]``.
 """
 
@@ -44,7 +46,9 @@ DEFAULT_FORMATS = "fp32,fp8-e4m3,fp8-e5m2,int8"
 KNOWN_FORMATS = ("fp32", "fp8-e4m3", "fp8-e5m2", "int8", "mxfp8-e4m3", "mxfp4", "int4")
 OBSERVERS = ("max", "percentile", "mse")
 INT8_OPTIONS = ("w7", "a7", "exact")  # PTQConfig.int8_kernel
-RECIPE_OPTIONS = ("gptq", "bc")  # weight_rounding="gptq", bias_correction=True (FP8 and INT8 entries)
+GPTQ_OPTIONS = ("gptq", "gptq-seq", "gptq-asym")  # PTQConfig.weight_rounding (at most one)
+# FP8 and INT8 entries: a GPTQ variant, "ao" (gptq_act_order=True) and "bc" (bias_correction=True)
+RECIPE_OPTIONS = (*GPTQ_OPTIONS, "ao", "bc")
 SQNR_TEXTS = 32  # held-out snippets in the per-layer SQNR batch
 
 
@@ -143,10 +147,18 @@ def parse_formats(text: str, args: argparse.Namespace) -> list[FormatEntry]:
             RECIPE_OPTIONS if name in ("int8", "fp8-e4m3", "fp8-e5m2") else ()
         )
         bad = [o for o in options if o not in allowed]
-        if bad or len(set(options)) != len(options) or sum(o in INT8_OPTIONS for o in options) > 1:
+        n_gptq = sum(o in GPTQ_OPTIONS for o in options)
+        if (
+            bad
+            or len(set(options)) != len(options)
+            or sum(o in INT8_OPTIONS for o in options) > 1
+            or n_gptq > 1
+            or ("ao" in options and not n_gptq)
+        ):
             raise ValueError(
-                f"{label!r}: options {options} not valid for {name}; fp8/int8 take +gptq, +bc, int8 also "
-                f"one of {', '.join('+' + o for o in INT8_OPTIONS)}"
+                f"{label!r}: options {options} not valid for {name}; fp8/int8 take one of "
+                f"{', '.join('+' + o for o in GPTQ_OPTIONS)} (+ao: act-order, needs one of them) and +bc, "
+                f"int8 also one of {', '.join('+' + o for o in INT8_OPTIONS)}"
             )
         entries.append(FormatEntry(label, name, w_gran, a_gran, observer, tuple(options)))
     return entries
@@ -170,7 +182,8 @@ def config_for(entry: FormatEntry, args: argparse.Namespace) -> PTQConfig | Weig
         fp8_compute=args.fp8_compute,
         observer=observer,
         int8_kernel=int8_kernel,
-        weight_rounding="gptq" if "gptq" in entry.options else "nearest",
+        weight_rounding=next((o for o in entry.options if o in GPTQ_OPTIONS), "nearest"),
+        gptq_act_order="ao" in entry.options,
         bias_correction="bc" in entry.options,
     )
 

@@ -21,6 +21,7 @@ from lowbit.ptq.calibrate import Calibration, observe_linears, select_linears
 from lowbit.ptq.config import PTQConfig, WeightOnlyConfig
 from lowbit.ptq.gptq import gram_matrix
 from lowbit.ptq.modules import LayerSpec, QuantLinear, build_layer
+from lowbit.ptq.sequential import SEQUENTIAL_ROUNDINGS, fake_quant_activation, sequential_gptq
 from lowbit.ptq.weights import encode_weight
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibrati
             "calibration=lowbit.ptq.calibrate(model, batches) "
             "(or use activation_granularity='token' for dynamic scales)"
         )
-    needs_inputs = config.weight_rounding == "gptq" or config.bias_correction
+    needs_inputs = config.weight_rounding != "nearest" or config.bias_correction
     if needs_inputs and not calibration.inputs:
         raise ValueError("GPTQ rounding and bias correction rerun the calibration batches: this Calibration "
                          "holds none (build it with lowbit.ptq.calibrate)")  # fmt: skip
@@ -180,7 +181,9 @@ def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibrati
     else:
         layer_kind, act_gran = kind, config.activation_granularity
 
-    def make(name: str, linear: nn.Linear) -> QuantLinear:
+    def make(
+        name: str, linear: nn.Linear, gram: torch.Tensor | None = None, target: torch.Tensor | None = None
+    ) -> QuantLinear:
         spec = LayerSpec(
             kind=layer_kind,
             in_features=linear.in_features,
@@ -194,19 +197,33 @@ def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibrati
             int8_kernel=config.int8_kernel if kind == "int8" else None,
         )
         buffers = encode_weight(
-            linear.weight,
+            linear.weight if target is None else target,
             config.weight_code_format,
             config.weight_granularity,
             None,
             config.weight_scale,
-            gram=grams.get(name),
+            gram=grams.get(name) if gram is None else gram,
+            act_order=config.gptq_act_order,
         )
         act_scale = None
         if spec.static_activation:
             act_scale = calibration.scale(name, config.activation_code_format, config.observer)
         return build_layer(spec, buffers, linear.bias, act_scale)
 
-    summary = _run(model, config, make)
+    if config.weight_rounding in SEQUENTIAL_ROUNDINGS:
+        code_fmt = config.activation_code_format
+        static = config.activation_granularity == "tensor"
+
+        def act_quant(name: str, x: torch.Tensor) -> torch.Tensor:
+            scale = calibration.scale(name, code_fmt, config.observer) if static else None
+            return fake_quant_activation(x, code_fmt, scale)
+
+        prebuilt = sequential_gptq(
+            model, names, calibration.inputs, act_quant, make, config.weight_rounding == "gptq-asym"
+        )
+        summary = _run(model, config, lambda name, _linear: prebuilt[name])
+    else:
+        summary = _run(model, config, make)
     if config.bias_correction:
         _correct_biases(model, originals, calibration.inputs)
     return summary
@@ -247,7 +264,9 @@ def _quantize_weight_only(
     del calibration  # weight-only: nothing to calibrate
     mx = isinstance(config.weight, MXFormat)
 
-    def make(name: str, linear: nn.Linear) -> QuantLinear:
+    def make(
+        name: str, linear: nn.Linear, gram: torch.Tensor | None = None, target: torch.Tensor | None = None
+    ) -> QuantLinear:
         spec = LayerSpec(
             kind="emulated",
             in_features=linear.in_features,

@@ -26,7 +26,7 @@ ACTIVATION_GRANULARITIES = ("tensor", "token")
 WEIGHT_SCALE_RULES = ("absmax", "mse")
 FP8_COMPUTE = ("emulated", "scaled_mm")
 INT8_KERNELS = ("w7", "a7", "exact")  # see lowbit.ptq.modules.Int8Linear; "auto" resolves to one of them
-WEIGHT_ROUNDINGS = ("nearest", "gptq")
+WEIGHT_ROUNDINGS = ("nearest", "gptq", "gptq-seq", "gptq-asym")  # see lowbit.ptq.gptq / .sequential
 # The formats each recipe accepts (by kind); anything else raises ValueError naming the recipe to use.
 _FP8_NAMES = ("fp8-e4m3", "fp8-e5m2")
 
@@ -91,6 +91,10 @@ class PTQConfig:
     per-token activations; 7-bit activations: 0.9932) but a lot per tensor (0.943 -> 0.850; a7: 0.853).
     weight_rounding: ``"nearest"`` (the paper) or ``"gptq"`` (error-compensating rounding onto the same grid
     with the same scales, using the Gram matrix of each layer's calibration inputs; :mod:`lowbit.ptq.gptq`).
+    ``"gptq-seq"``: GPTQ with each layer's Gram matrix taken from the inputs it receives when every earlier
+    layer is already quantized (activation-rounded as its GEMM sees them); ``"gptq-asym"``: the same, rounding
+    toward the FP32 layer's output on the FP32 model's inputs (:mod:`lowbit.ptq.sequential`).
+    gptq_act_order: GPTQ rounds the input columns by decreasing Gram diagonal instead of left to right.
     bias_correction: after quantizing, subtract from each layer's bias the mean error of its outputs
     (quantized layer vs the FP32 weights on the same inputs) over the calibration tokens.
     """
@@ -108,6 +112,7 @@ class PTQConfig:
     int8_kernel: str = "auto"
     weight_rounding: str = "nearest"
     bias_correction: bool = False
+    gptq_act_order: bool = False
 
     def __post_init__(self) -> None:
         w = _parse_format("weight", self.weight)
@@ -125,6 +130,12 @@ class PTQConfig:
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise ValueError(
                 f"weight_rounding must be one of {WEIGHT_ROUNDINGS}, got {self.weight_rounding!r}"
+            )
+        if not isinstance(self.gptq_act_order, bool):
+            raise ValueError(f"gptq_act_order must be a bool, got {self.gptq_act_order!r}")
+        if self.gptq_act_order and self.weight_rounding == "nearest":
+            raise ValueError(
+                "gptq_act_order orders GPTQ's columns: set weight_rounding to a GPTQ variant too"
             )
         if not isinstance(self.bias_correction, bool):
             raise ValueError(f"bias_correction must be a bool, got {self.bias_correction!r}")
@@ -178,7 +189,9 @@ class PTQConfig:
     def needs_calibration(self) -> bool:
         """True when activation scales come from calibration (static per-tensor scales, non-MX)."""
         return self.kind != "mx" and (
-            self.activation_granularity == "tensor" or self.weight_rounding == "gptq" or self.bias_correction
+            self.activation_granularity == "tensor"
+            or self.weight_rounding != "nearest"
+            or self.bias_correction
         )
 
     def describe(self) -> str:
@@ -189,7 +202,8 @@ class PTQConfig:
         if self.kind == "int8" and self.int8_kernel != "exact":  # the code range the kernel runs on
             w_name, a_name = ("int7", a_name) if self.int8_kernel == "w7" else (w_name, "int7")
         text = f"W {w_name}/{self.weight_granularity} A {a_name}/{self.activation_granularity}"
-        text += " +gptq" if self.weight_rounding == "gptq" else ""
+        text += f" +{self.weight_rounding}" if self.weight_rounding != "nearest" else ""
+        text += " +act-order" if self.gptq_act_order else ""
         text += " +bias-corr" if self.bias_correction else ""
         static = self.activation_granularity == "tensor"
         return text + (f" ({self.observer})" if self.observer is not None and static else "")

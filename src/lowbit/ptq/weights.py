@@ -68,12 +68,13 @@ def encode_weight(
     group_size: int | None = None,
     scale_rule: str = "absmax",
     gram: torch.Tensor | None = None,
+    act_order: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Quantize a (N, K) weight (nearest-even, saturating) into its storage buffers (see module doc).
 
     ``gram`` (K, K), the Gram matrix ``XᵀX`` of the layer's calibration inputs: round with GPTQ error
-    feedback (:func:`lowbit.ptq.gptq.gptq_round`) instead of to nearest; same scales, same storage. Tensor
-    and channel granularity only.
+    feedback (:func:`lowbit.ptq.gptq.gptq_round`, columns by decreasing ``gram`` diagonal if ``act_order``)
+    instead of to nearest; same scales, same storage. Tensor and channel granularity only.
     """
     if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
         raise ValueError(f"weight must be a 2-D float tensor (out, in), got {getattr(w, 'shape', type(w))}")
@@ -100,7 +101,9 @@ def encode_weight(
         if weight_granularity == "group":
             raise ValueError("GPTQ rounding supports weight granularity 'tensor' or 'channel', not 'group'")
         scale2d = q.scale.reshape(-1, 1) if q.scale.numel() > 1 else q.scale.reshape(1, 1)
-        values = gptq_round(w / scale2d, gram, fmt)  # same scales, error-compensating choice of grid values
+        values = gptq_round(
+            w / scale2d, gram, fmt, act_order=act_order
+        )  # same scales, error-compensating choice of grid values
         codes = values.to(q.codes.dtype)  # exact: values are on the grid
     if weight_granularity == "tensor":
         scale = q.scale.reshape(1)
