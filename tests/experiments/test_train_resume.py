@@ -55,6 +55,23 @@ def test_resume_is_bit_identical(task, tmp_path, text_file, tiny):
     assert metrics["train"]["loss"] == full_losses  # the history survives the resume
 
 
+@pytest.mark.parametrize("lsq_init", ["paper", "mse"])
+def test_int4_resume_is_bit_identical_with_either_step_init(lsq_init, tmp_path, text_file, tiny):
+    # the learned LSQ steps travel in the checkpoint: a resumed run does not re-initialise them
+    def config_of(out, **kw):
+        return tiny(
+            "gpt-shakespeare", out, text_file, recipe="int4", lsq_init=lsq_init, checkpoint_every=3, **kw
+        )
+
+    full_losses = []
+    reference = prepare(config_of(tmp_path / "full"))
+    finish(reference, on_step=lambda step, loss: full_losses.append(loss))
+    losses, weights = _run_interrupted_then_resumed(config_of, tmp_path / "resumed")
+    assert losses == full_losses
+    steps = {k: v for k, v in reference.model.state_dict().items() if k.endswith(("x_step", "w_step"))}
+    assert steps and all(torch.equal(v, weights[k]) for k, v in steps.items())
+
+
 def test_resume_after_finish_only_reports(tmp_path, text_file, tiny):
     first = train(tiny("gpt-shakespeare", tmp_path / "run", text_file))
     again = train(tiny("gpt-shakespeare", tmp_path / "run", text_file, resume=True))
