@@ -35,6 +35,7 @@ CONFIGS = {
     "gptq-asym": lambda: _cfg(weight_rounding="gptq-asym"),
     "gptq-asym-ao": lambda: _cfg(weight_rounding="gptq-asym", gptq_act_order=True),
     "token-gptq": lambda: _cfg("token", weight_rounding="gptq"),
+    "token-gptq-ao": lambda: _cfg("token", weight_rounding="gptq", gptq_act_order=True),
     "token-gptq-asym": lambda: _cfg("token", weight_rounding="gptq-asym"),
     "token-gptq-asym-ao": lambda: _cfg("token", weight_rounding="gptq-asym", gptq_act_order=True),
 }
@@ -69,6 +70,7 @@ def main() -> None:
     ]
     calib = calibrate(model, batches)
     ref = embed_sorted(model, tok, texts, 64, 128)
+    ref_calib = embed_sorted(model, tok, calib_texts, 64, 128)
     for label in args.labels:
         cfg = CONFIGS[label]()
         t0 = time.perf_counter()
@@ -76,12 +78,14 @@ def main() -> None:
         quantize(q, cfg, calib)
         t_q = time.perf_counter() - t0
         cos = embedding_cosine(ref, embed_sorted(q, tok, texts, 64, 128))
+        cos_calib = embedding_cosine(ref_calib, embed_sorted(q, tok, calib_texts, 64, 128))
         rec = {
             "label": label,
             "recipe": cfg.describe(),
             "cosine": float(cos.mean()),
             "min_cosine": float(cos.min()),
             "n_eval": len(texts),
+            "calib_cosine": float(cos_calib.mean()),  # in-sample: the calibration snippets themselves
             "calib_snippets": n_calib,
             "quantize_seconds": round(t_q, 1),
             "asym_damp": args.asym_damp,
