@@ -12,6 +12,8 @@ peer: ``quantized.linear_prepack``); the activations' quantization and packing i
   per row in [-127, 127], 7-bit per-channel weight codes in [-63, 63]; the u8 x s7 ``vpmaddubsw`` kernel.
 * ``int8-a7``: 7-bit activations in [-63, 63] (``act_bits=7``) with 8-bit weights in [-127, 127]: u7 x s8.
 * ``int8-full``: 8-bit codes on both sides ([-127, 127]): the exact int16 ``vpmaddwd`` kernel.
+* ``int8-static``: ``lowbit.ptq``'s static per-tensor INT8 (``linear(..., act_scale=s)``): every row quantized
+  with one calibrated scale (here ``absmax(x) / 127``) to [-128, 127], 7-bit weights; the u8 x s7 kernel.
 * ``peer-onednn-int8``: ``torch.ops.quantized.linear_dynamic`` with the onednn engine (quantizes x too;
   8-bit per-channel weights).
 
@@ -60,12 +62,13 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-# lowbit rows: (name, weight bits, weight qmax, activation bits)
+# lowbit rows: (name, weight bits, weight qmax, activation bits, static per-tensor activation scale)
 LOWBIT_ROWS = [
-    ("int4", 4, 7, 4),
-    ("int8", 8, 63, 8),
-    ("int8-a7", 8, 127, 7),
-    ("int8-full", 8, 127, 8),
+    ("int4", 4, 7, 4, False),
+    ("int8", 8, 63, 8, False),
+    ("int8-a7", 8, 127, 7, False),
+    ("int8-full", 8, 127, 8, False),
+    ("int8-static", 8, 63, 8, True),
 ]
 DTYPES = ["fp32"] + [row[0] for row in LOWBIT_ROWS] + ["peer-onednn-int8"]
 
@@ -73,9 +76,10 @@ DTYPES = ["fp32"] + [row[0] for row in LOWBIT_ROWS] + ["peer-onednn-int8"]
 def code_ranges() -> dict[str, str]:
     """The activation and weight code ranges of each lowbit row (for the table and the JSON records)."""
     out = {}
-    for name, _, w_qmax, act_bits in LOWBIT_ROWS:
+    for name, _, w_qmax, act_bits, static in LOWBIT_ROWS:
         a_qmax = 2 ** (act_bits - 1) - 1
-        out[name] = f"act [-{a_qmax}, {a_qmax}], weight [-{w_qmax}, {w_qmax}]"
+        a_lo = a_qmax + 1 if static else a_qmax
+        out[name] = f"act [-{a_lo}, {a_qmax}]{' static' if static else ''}, weight [-{w_qmax}, {w_qmax}]"
     return out
 
 
@@ -87,11 +91,12 @@ def _methods(m: int, k: int, n: int, gen: torch.Generator) -> dict[str, Callable
     y = torch.empty(m, n)
     wt = w.t()
     methods: dict[str, Callable[[], object]] = {"fp32": lambda: torch.addmm(bias, x, wt, out=y)}
-    for name, bits, w_qmax, act_bits in LOWBIT_ROWS:
+    for name, bits, w_qmax, act_bits, static in LOWBIT_ROWS:
         w_bits = w_qmax.bit_length() + 1  # quantize_rows bits giving codes in [-w_qmax, w_qmax]
         w_codes, w_scale = ops.quantize_rows(w, w_bits)  # per output channel
         packed = ops.pack_weight(w_codes, w_scale, bits=bits)
-        methods.update(_lowbit_methods(name, x, packed, bias, act_bits, y))
+        act_scale = float(x.abs().max()) / (2 ** (act_bits - 1) - 1) if static else None
+        methods.update(_lowbit_methods(name, x, packed, bias, act_bits, y, act_scale))
     # peer: oneDNN dynamic quantized linear (per-channel int8 weight, activations quantized per call)
     torch.backends.quantized.engine = "onednn"
     _, s8 = ops.quantize_rows(w, 8)
@@ -103,16 +108,18 @@ def _methods(m: int, k: int, n: int, gen: torch.Generator) -> dict[str, Callable
     return methods
 
 
-def _lowbit_methods(name, x, packed, bias, act_bits, y) -> dict[str, Callable[[], object]]:
+def _lowbit_methods(name, x, packed, bias, act_bits, y, act_scale) -> dict[str, Callable[[], object]]:
     """``name``: the full ``linear``; ``name:quant`` / ``name:gemm``: its two pieces alone."""
     m, k = x.shape
     n = packed.out_features
-    kind, off, qmax = packed.plan(act_bits)
+    kind, off, qmax = packed.plan(act_bits, static=act_scale is not None)
+    if act_scale is not None:
+        qmax = native_gemm.ActQuant(qmax, -qmax - 1, act_scale)
     b_packed = packed.packed_s16 if kind == native_gemm.KIND_S16 else packed.packed
     a_packed, sx = native_gemm.quant_pack_a(x, qmax, off, kind)
     epi = native_gemm.Epilogue(out_f32=y, a_scale=sx, b_scale=packed.scale, bias=bias)
     return {
-        name: lambda: ops.linear(x, packed, bias, act_bits=act_bits, out=y),
+        name: lambda: ops.linear(x, packed, bias, act_bits=act_bits, act_scale=act_scale, out=y),
         f"{name}:quant": lambda: native_gemm.quant_pack_a(x, qmax, off, kind),
         f"{name}:gemm": lambda: native_gemm.gemm(kind, off, a_packed, b_packed, packed.colsum, m, n, k, epi),
     }
@@ -167,8 +174,10 @@ Weights are quantized and packed once outside the timing (lowbit `pack_weight`, 
 real use; the activations' quantization and packing is inside every timed call. "int8" is the path lowbit's
 INT8 recipe runs (`lowbit.ptq` default `int8_kernel="w7"`: 8-bit activations, 7-bit weights, u8 x s7
 `vpmaddubsw`); "int8-a7" = 7-bit activations with 8-bit weights (u7 x s8); "int8-full" = 8-bit codes on both
-sides (exact int16 `vpmaddwd` kernel). quant+pack / GEMM-only = the two pieces of a lowbit row timed alone
-(the full row fuses them: rows are quantized inside the GEMM's parallel region)."""
+sides (exact int16 `vpmaddwd` kernel); "int8-static" = the PTQ static per-tensor recipe
+(`linear(..., act_scale=)`: one scale for every row, codes in [-128, 127], 7-bit weights). quant+pack /
+GEMM-only = the two pieces of a lowbit row timed alone (the full row fuses them: rows are quantized inside the
+GEMM's parallel region)."""
 
 
 def _load(avg: tuple[float, float, float]) -> str:

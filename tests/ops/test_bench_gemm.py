@@ -12,9 +12,10 @@ from lowbit.ops import native
 def test_records_and_table():
     gemm = bench.load("gemm")
     records = gemm.bench_shape(12, 40, 20, repeats=1, warmup=0)
-    dtypes = ["fp32", "int4", "int8", "int8-a7", "int8-full", "peer-onednn-int8"]
+    dtypes = ["fp32", "int4", "int8", "int8-a7", "int8-full", "int8-static", "peer-onednn-int8"]
     assert [r["dtype"] for r in records] == dtypes
     assert records[2]["codes"] == "act [-127, 127], weight [-63, 63]"  # the INT8 recipe's ranges
+    assert records[5]["codes"] == "act [-128, 127] static, weight [-63, 63]"
     for r in records:
         assert r["shape"] == "12x40x20"
         assert {"ms", "gops", "speedup_vs_fp32"} <= set(r) and r["ms"] > 0
