@@ -99,6 +99,35 @@ long lowbit_quantize_rows(const float *x, long ldx, int M, int K, int qmax, int8
     return bad;
 }
 
+_Static_assert(LOWBIT_MR == 6, "transpose_groups assumes 6-row panels");
+
+// The u8 panel layout from MR = 6 rows of bytes (row r at rows + r * Kp): 4-byte k-groups interleaved by row,
+// d[kb * 6 + r * 4 + i] = rows[r * Kp + kb + i]. Does 32 k (8 groups) at a time with a dword transpose (two
+// rows of unpacks, then 16- and 8-byte stores per group); returns the k where the caller's scalar tail starts.
+static int transpose_groups(const int8_t *rows, int Kp, uint8_t *d) {
+    int kb = 0;
+    for (; kb + 32 <= Kp; kb += 32) {
+        __m256i r[6];
+        for (int i = 0; i < 6; i++) r[i] = _mm256_loadu_si256((const __m256i *)(rows + (long)i * Kp + kb));
+        // t01lo = per lane [r0 g0, r1 g0, r0 g1, r1 g1] (lane 1: groups 4, 5), t01hi: groups 2, 3 (6, 7)
+        __m256i t01lo = _mm256_unpacklo_epi32(r[0], r[1]), t01hi = _mm256_unpackhi_epi32(r[0], r[1]);
+        __m256i t23lo = _mm256_unpacklo_epi32(r[2], r[3]), t23hi = _mm256_unpackhi_epi32(r[2], r[3]);
+        __m256i t45lo = _mm256_unpacklo_epi32(r[4], r[5]), t45hi = _mm256_unpackhi_epi32(r[4], r[5]);
+        // rows 0-3 of groups (g, g + 4) in the two lanes; rows 4-5 of the same groups from t45
+        __m256i u[4] = {_mm256_unpacklo_epi64(t01lo, t23lo), _mm256_unpackhi_epi64(t01lo, t23lo),
+                        _mm256_unpacklo_epi64(t01hi, t23hi), _mm256_unpackhi_epi64(t01hi, t23hi)};
+        __m256i v[4] = {t45lo, _mm256_unpackhi_epi64(t45lo, t45lo), t45hi, _mm256_unpackhi_epi64(t45hi, t45hi)};
+        uint8_t *o = d + (long)kb * LOWBIT_MR;
+        for (int g = 0; g < 4; g++) {
+            _mm_storeu_si128((__m128i *)(o + g * 24), _mm256_castsi256_si128(u[g]));
+            _mm_storel_epi64((__m128i *)(o + g * 24 + 16), _mm256_castsi256_si128(v[g]));
+            _mm_storeu_si128((__m128i *)(o + (g + 4) * 24), _mm256_extracti128_si256(u[g], 1));
+            _mm_storel_epi64((__m128i *)(o + (g + 4) * 24 + 16), _mm256_extracti128_si256(v[g], 1));
+        }
+    }
+    return kb;
+}
+
 // Quantize rows r0 .. r0 + rows - 1 (rows <= MR) of x into one A panel of MR rows: u8 codes + off (esz 1,
 // layout in gemm_pack.c; padding holds off) or int16 codes (esz 2, kind 2; padding 0). rowbuf holds
 // MR * Kp + 32 bytes of scratch. q->sstat == 0: per-row absmax scales into [-qmax, qmax]; q->sstat > 0: that
@@ -126,7 +155,8 @@ long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, const
     }
     if (esz == 1) {
         uint8_t *d = dst;
-        for (int kb = 0; kb < Kp; kb += 4)
+        int kb = transpose_groups(rowbuf, Kp, d);
+        for (; kb < Kp; kb += 4)
             for (int r = 0; r < LOWBIT_MR; r++) memcpy(d + (long)kb * LOWBIT_MR + r * 4, rowbuf + (long)r * Kp + kb, 4);
     } else {
         int16_t *d = dst;
