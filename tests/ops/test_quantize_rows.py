@@ -67,3 +67,23 @@ def test_bad_input(backend):
         ops.quantize_rows(torch.zeros(2, 2, dtype=torch.float64), 8, backend=backend)
     with pytest.raises(TypeError, match="Tensor"):
         ops.quantize_rows([[1.0]], 8, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("static", [False, True], ids=["per-row", "static"])
+def test_non_finite_count_is_exact(backend, static):
+    """NaN/Inf in the 8-wide body and the scalar tail of rows are all counted (quantize_rows and linear)."""
+    x = torch.ones(5, 37)
+    x[0, 3] = float("nan")  # body
+    x[0, 35] = float("inf")  # tail of the same row
+    x[2, 36] = float("-inf")  # tail only
+    x[4, 8] = float("nan")  # body only
+    x[4, 9] = -float("nan")
+    if not static:
+        with pytest.raises(ValueError, match="x holds 5 non-finite"):
+            ops.quantize_rows(x, 8, backend=backend)
+    w = ops.pack_weight(torch.ones(3, 37, dtype=torch.int8), 1.0, bits=8, backend=backend)
+    for rows in (x, x.repeat(100, 1)):  # below and above the fused-path threshold
+        want = 5 * (rows.shape[0] // 5)
+        with pytest.raises(ValueError, match=f"x holds {want} non-finite"):
+            ops.linear(rows, w, act_scale=0.5 if static else None, backend=backend)

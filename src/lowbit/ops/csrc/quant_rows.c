@@ -17,37 +17,7 @@
 
 #define LB_ROUND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
-// absmax of one row into *amax; returns how many entries are NaN or +-Inf.
-static long row_absmax(const float *x, int K, float *amax) {
-    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(FLT_MAX);
-    __m256 m = _mm256_setzero_ps();
-    long bad = 0;
-    int k = 0;
-    for (; k + 8 <= K; k += 8) {
-        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k));
-        bad += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_NLE_UQ)));  // NaN or > FLT_MAX
-        m = _mm256_max_ps(m, a);
-    }
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_max_ss(h, _mm_movehdup_ps(h));
-    float best = _mm_cvtss_f32(h);
-    for (; k < K; k++) {
-        float a = x[k] < 0 ? -x[k] : x[k];
-        if (!(a <= FLT_MAX)) bad++;
-        best = a > best ? a : best;
-    }
-    *amax = best;
-    return bad;
-}
-
-static float row_scale(float amax, int qmax) {
-    if (amax == 0.0f) return 1.0f;
-    float s = amax / (float)qmax;
-    return s < FLT_MIN ? FLT_MIN : s;  // FLT_MIN = 2**-126, the smallest normal float
-}
-
-// How many entries of one row are NaN or +-Inf (the static-scale path has no absmax pass that counts them).
+// How many entries of one row are NaN or +-Inf.
 static long row_nonfinite(const float *x, int K) {
     const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(FLT_MAX);
     long bad = 0;
@@ -61,6 +31,36 @@ static long row_nonfinite(const float *x, int K) {
         if (!(a <= FLT_MAX)) bad++;
     }
     return bad;
+}
+
+// absmax of one row into *amax; returns how many entries are NaN or +-Inf (the loop only ORs a flag; the rare
+// row that has any is counted again exactly).
+static long row_absmax(const float *x, int K, float *amax) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(FLT_MAX);
+    __m256 m = _mm256_setzero_ps(), flag = _mm256_setzero_ps();
+    int k = 0, tail_bad = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k));
+        flag = _mm256_or_ps(flag, _mm256_cmp_ps(a, big, _CMP_NLE_UQ));  // NaN or > FLT_MAX
+        m = _mm256_max_ps(m, a);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float best = _mm_cvtss_f32(h);
+    for (; k < K; k++) {
+        float a = x[k] < 0 ? -x[k] : x[k];
+        if (!(a <= FLT_MAX)) tail_bad = 1;
+        best = a > best ? a : best;
+    }
+    *amax = best;
+    return (_mm256_movemask_ps(flag) || tail_bad) ? row_nonfinite(x, K) : 0;
+}
+
+static float row_scale(float amax, int qmax) {
+    if (amax == 0.0f) return 1.0f;
+    float s = amax / (float)qmax;
+    return s < FLT_MIN ? FLT_MIN : s;  // FLT_MIN = 2**-126, the smallest normal float
 }
 
 // codes clamp(round_half_even(x / scale), qlo, qhi) (+ off, as bytes) of one row; dst[k] for k < K.
