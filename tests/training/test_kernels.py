@@ -28,6 +28,12 @@ SHAPES = [
     (5, 36, 4),  # block 4: four registers of two blocks, then one scalar block
     (4, 13, 1),  # block 1: one register, then five scalar values
     (300, 264, 2),  # block 2 in the OpenMP path (the FFN-down block the search picks after a GELU)
+    # blocks >= 16 run their stages two at a time (h, h/2), the first pass scaling x as it loads: an odd
+    # (128 = 64,32 + 16,8), an even (256 = 128,64 + 32,16 + 8) and a single-pair (16, 32) stage count
+    (5, 384, 128),
+    (4, 768, 256),
+    (3, 1024, 512),
+    (6, 64, 16),
 ]
 
 

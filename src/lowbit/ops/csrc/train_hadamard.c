@@ -67,15 +67,63 @@ static inline __m256 small_transform8(const float *x, int block, __m256 vsc) {
     return block == 1 ? v : fwht_pairs8(_mm256_mul_ps(v, vsc), block);
 }
 
+// One stage h (>= 8) of a block of ``block`` floats, src -> dst (may alias): pairs (i, i + h) -> (a + b, a - b).
+static inline void stage2(const float *src, float *dst, int block, int h) {
+    for (int base = 0; base < block; base += 2 * h)
+        for (int i = 0; i < h; i += 8) {
+            __m256 a = _mm256_loadu_ps(src + base + i), b = _mm256_loadu_ps(src + base + h + i);
+            _mm256_storeu_ps(dst + base + i, _mm256_add_ps(a, b));
+            _mm256_storeu_ps(dst + base + h + i, _mm256_sub_ps(a, b));
+        }
+}
+
+// Stages h and h/2 (h/2 >= 8) in one pass, src -> dst (may alias): the four values i, i + h/2, i + h,
+// i + 3h/2 stay in registers between the two stages, which pair exactly as two separate passes would (stage h:
+// (a0, a2), (a1, a3); stage h/2: the sums, then the differences), so the values are identical. ``vsc``: when
+// not NULL, the values are scaled as they are loaded (the first stage of a transform: x * sc, then stages).
+static inline void stage4(const float *src, float *dst, int block, int h, const __m256 *vsc) {
+    const int q = h / 2;
+    for (int base = 0; base < block; base += 2 * h)
+        for (int i = 0; i < q; i += 8) {
+            const float *s0 = src + base + i;
+            __m256 a0 = _mm256_loadu_ps(s0), a1 = _mm256_loadu_ps(s0 + q);
+            __m256 a2 = _mm256_loadu_ps(s0 + h), a3 = _mm256_loadu_ps(s0 + h + q);
+            if (vsc) {
+                a0 = _mm256_mul_ps(a0, *vsc), a1 = _mm256_mul_ps(a1, *vsc);
+                a2 = _mm256_mul_ps(a2, *vsc), a3 = _mm256_mul_ps(a3, *vsc);
+            }
+            __m256 b0 = _mm256_add_ps(a0, a2), b2 = _mm256_sub_ps(a0, a2);
+            __m256 b1 = _mm256_add_ps(a1, a3), b3 = _mm256_sub_ps(a1, a3);
+            float *d0 = dst + base + i;
+            _mm256_storeu_ps(d0, _mm256_add_ps(b0, b1));
+            _mm256_storeu_ps(d0 + q, _mm256_sub_ps(b0, b1));
+            _mm256_storeu_ps(d0 + h, _mm256_add_ps(b2, b3));
+            _mm256_storeu_ps(d0 + h + q, _mm256_sub_ps(b2, b3));
+        }
+}
+
+// The stages h >= 8 of a block of ``block`` >= 8 floats in place (two at a time where possible); the
+// consumer applies h = 4, 2, 1 per register with fwht8_tail.
+static inline void stages_inplace(float *buf, int block, int h) {
+    for (; h >= 16; h /= 4) stage4(buf, buf, block, h, NULL);
+    if (h == 8) stage2(buf, buf, block, 8);
+}
+
+// buf <- x * sc with the stages h >= 8 applied (block >= 8; the first pass reads x and scales on load).
+static inline void stages_from(const float *x, float *buf, int block, __m256 vsc) {
+    int h = block / 2;
+    if (h >= 16) {
+        stage4(x, buf, block, h, &vsc);
+        stages_inplace(buf, block, h / 4);
+        return;
+    }
+    for (int j = 0; j < block; j += 8) _mm256_storeu_ps(buf + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), vsc));
+    if (h == 8) stage2(buf, buf, block, 8);
+}
+
 // In-place FWHT of one block of ``block`` >= 8 floats (a power of two), the scaled input already in buf.
 static void fwht_avx2(float *buf, int block) {
-    for (int h = block / 2; h >= 8; h /= 2)
-        for (int base = 0; base < block; base += 2 * h)
-            for (int i = 0; i < h; i += 8) {
-                __m256 a = _mm256_loadu_ps(buf + base + i), b = _mm256_loadu_ps(buf + base + h + i);
-                _mm256_storeu_ps(buf + base + i, _mm256_add_ps(a, b));
-                _mm256_storeu_ps(buf + base + h + i, _mm256_sub_ps(a, b));
-            }
+    stages_inplace(buf, block, block / 2);
     for (int j = 0; j < block; j += 8) _mm256_storeu_ps(buf + j, fwht8_tail(_mm256_loadu_ps(buf + j)));
 }
 
@@ -106,16 +154,11 @@ static inline int8_t quant_one(float x, float step, float *dq) {
     return (int8_t)c;
 }
 
-// buf <- the block-Hadamard transform of the block at x (block >= 8: AVX2; else scalar).
-static inline void transform_block(const float *x, float *buf, int block, float sc) {
-    if (block >= 8) {
-        const __m256 vsc = _mm256_set1_ps(sc);
-        for (int j = 0; j < block; j += 8) _mm256_storeu_ps(buf + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), vsc));
-        fwht_avx2(buf, block);
-    } else {
-        memcpy(buf, x, (size_t)block * sizeof(float));
-        if (block > 1) fwht_scalar(buf, block, sc);
-    }
+// buf <- the block-Hadamard transform of the block at x, block < 8 (scalar; blocks >= 8 use stages_from and
+// finish each register with fwht8_tail where it is consumed).
+static inline void transform_block_scalar(const float *x, float *buf, int block, float sc) {
+    memcpy(buf, x, (size_t)block * sizeof(float));
+    if (block > 1) fwht_scalar(buf, block, sc);
 }
 
 // codes (rows, d) int8 in [-8, 7] and (unless dqds is NULL) dqds = d(x_hat)/d(step) of the
@@ -140,14 +183,16 @@ int lowbit_train_hq_quant(const float *x, long rows, long d, int block, float st
                 }
             for (; k0 < d; k0 += block) {
                 const long off = r * d + k0;
-                transform_block(x + off, buf, block, sc);
                 if (block >= 8) {
+                    stages_from(x + off, buf, block, vsc);
                     for (int j = 0; j < block; j += 8) {
                         __m256 dq;
-                        store_codes8(quant_x8(_mm256_loadu_ps(buf + j), vstep, &dq), codes + off + j);
+                        __m256 v = fwht8_tail(_mm256_loadu_ps(buf + j));
+                        store_codes8(quant_x8(v, vstep, &dq), codes + off + j);
                         if (dqds) _mm256_storeu_ps(dqds + off + j, dq);
                     }
                 } else {
+                    transform_block_scalar(x + off, buf, block, sc);
                     for (int j = 0; j < block; j++) {
                         codes[off + j] = quant_one(buf[j], step, dqb);
                         if (dqds) dqds[off + j] = dqb[0];
@@ -199,11 +244,11 @@ int lowbit_train_hq_grad_x(float *g, const float *x, float step, long rows, long
                     }
                 for (; k0 < d; k0 += block) {
                     float *buf = g + r * d + k0;
-                    transform_block(x + r * d + k0, xb, block, sc);
                     if (block >= 8) {
+                        stages_from(x + r * d + k0, xb, block, vsc);
                         for (int j = 0; j < block; j += 8) {
                             __m256 dv;
-                            quant_x8(_mm256_loadu_ps(xb + j), vstep, &dv);
+                            quant_x8(fwht8_tail(_mm256_loadu_ps(xb + j)), vstep, &dv);
                             __m256 gv = _mm256_loadu_ps(buf + j);
                             __m256 p = _mm256_mul_ps(gv, dv);  // float product, then widened (as the scalar)
                             acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
@@ -214,6 +259,7 @@ int lowbit_train_hq_grad_x(float *g, const float *x, float step, long rows, long
                         }
                         fwht_avx2(buf, block);
                     } else {
+                        transform_block_scalar(x + r * d + k0, xb, block, sc);
                         for (int j = 0; j < block; j++) {
                             float dq;
                             quant_one(xb[j], step, &dq);
