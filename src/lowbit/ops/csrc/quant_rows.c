@@ -64,11 +64,18 @@ static float row_scale(float amax, int qmax) {
 }
 
 // codes clamp(round_half_even(x / scale), qlo, qhi) (+ off, as bytes) of one row; dst[k] for k < K.
-static void row_quant(const float *x, int K, float scale, int qlo, int qhi, int off, int8_t *dst) {
+// next: the row quantized after this one (or NULL), prefetched two lines per 32 values: the absmax pass of a row
+// is memory-bound and the quantization pass compute-bound, so fetching the next row during this one overlaps them.
+static void row_quant(const float *x, int K, float scale, int qlo, int qhi, int off, int8_t *dst,
+                      const float *next) {
     const __m256 vs = _mm256_set1_ps(scale), hi = _mm256_set1_ps((float)qhi), lo = _mm256_set1_ps((float)qlo);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), voff = _mm256_set1_epi8((char)off);
     int k = 0;
     for (; k + 32 <= K; k += 32) {
+        if (next) {
+            _mm_prefetch((const char *)(next + k), _MM_HINT_T0);
+            _mm_prefetch((const char *)(next + k + 16), _MM_HINT_T0);
+        }
         __m256i q[4];
         for (int j = 0; j < 4; j++) {
             __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k + 8 * j), vs), LB_ROUND);
@@ -94,7 +101,8 @@ long lowbit_quantize_rows(const float *x, long ldx, int M, int K, int qmax, int8
         float amax;
         bad += row_absmax(x + (long)i * ldx, K, &amax);
         scale[i] = row_scale(amax, qmax);
-        row_quant(x + (long)i * ldx, K, scale[i], -qmax, qmax, 0, codes + (long)i * K);
+        row_quant(x + (long)i * ldx, K, scale[i], -qmax, qmax, 0, codes + (long)i * K,
+                  i + 1 < M ? x + (long)(i + 1) * ldx : NULL);
     }
     return bad;
 }
@@ -142,16 +150,19 @@ long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, const
     memset(rowbuf, esz == 1 ? off : 0, (size_t)LOWBIT_MR * Kp);  // padding k and rows hold the zero code
     for (int r = 0; r < rows; r++) {
         int i = r0 + r;
+        // the next row, also across the panel's end when the panel is full (a prefetch past x's end cannot fault)
+        const float *next = r + 1 < rows || rows == LOWBIT_MR ? x + (long)(i + 1) * ldx : NULL;
         if (q->sstat > 0.0f) {
             bad += row_nonfinite(x + (long)i * ldx, K);
             scale[i] = q->sstat;
-            row_quant(x + (long)i * ldx, K, q->sstat, q->qlo, qmax, esz == 1 ? off : 0, rowbuf + (long)r * Kp);
+            row_quant(x + (long)i * ldx, K, q->sstat, q->qlo, qmax, esz == 1 ? off : 0, rowbuf + (long)r * Kp,
+                      next);
             continue;
         }
         float amax;
         bad += row_absmax(x + (long)i * ldx, K, &amax);
         scale[i] = row_scale(amax, qmax);
-        row_quant(x + (long)i * ldx, K, scale[i], -qmax, qmax, esz == 1 ? off : 0, rowbuf + (long)r * Kp);
+        row_quant(x + (long)i * ldx, K, scale[i], -qmax, qmax, esz == 1 ? off : 0, rowbuf + (long)r * Kp, next);
     }
     if (esz == 1) {
         uint8_t *d = dst;
