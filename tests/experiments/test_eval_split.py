@@ -91,6 +91,26 @@ def test_config_fields_and_identity():
         TrainConfig.from_overrides("bert-rt", lsq_lr=-1.0)
 
 
+def test_int4_step_init_is_the_tasks_choice(tmp_path, csv_file, text_file, tiny):
+    bert = BertRTTask(tiny("bert-rt", tmp_path, csv_file))
+    gpt = GPTShakespeareTask(tiny("gpt-shakespeare", tmp_path, text_file))
+    assert (bert.lsq_init, gpt.lsq_init, ViTFashionTask.lsq_init) == ("mse", "paper", "paper")
+    for recipe, on_bert, on_gpt in [
+        ("int4", "mse", "paper"),
+        ("int4-sample", "mse", "paper"),
+        ("int4-paper", "paper", "paper"),  # a recipe that names its init keeps it
+        ("int4-mse", "mse", "mse"),
+    ]:
+        assert resolve_recipe(TrainConfig(task="bert-rt", recipe=recipe), bert).lsq_init == on_bert
+        assert resolve_recipe(TrainConfig(task="gpt-shakespeare", recipe=recipe), gpt).lsq_init == on_gpt
+        flag = TrainConfig(task="bert-rt", recipe=recipe, lsq_init="paper")  # --lsq-init wins
+        assert resolve_recipe(flag, bert).lsq_init == "paper"
+    assert resolve_recipe(TrainConfig(task="bert-rt", recipe="int4")).lsq_init == "paper"  # no task
+    run = prepare(tiny("gpt-shakespeare", tmp_path / "g", text_file, recipe="int4"))
+    metrics = run.metrics()["recipe"]
+    assert metrics["name"] == "int4" and metrics["lsq_init"] == "paper" and metrics["lsq_lr"] == 0.01
+
+
 def test_recipe_overrides_apply_to_int4_recipes_only():
     base = dict(task="vit-fashion", lsq_init="paper", lsq_lr=0.2)
     recipe = resolve_recipe(TrainConfig(recipe="int4-mse", **base))

@@ -135,18 +135,23 @@ def test_init_step_and_recipe_field() -> None:
     assert torch.equal(init_step(x, "mse"), lsq_init_mse(x))
     with pytest.raises(ValueError, match="lsq_init|initialisation"):
         init_step(x, "max")
-    with pytest.raises(ValueError, match="lsq_init must be one of"):
+    assert torch.equal(init_step(x, None), lsq_init(x))  # a recipe leaving it open, outside a task
+    with pytest.raises(ValueError, match="lsq_init must be None or one of"):
         dataclasses.replace(get_recipe("int4"), lsq_init="max")
-    assert "int4-paper" in RECIPES and get_recipe("int4-paper").lsq_init == "paper"
+    assert get_recipe("int4-paper").lsq_init == "paper" and get_recipe("int4-mse").lsq_init == "mse"
+    assert get_recipe("int4").lsq_init is None and get_recipe("int4-sample").lsq_init is None
+    assert "int4-paper" in RECIPES
 
 
-@pytest.mark.parametrize("method", LSQ_INITS)
-def test_layer_initialises_steps_with_the_recipe_init(method: str) -> None:
+@pytest.mark.parametrize("method", [*LSQ_INITS, None])
+def test_layer_initialises_steps_with_the_recipe_init(method: str | None) -> None:
     recipe = dataclasses.replace(get_recipe("int4"), name=f"int4-{method}-test", lsq_init=method)
     q = QuantLinear(64, 16, recipe=recipe)
     x = torch.randn(24, 64, generator=torch.Generator().manual_seed(7))
     q(x)
     block = int(q.hadamard_block)
+    if method is None:  # the plain layer, outside a training task: the paper's init
+        assert torch.equal(init_step(block_transform(x, block), None), lsq_init(block_transform(x, block)))
     expect_x = init_step(block_transform(x, block), method)
     expect_w = init_step(block_transform(q.weight, block), method)
     assert float(q.x_step.detach()) == pytest.approx(float(expect_x), rel=1e-6)

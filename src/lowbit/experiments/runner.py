@@ -92,16 +92,20 @@ def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
     return found
 
 
-def resolve_recipe(config: TrainConfig) -> Any:
+def resolve_recipe(config: TrainConfig, task: Task | None = None) -> Any:
     """The recipe a run converts with: ``config.recipe`` (a name), with ``config.lsq_init`` and
-    ``config.lsq_lr`` applied when given and the recipe has LSQ steps (kind "int4"; others ignore them)."""
+    ``config.lsq_lr`` applied when given and the recipe has LSQ steps (kind "int4"; others ignore them); a
+    recipe that leaves its step initialisation open (``lsq_init`` None) gets ``task.lsq_init`` ("paper" when
+    no task is given)."""
     from lowbit.training.recipes import get_recipe
 
     recipe = get_recipe(config.recipe)
+    if recipe.kind != "int4":
+        return recipe
     changes = {k: getattr(config, k) for k in ("lsq_init", "lsq_lr") if getattr(config, k) is not None}
-    if changes and recipe.kind == "int4":
-        recipe = dataclasses.replace(recipe, **changes)
-    return recipe
+    if recipe.lsq_init is None and "lsq_init" not in changes:
+        changes["lsq_init"] = task.lsq_init if task is not None else "paper"
+    return dataclasses.replace(recipe, **changes)
 
 
 def apply_recipe(model: nn.Module, recipe: Any, seed: int, skip: tuple[str, ...] = ()) -> Any:
@@ -125,6 +129,16 @@ def check_recipe(recipe: str) -> None:
     from lowbit.training.recipes import get_recipe
 
     get_recipe(recipe)
+
+
+def _recipe_settings(recipe: Any) -> Any:
+    """What metrics.json records of the recipe: its name, and for kind int4 the LSQ settings it ran with."""
+    if isinstance(recipe, str):
+        return {"name": recipe}
+    out = {"name": recipe.name, "kind": recipe.kind}
+    if recipe.kind == "int4":
+        out.update(lsq_init=recipe.lsq_init, lsq_lr=recipe.lsq_lr, hadamard_block=recipe.hadamard_block)
+    return out
 
 
 class _History:
@@ -160,8 +174,10 @@ class Run:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "init"))
             self.model = self.task.build_model()
-        recipe = config.recipe if config.recipe == REFERENCE_RECIPE else resolve_recipe(config)
-        self.convert_summary = apply_recipe(self.model, recipe, config.seed, self.task.keep_fp32)
+        self.recipe = (
+            config.recipe if config.recipe == REFERENCE_RECIPE else resolve_recipe(config, self.task)
+        )
+        self.convert_summary = apply_recipe(self.model, self.recipe, config.seed, self.task.keep_fp32)
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.sampler = self.task.make_sampler(torch.Generator().manual_seed(derive_seed(config.seed, "data")))
@@ -215,6 +231,7 @@ class Run:
         h = self.history
         return {
             "config": dataclasses.asdict(self.config), "data": self.task.describe(),
+            "recipe": _recipe_settings(self.recipe),
             "convert": str(self.convert_summary), "eval_name": self.task.eval_name,
             "step": self.step, "seconds": self.seconds,
             "train": {"step": h.steps, "loss": [_json_number(v) for v in h.losses], "lr": h.lrs},

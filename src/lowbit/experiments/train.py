@@ -29,6 +29,10 @@ def defaults_epilog() -> str:
             f"{k}={v}" for k, v in vars(d).items() if v is not None and k not in ("max_train_examples",)
         )
         lines.append(f"  {task}: {sizes}")
+    from lowbit.experiments.tasks import TASK_TYPES
+
+    inits = ", ".join(f"{name} {t.lsq_init}" for name, t in TASK_TYPES.items())
+    lines.append(f"LSQ step init of --recipe int4 / int4-sample (--lsq-init changes it): {inits}")
     return "\n".join(lines)
 
 

@@ -90,9 +90,10 @@ def lsq_init_mse(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(best_s, dtype=torch.float32)
 
 
-def init_step(x: torch.Tensor, method: str) -> torch.Tensor:
-    """The initial LSQ step of ``x`` by ``method`` (one of ``LSQ_INITS``)."""
-    if method == "paper":
+def init_step(x: torch.Tensor, method: str | None) -> torch.Tensor:
+    """The initial LSQ step of ``x`` by ``method`` (one of ``LSQ_INITS``; None, a recipe that leaves the
+    choice to the training task, means the paper's outside a task)."""
+    if method is None or method == "paper":
         return lsq_init(x)
     if method == "mse":
         return lsq_init_mse(x)

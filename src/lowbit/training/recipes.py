@@ -1,13 +1,14 @@
 """Training recipes: frozen configs naming how each operand of each product is quantized, and the registry.
 
-A linear layer ``Y = X Wᵀ + b`` has three products: forward (fprop) ``X Wᵀ``, activation gradient (dgrad)
-``∇Y W`` and weight gradient (wgrad) ``∇Yᵀ X``. A :class:`Recipe` names, for each product, the format and
-algorithm of its two operands (:class:`OperandSpec`); the layer (``lowbit.training.layers``) dispatches on
+A linear layer ``Y = X Wᵀ + b`` has three products: forward (fprop) ``X Wᵀ``, activation gradient (dgrad) ``∇Y
+W`` and weight gradient (wgrad) ``∇Yᵀ X``. A :class:`Recipe` names, for each product, the format and algorithm
+of its two operands (:class:`OperandSpec`); the layer (``lowbit.training.layers``) dispatches on
 ``Recipe.kind``. Registered names: ``fp32`` (nothing converted), ``int8`` (the paper's INT8 baseline),
-``int4`` (Xi et al.: Hadamard quantizer + LSQ, bit splitting, leverage-score row selection, keep-non-zero
-mode of the released code), ``int4-paper`` / ``int4-mse`` (``int4`` with the LSQ steps initialised by the
-paper's formula / at the MSE-best step), ``int4-sample`` (``int4`` with the paper's unbiased Bernoulli
-sampling) and ``int4-naive`` (per-tensor round-to-nearest INT4 everywhere).
+``int4`` (Xi et al.: Hadamard quantizer + LSQ, bit splitting, leverage-score row selection, keep-non-zero mode
+of the released code; its LSQ step initialisation is the training task's choice), ``int4-paper`` /
+``int4-mse`` (``int4`` with the LSQ steps initialised by the paper's formula / at the MSE-best step, always),
+``int4-sample`` (``int4`` with the paper's unbiased Bernoulli sampling) and ``int4-naive`` (per-tensor
+round-to-nearest INT4 everywhere).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ class Recipe:
     the model's learning rate (see ``lowbit.training.optim``). ``lsq_init``: how a step is (re)initialised at
     the first forward, from the Hadamard-transformed tensor: "paper" (``2·mean|x|/√7``) or "mse" (the
     per-tensor step minimising the quantization MSE, ``lowbit.training.lsq.lsq_init_mse``); the learned LSQ
-    step continues from it either way.
+    step continues from it either way. None (``int4``, ``int4-sample``): the training task's choice (``lowbit
+    train``: "mse" for bert-rt, fine-tuning a pretrained model; "paper" for the from-scratch tasks, see
+    docs/DESIGN.md), "paper" when the recipe is used outside a task.
     """
 
     name: str
@@ -91,7 +94,7 @@ class Recipe:
     cold_start_steps: int = 0
     split_clamp: int = 7
     lsq_lr: float = 0.01
-    lsq_init: str = "paper"
+    lsq_init: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -108,8 +111,8 @@ class Recipe:
             raise ValueError(f"cold_start_steps must be >= 0, got {self.cold_start_steps!r}")
         if not (self.lsq_lr >= 0 and math.isfinite(self.lsq_lr)):
             raise ValueError(f"lsq_lr must be a finite number >= 0, got {self.lsq_lr!r}")
-        if self.lsq_init not in LSQ_INITS:
-            raise ValueError(f"lsq_init must be one of {LSQ_INITS}, got {self.lsq_init!r}")
+        if self.lsq_init is not None and self.lsq_init not in LSQ_INITS:
+            raise ValueError(f"lsq_init must be None or one of {LSQ_INITS}, got {self.lsq_init!r}")
         if self.split_clamp not in (6, 7):
             raise ValueError(f"split_clamp must be 6 (SPEC text) or 7 (unbiased), got {self.split_clamp!r}")
 
