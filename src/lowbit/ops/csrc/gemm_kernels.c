@@ -161,9 +161,17 @@ static void store_tile(const lb_epilogue *e, const int32_t *tile, int i0, int j0
     int rows = e->M - i0 < LOWBIT_MR ? e->M - i0 : LOWBIT_MR;
     int cols = e->N - j0 < LOWBIT_NR ? e->N - j0 : LOWBIT_NR;
     int32_t corr[LOWBIT_NR] __attribute__((aligned(32)));
-    for (int c = 0; c < LOWBIT_NR; c++)  // wrapping uint32 math: exact modulo 2**32
-        corr[c] = (c < cols && e->off && !e->rowcorr) ? (int32_t)((uint32_t)e->off * (uint32_t)e->colsum[j0 + c])
-                                                      : 0;
+    if (cols == LOWBIT_NR && e->off && !e->rowcorr) {  // vpmulld wraps like uint32 math: exact modulo 2**32
+        const __m256i voff = _mm256_set1_epi32(e->off);
+        for (int h = 0; h < LOWBIT_NR; h += 8)
+            _mm256_store_si256((__m256i *)(corr + h),
+                               _mm256_mullo_epi32(voff, _mm256_loadu_si256((const __m256i *)(e->colsum + j0 + h))));
+    } else {
+        for (int c = 0; c < LOWBIT_NR; c++)  // wrapping uint32 math: exact modulo 2**32
+            corr[c] = (c < cols && e->off && !e->rowcorr)
+                          ? (int32_t)((uint32_t)e->off * (uint32_t)e->colsum[j0 + c])
+                          : 0;
+    }
     for (int r = 0; r < rows; r++) {
         const int32_t *t = tile + r * LOWBIT_NR;
         if (e->rowcorr && e->off) {
