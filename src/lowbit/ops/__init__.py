@@ -7,7 +7,8 @@ Public API (see each docstring):
   straight into float32, optionally into a reused ``out`` buffer.
 * :func:`quantize_rows` — fused per-row absmax symmetric quantizer (codes int8 + float32 scale per row).
 * :class:`PackedWeight` / :func:`pack_weight` / :func:`linear` — a weight packed once for repeated use, and
-  the fused linear ``x (float32) -> quantize rows -> integer GEMM -> dequantize + bias`` on it.
+  the fused linear ``x (float32) -> quantize rows -> integer GEMM -> dequantize + bias`` on it (per-row
+  activation scales, or one static scale with ``act_scale=`` as ``lowbit.ptq``'s calibrated INT8 layers use).
 * :func:`backend` — which kernels run and, when native is not used, why.
 
 Every op is also a ``torch.library`` custom op (``torch.ops.lowbit.*``) with a fake implementation, so it

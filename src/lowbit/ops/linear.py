@@ -5,7 +5,8 @@ activation rows on the fly straight into the kernel's panel layout (for M >= 192
 GEMM's parallel region, one 48-row band at a time, so the codes never leave the core's caches), runs the
 integer GEMM and dequantizes ``acc * x_scale[i] * w_scale[j] + bias[j]`` in the kernel's epilogue, optionally
 into a reused ``out`` buffer. The result is bit-identical to ``quantize_rows`` followed by
-``int_matmul_scaled``.
+``int_matmul_scaled``. With ``act_scale=s`` every row is quantized with that one static scale instead
+(calibrated per-tensor activations, the codes of ``lowbit.ptq``'s static quantizer), in the same fused kernel.
 
 Which native path runs (``PackedWeight.path(act_bits)`` tells):
 
