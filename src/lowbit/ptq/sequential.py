@@ -50,11 +50,11 @@ def fake_quant_activation(x: torch.Tensor, fmt: Format, scale: float | None) -> 
 def input_groups(model: nn.Module, names: list[str], batch: object) -> list[list[str]]:
     """``names`` in call order, split into runs of consecutive layers that read the same input tensor."""
     module_of = dict(model.named_modules())
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, torch.Tensor]] = []  # the tensors themselves: kept alive, compared by identity
 
     def make(name: str) -> Callable:
         def hook(_mod: nn.Module, args: tuple) -> None:
-            seen.append((name, args[0].data_ptr()))
+            seen.append((name, args[0]))
 
         return hook
 
@@ -66,15 +66,15 @@ def input_groups(model: nn.Module, names: list[str], batch: object) -> list[list
         for h in handles:
             h.remove()
     groups: list[list[str]] = []
-    last_ptr = None
-    for name, ptr in seen:
+    last: torch.Tensor | None = None
+    for name, x in seen:
         if any(name in g for g in groups):
             continue  # a layer called twice keeps its first place
-        if groups and ptr == last_ptr:
+        if groups and x is last:
             groups[-1].append(name)
         else:
             groups.append([name])
-        last_ptr = ptr
+        last = x
     missing = [n for n in names if not any(n in g for g in groups)]
     if missing:
         raise ValueError(f"layers never called on the calibration batch: {missing[:5]}; check the selection")
