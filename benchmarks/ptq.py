@@ -7,8 +7,8 @@ Times, interleaved round-robin in one process so that load from other jobs hits 
 * ``upcast gemm``    — the bare emulated product: float8 -> float32 upcasts + one float32 GEMM;
 * ``fp8 emul`` / ``fp8 smm`` — ``FP8Linear`` end to end (static scale: cast, product, scales, bias);
 * ``int8 exact`` / ``int8 w7`` / ``int8 a7`` — ``Int8Linear`` end to end with a static per-tensor activation
-  scale (``ops.int_matmul_scaled``) for each ``int8_kernel``: full-range codes (exact int16 kernel), 7-bit
-  weight codes, 7-bit activation codes (both u8 x s8);
+  scale (``ops.linear(..., act_scale=)`` on a weight packed once) for each ``int8_kernel``: full-range codes
+  (exact int16 kernel), 7-bit weight codes, 7-bit activation codes (both u8 x s8);
 * ``int8 w7 tok`` / ``int8 a7 tok`` — the same with dynamic per-token activations (``ops.linear`` on a
   weight packed once).
 

@@ -1,7 +1,8 @@
 """Quantized linear layers that replace ``nn.Linear`` after PTQ: INT8 on the integer engine, FP8, emulated.
 
-* :class:`Int8Linear` — int8 weight codes; activations quantized with the calibrated static scale (or per
-  token), ``lowbit.ops.int_matmul_scaled``: exact int32 accumulation, dequantization and bias fused.
+* :class:`Int8Linear` — int8 weight codes packed once; activations quantized with the calibrated static
+  scale (or per token) inside the GEMM by ``lowbit.ops.linear``: exact int32 accumulation, dequantization and
+  bias fused (activation formats ``ops.linear`` does not take fall back to ``ops.int_matmul_scaled``).
 * :class:`FP8Linear` — float8 weight codes; activations cast to FP8 with the static scale (or per token).
   ``fp8_compute="emulated"`` (default) upcasts both FP8 operands to float32 — exact, every FP8 value is a
   float32 — and runs one float32 GEMM: each product of two FP8 values (≤ 8 significant bits) is exact in
