@@ -64,3 +64,11 @@ def test_cli_errors(model_dir, tmp_path) -> None:
     assert main(["ptq", "--model", str(model_dir), "--formats", "int8+w7+a7"]) == 2
     assert main(["ptq", "--model", str(model_dir), "--formats", "fp8-e4m3+w7"]) == 2
     assert main(["ptq", "--model", str(tmp_path / "nowhere"), "--texts", str(tmp_path / "none.txt")]) == 2
+
+
+def test_sqnr_curves_stay_distinct_beyond_ten_formats():
+    """The SQNR plot gives every one of up to 40 formats its own colour/dash pair (12 rows shared colours)."""
+    from lowbit.ptq.fidelity import line_style
+
+    styles = {tuple(sorted(line_style(i).items())) for i in range(40)}
+    assert len(styles) == 40

@@ -107,6 +107,11 @@ def _short(name: str) -> str:
     return f"{layer}.{tail}" if layer else name
 
 
+def line_style(i: int) -> dict[str, str]:
+    """Colour and dash of curve ``i``: ten colours, then the next dash, so up to 40 curves look distinct."""
+    return {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[(i // 10) % 4]}
+
+
 def plot_sqnr(
     curves: Mapping[str, tuple[Mapping[str, float], Mapping[str, float]]], path: str | Path, title: str
 ) -> Path:
@@ -116,12 +121,14 @@ def plot_sqnr(
     fig = Figure(figsize=(14, 8), layout="constrained")
     axes = fig.subplots(2, 1, sharex=True)
     names: list[str] = []
-    for fmt, (in_model, isolated) in curves.items():
+    for i, (fmt, (in_model, isolated)) in enumerate(curves.items()):
         names = list(in_model)
         x = range(len(names))
         clip = [min(v, 120.0) for v in in_model.values()]
-        axes[0].plot(x, clip, marker="o", markersize=3, label=fmt)
-        axes[1].plot(x, [min(isolated[n], 120.0) for n in names], marker="o", markersize=3, label=fmt)
+        style = line_style(i)
+        axes[0].plot(x, clip, marker="o", markersize=3, label=fmt, **style)
+        iso = [min(isolated[n], 120.0) for n in names]
+        axes[1].plot(x, iso, marker="o", markersize=3, label=fmt, **style)
     axes[0].set_title(
         f"{title}: output SQNR of each quantized linear, whole quantized model (errors accumulate)"
     )
