@@ -90,3 +90,21 @@ def test_compare_resume_reuses_finished_runs_and_starts_missing_ones(tmp_path, t
     missing = tiny("gpt-shakespeare", tmp_path / "new" / "fp32", text_file, resume=True)
     (fresh,), _ = compare([missing], tmp_path / "new")  # no checkpoint yet: starts from step 0
     assert fresh.steps == 6 and fresh.final_train_loss == done.final_train_loss
+
+
+def test_report_names_the_lsq_settings_of_int4_recipes():
+    from lowbit.experiments.report import recipe_notes
+
+    histories = {
+        "fp32": {"recipe": {"name": "fp32", "kind": "fp32"}},
+        "int4": {"recipe": {"name": "int4", "lsq_init": "mse", "lsq_lr": 0.01, "hadamard_block": None}},
+        "int4-paper": {
+            "recipe": {"name": "int4-paper", "lsq_init": "paper", "lsq_lr": 0.01, "hadamard_block": 32}
+        },
+        "old": {},
+    }
+    lines = recipe_notes(histories).splitlines()
+    assert lines == [
+        "- `int4`: LSQ step init mse, relative step lr 0.01, Hadamard block searched per layer",
+        "- `int4-paper`: LSQ step init paper, relative step lr 0.01, Hadamard block 32",
+    ]

@@ -97,6 +97,20 @@ def plot_curves(out: Path, task: str, eval_name: str, histories: dict[str, dict[
     return paths
 
 
+def recipe_notes(histories: dict[str, dict[str, Any]]) -> str:
+    """One line per INT4 recipe naming its LSQ settings (the step init can be the task's choice)."""
+    lines = []
+    for name, history in histories.items():
+        r = history.get("recipe") or {}
+        if r.get("lsq_init") is not None:
+            block = r.get("hadamard_block") or "searched per layer"
+            lines.append(
+                f"- `{name}`: LSQ step init {r['lsq_init']}, relative step lr {r.get('lsq_lr')}, "
+                f"Hadamard block {block}"
+            )
+    return "\n".join(lines)
+
+
 def write_report(
     out: str | Path,
     results: Sequence[RunResult],
@@ -114,6 +128,9 @@ def write_report(
     plot_curves(out, task, eval_name, histories)
     better = "higher" if higher_is_better else "lower"
     shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
+    notes = recipe_notes(histories)
+    if notes:
+        shown += "\n\nINT4 recipes as run:\n" + notes
     text = f"""# lowbit compare: {task}
 
 Command: `{command}`
