@@ -121,12 +121,6 @@ def quantize(model: nn.Module, config: object, calibration: Calibration | None =
     return handler(model, config, calibration)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def _run(
     model: nn.Module,
     config: PTQConfig | WeightOnlyConfig,
@@ -147,7 +141,7 @@ def _run(
         summary.layers.append(
             LayerReport(name, qlayer.compute_path(), fp32_bytes, qlayer.weight_nbytes(), scale)
         )
-        _replace(model, name, qlayer)
+        model.set_submodule(name, qlayer)
     summary.model_bytes_after = model_nbytes(model)
     logger.info("%s", summary.table())
     return summary

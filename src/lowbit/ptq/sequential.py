@@ -102,12 +102,6 @@ def _capture(model: nn.Module, name: str, batch: object) -> torch.Tensor:
     return out[0]
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 @torch.no_grad()
 def sequential_gptq(
     model: nn.Module,
@@ -133,7 +127,7 @@ def sequential_gptq(
             grams: dict[str, torch.Tensor] = {}
             crosses: dict[str, torch.Tensor] = {}
             for batch in batches:
-                x = _capture(model, first, batch).double()
+                x = _capture(model, first, batch).double() if asymmetric else None  # FP32 inputs: asym only
                 x_hat_raw = _capture(work, first, batch)
                 for name in group:
                     x_hat = act_quant(name, x_hat_raw).double()
@@ -148,7 +142,7 @@ def sequential_gptq(
                 if asymmetric:
                     target = asymmetric_target(target, grams[name], crosses[name])
                 built[name] = build(name, linear, grams[name], target)
-                _replace(work, name, built[name])
+                work.set_submodule(name, built[name])
     finally:
         model.train(was_training)
     del work
