@@ -1,4 +1,4 @@
-"""``lowbit bench {gemm,train-step,inference,ptq} [options]``: run one benchmark module from benchmarks/.
+"""``lowbit bench {gemm,ceiling,train-step,inference,ptq} [options]``: run one benchmark module from benchmarks/.
 
 Each benchmark module (``benchmarks/gemm.py``, ``train_step.py``, ``inference.py``, ``ptq.py``) defines
 ``add_arguments(parser)`` and ``run(args) -> int``; the options after the benchmark's name are parsed by it
@@ -17,6 +17,7 @@ import lowbit
 # benchmark name -> file under benchmarks/
 BENCHMARKS = {
     "gemm": "gemm.py",
+    "ceiling": "ceiling.py",
     "train-step": "train_step.py",
     "inference": "inference.py",
     "ptq": "ptq.py",

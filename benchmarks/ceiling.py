@@ -1,0 +1,219 @@
+"""How close each GEMM runs to its instruction ceiling on this CPU: torch FP32 (MKL) vs lowbit INT4 / INT8.
+
+The speedup targets of the GEMM engine (INT4 >= 3x, INT8 >= 2x FP32) are about the ratios of the instruction
+peaks of the micro-kernel loops, so whether a shape meets them depends on how efficiently each side runs. This
+script measures both in one run:
+
+1. the peak of each micro-kernel's inner loop with its operands in L1 (``isa_probe.c``, compiled here with the
+   system C compiler): the FP32 6 x 16 FMA loop an sgemm runs, lowbit's u4 x s4 loop (``vpmaddubsw`` +
+   ``vpaddw``, int16 accumulation) and u8 x s7 loop (``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd``), plus the
+   bare FMA and ``vpmaddubsw`` rates, on one core;
+2. the transformer shapes of ``benchmarks/gemm.py`` (same methods, same interleaved medians);
+3. each GEMM's share of its ceiling = its GOP/s over (threads x the one-core peak of its loop; for FP32 the
+   bare FMA rate, since MKL's kernel is not public), and the ceiling ratios the targets amount to.
+
+The ceilings are one-core rates times the thread count: on this (virtual, shared-host) machine the all-core
+rates of the integer loops vary by +-20 % from run to run, the one-core rates by a few percent.
+
+Usage: ``python benchmarks/ceiling.py`` or ``lowbit bench ceiling [--repeats N]``; writes
+``results/gemm_ceiling.{md,json}`` unless ``--no-results-file``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS_DIR = HERE.parent / "results"
+PROBES = {  # probe kind -> (name, what it is)
+    3: ("fp32 FMA peak", "12 independent vfmadd231ps, no loads: the ceiling of any FP32 GEMM"),
+    0: ("fp32 6x16 loop", "a textbook sgemm loop: 2 B loads, 6 vbroadcastss, 12 vfmadd231ps per k"),
+    1: ("int4 u4 x s4 loop", "lowbit's INT4 loop: 6 vpbroadcastd, 12 vpmaddubsw + 12 vpaddw per 4 k"),
+    2: (
+        "int8 u8 x s7 loop",
+        "lowbit's INT8 loop: 6 vpbroadcastd, 12 x (vpmaddubsw, vpmaddwd, vpaddd) per 4 k",
+    ),
+    4: ("bare vpmaddubsw", "12 independent, no loads, no accumulation: the ceiling of any u8 x s8 GEMM"),
+}
+PEAK_OF = {"fp32": 3, "int4": 1, "int4:gemm": 1, "int8": 2, "int8:gemm": 2}  # GEMM method -> its ceiling
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=9, help="timed repeats per GEMM method (median)")
+    parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads (and probe threads)")
+    parser.add_argument("--probe-seconds", type=float, default=0.3, help="run time of each probe measurement")
+    parser.add_argument("--no-results-file", action="store_true", help="do not write results/gemm_ceiling.*")
+
+
+def build_probe(workdir: Path) -> ctypes.CDLL:
+    """Compile isa_probe.c into workdir; RuntimeError names the missing compiler or the compiler's error."""
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"C compiler {cc!r} not found; install gcc or set CC")
+    out = workdir / "isa_probe.so"
+    cmd = [
+        cc,
+        "-O2",
+        "-mavx2",
+        "-mfma",
+        "-fopenmp",
+        "-shared",
+        "-fPIC",
+        str(HERE / "isa_probe.c"),
+        "-o",
+        str(out),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"building isa_probe.c failed: {done.stderr.strip()}")
+    lib = ctypes.CDLL(str(out))
+    lib.probe.argtypes = [ctypes.c_int, ctypes.c_long]
+    lib.probe.restype = ctypes.c_double
+    lib.probe_rate.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
+    lib.probe_rate.restype = ctypes.c_double
+    return lib
+
+
+def probe_rate(lib: ctypes.CDLL, kind: int, threads: int, seconds: float) -> float:
+    """Multiply-accumulates per second of one probe loop run on `threads` cores at once (OpenMP, in C)."""
+    reps = 1000
+    while True:  # size the run on one thread
+        t0 = time.perf_counter()
+        lib.probe(kind, reps)
+        took = time.perf_counter() - t0
+        if took > seconds / 4:
+            break
+        reps *= 4
+    return lib.probe_rate(kind, max(1, int(reps * seconds / took)), threads)
+
+
+def _gemm_module():
+    spec = importlib.util.spec_from_file_location("lowbit_benchmarks_gemm", HERE / "gemm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure_probes(lib: ctypes.CDLL, seconds: float, runs: int = 5) -> dict[int, list[float]]:
+    """GOP/s (2 ops per MAC) of every probe on one core, `runs` times each."""
+    return {kind: [2 * probe_rate(lib, kind, 1, seconds) / 1e9 for _ in range(runs)] for kind in PROBES}
+
+
+def measure_gemms(repeats: int) -> list[dict]:
+    """The gemm.py methods on the transformer shapes: GOP/s of fp32, int4 and int8, full and GEMM-only."""
+    gemm = _gemm_module()
+    records = []
+    names = list(PEAK_OF)
+    for m, k, n in gemm.TRANSFORMER_SHAPES:
+        methods = gemm._methods(m, k, n, torch.Generator().manual_seed(0))
+        for name in names:
+            methods[name]()
+            methods[name]()
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(repeats):
+            for name in names:
+                times[name].append(gemm._time(methods[name]))
+        gop = 2.0 * m * k * n / 1e9
+        for name in names:
+            ms = 1e3 * statistics.median(times[name])
+            records.append(
+                {"shape": f"{m}x{k}x{n}", "method": name, "ms": round(ms, 3), "gops": gop / ms * 1e3}
+            )
+    return records
+
+
+def report(probes: dict[int, float], gemms: list[dict], threads: int) -> tuple[str, dict]:
+    """Tables of the one-core ceilings and of each GEMM's share of `threads` x its ceiling."""
+    lines = [
+        "| probe (operands in L1) | what it runs | GOP/s per core | vs FP32 FMA peak |",
+        "|---|---|---|---|",
+    ]
+    base = probes[3]
+    for kind, (name, what) in PROBES.items():
+        lines.append(f"| {name} | {what} | {probes[kind]:.0f} | {probes[kind] / base:.2f}x |")
+    lines += [
+        "",
+        "| shape MxKxN | method | ms | GOP/s | share of its ceiling | vs FP32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    fp32_ms = {r["shape"]: r["ms"] for r in gemms if r["method"] == "fp32"}
+    for r in gemms:
+        r["ceiling"] = PROBES[PEAK_OF[r["method"]]][0]
+        r["efficiency"] = round(r["gops"] / (threads * probes[PEAK_OF[r["method"]]]), 3)
+        r["speedup_vs_fp32"] = round(fp32_ms[r["shape"]] / r["ms"], 3)
+        r["gops"] = round(r["gops"], 1)
+        lines.append(
+            f"| {r['shape']} | {r['method']} | {r['ms']:.2f} | {r['gops']:.0f} | "
+            f"{100 * r['efficiency']:.0f}% | {r['speedup_vs_fp32']:.2f}x |"
+        )
+    ceil4, ceil8 = probes[1] / base, probes[2] / base
+    lines += [
+        "",
+        f"Ceiling ratios (per core): lowbit's INT4 loop / FP32 FMA peak = {ceil4:.2f}x, INT8 loop / FP32 "
+        f"FMA peak = {ceil8:.2f}x. A lowbit product is k x FP32 exactly when (its share of its ceiling) / "
+        "(FP32's share of its own) = k / (ceiling ratio); lowbit's share includes quantizing the "
+        "activations, which FP32 does not pay. fp32 = MKL via torch.addmm; int4/int8 = lowbit.ops.linear "
+        "(quantization fused), :gemm = its GEMM alone on prepacked codes.",
+    ]
+    payload = {
+        "probes": {PROBES[k][0]: v for k, v in probes.items()},
+        "gemms": gemms,
+        "ceiling_ratio_int4": round(ceil4, 3),
+        "ceiling_ratio_int8": round(ceil8, 3),
+    }
+    return "\n".join(lines), payload
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            lib = build_probe(Path(tmp))
+        except RuntimeError as err:
+            logger.error("%s", err)
+            return 1
+        load = os.getloadavg()
+        logger.info("probing instruction peaks on one core")
+        before = measure_probes(lib, args.probe_seconds)
+        logger.info("timing the transformer shapes")
+        gemms = measure_gemms(args.repeats)
+        after = measure_probes(lib, args.probe_seconds)
+    # this machine's speed drifts within minutes: each ceiling is the median of the runs before and after
+    probes = {kind: statistics.median(before[kind] + after[kind]) for kind in PROBES}
+    table, payload = report(probes, gemms, args.threads)
+    header = (
+        f"torch {torch.__version__}, {args.threads} threads; ceilings: one core, median of 5 runs before and "
+        f"5 after the GEMMs; a GEMM's share = its GOP/s / ({args.threads} x its ceiling); GEMM medians of "
+        f"{args.repeats} interleaved repeats; load average "
+        f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
+    )
+    print(header + "\n\n" + table)  # noqa: T201 - the benchmark's report
+    if not args.no_results_file:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        (RESULTS_DIR / "gemm_ceiling.json").write_text(json.dumps(payload, indent=1))
+        (RESULTS_DIR / "gemm_ceiling.md").write_text(
+            f"# GEMM efficiency vs instruction ceilings\n\n{header}\n\n{table}\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(cli)
+    sys.exit(run(cli.parse_args()))
