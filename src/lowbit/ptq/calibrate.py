@@ -84,7 +84,9 @@ class Calibration:
         return self.observers[name].scale(fmt, rule)
 
 
-def _run_batch(model: nn.Module, batch: object) -> None:
+def run_batch(model: nn.Module, batch: object) -> None:
+    """Run ``model`` on one calibration batch: a dict of keyword arguments, a tuple/list of positional ones or
+    a tensor (shared by :func:`calibrate` and the sequential passes of :mod:`lowbit.ptq.sequential`)."""
     if isinstance(batch, Mapping):
         model(**batch)
     elif isinstance(batch, tuple | list):
@@ -98,13 +100,13 @@ def _run_batch(model: nn.Module, batch: object) -> None:
         )
 
 
-def _token_mask(batch: object) -> torch.Tensor | None:
+def token_mask(batch: object) -> torch.Tensor | None:
     """The batch's ``attention_mask`` flattened to a bool vector (True = real token), or None without one."""
     m = batch.get("attention_mask") if isinstance(batch, Mapping) else None
     return m.reshape(-1).bool() if isinstance(m, torch.Tensor) else None
 
 
-def _real_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def real_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``x`` as a 2-D row matrix without the padding rows (when ``mask`` matches its rows; else all rows)."""
     x2 = x.reshape(-1, x.shape[-1])
     if mask is not None and mask.numel() == x2.shape[0]:
@@ -140,15 +142,15 @@ def calibrate(
         obs = calib.observers[name]
 
         def hook(_mod: nn.Module, args: tuple, obs: HistogramObserver = obs) -> None:
-            obs.update(_real_rows(args[0], mask[0]))
+            obs.update(real_rows(args[0], mask[0]))
 
         handles.append(module_of[name].register_forward_pre_hook(hook))
     was_training = model.training
     model.eval()
     try:
         for batch in batches:
-            mask[0] = _token_mask(batch)
-            _run_batch(model, batch)
+            mask[0] = token_mask(batch)
+            run_batch(model, batch)
             calib.batches += 1
             calib.inputs.append(batch)
     finally:
@@ -177,7 +179,7 @@ def observe_linears(
 
     def make(name: str) -> Callable:
         def hook(_mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            fn(name, _real_rows(args[0], mask[0]), _real_rows(out, mask[0]))
+            fn(name, real_rows(args[0], mask[0]), real_rows(out, mask[0]))
 
         return hook
 
@@ -186,8 +188,8 @@ def observe_linears(
     model.eval()
     try:
         for batch in batches:
-            mask[0] = _token_mask(batch)
-            _run_batch(model, batch)
+            mask[0] = token_mask(batch)
+            run_batch(model, batch)
     finally:
         for h in handles:
             h.remove()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lowbit.formats import Format
-from lowbit.ptq.calibrate import _real_rows, _run_batch, _token_mask
+from lowbit.ptq.calibrate import real_rows, run_batch, token_mask
 from lowbit.ptq.gptq import asymmetric_target
 from lowbit.ptq.modules import QuantLinear
 from lowbit.quantizers import quantize
@@ -61,7 +61,7 @@ def input_groups(model: nn.Module, names: list[str], batch: object) -> list[list
     handles = [module_of[n].register_forward_pre_hook(make(n)) for n in names]
     try:
         with torch.no_grad():
-            _run_batch(model.eval(), batch)
+            run_batch(model.eval(), batch)
     finally:
         for h in handles:
             h.remove()
@@ -84,15 +84,15 @@ def input_groups(model: nn.Module, names: list[str], batch: object) -> list[list
 def _capture(model: nn.Module, name: str, batch: object) -> torch.Tensor:
     """Input rows (real tokens) of module ``name`` on ``batch``; the forward stops right there."""
     out: list[torch.Tensor] = []
-    mask = _token_mask(batch)
+    mask = token_mask(batch)
 
     def hook(_mod: nn.Module, args: tuple) -> None:
-        out.append(_real_rows(args[0], mask).float().clone())
+        out.append(real_rows(args[0], mask).float().clone())
         raise _Stop
 
     handle = model.get_submodule(name).register_forward_pre_hook(hook)
     try:
-        _run_batch(model, batch)
+        run_batch(model, batch)
     except _Stop:
         pass
     finally:
