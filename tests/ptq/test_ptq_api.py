@@ -70,6 +70,8 @@ def test_quantize_replaces_layers_and_stays_close(tiny_bert, batches, config, la
     assert summary.weight_bytes <= limit * summary.weight_bytes_fp32
     assert summary.model_bytes_after < summary.model_bytes_before
     assert summary.weight_bytes == sum(m.weight_nbytes() for m in quantized)
+    text = str(summary)  # print(summary) is the readable table, not the dataclass dump
+    assert text == summary.table() and text.startswith(f"PTQ {config.describe()}: {ENCODER_LINEARS} linears")
 
 
 def test_static_scales_come_from_calibration(tiny_bert, batches) -> None:

@@ -1,8 +1,8 @@
-"""``lowbit bench {gemm,ceiling,train-step,inference,ptq} [options]``: run one benchmark module from benchmarks/.
+"""``lowbit bench {gemm,ceiling,train-step,inference,ptq} [options]``: run one module from benchmarks/.
 
-Each benchmark module (``benchmarks/gemm.py``, ``train_step.py``, ``inference.py``, ``ptq.py``) defines
-``add_arguments(parser)`` and ``run(args) -> int``; the options after the benchmark's name are parsed by it
-(``lowbit bench gemm --help`` lists them).
+Each benchmark module (``benchmarks/gemm.py``, ``ceiling.py``, ``train_step.py``, ``inference.py``,
+``ptq.py``) defines ``add_arguments(parser)`` and ``run(args) -> int``; the options after the benchmark's name
+are parsed by it (``lowbit bench gemm --help`` lists them).
 """
 
 from __future__ import annotations

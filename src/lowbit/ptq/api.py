@@ -90,6 +90,9 @@ class PTQSummary:
             lines.append(f"  compute: {self.layers[0].path}")
         return "\n".join(lines)
 
+    def __str__(self) -> str:  # print(summary) shows the table; repr() keeps every field
+        return self.table()
+
 
 def model_nbytes(model: nn.Module) -> int:
     """Bytes of every parameter and buffer (each storage counted once)."""
