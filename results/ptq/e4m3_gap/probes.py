@@ -81,17 +81,22 @@ class RotatedFakeQuant(nn.Module):
         return F.linear(x, self.w, self.b)
 
 
-def probe_rotate(ctx: D.Ctx) -> list[dict]:
+def probe_rotate(
+    ctx: D.Ctx, only: str | None = None, kinds: tuple[str, ...] = ("none", "had64", "had128", "orth")
+):
+    """Every configuration with the rotation on every linear, or (``only``: a regex) on the matching ones."""
     out = []
     for w_mode, quant_act in [(None, True), ("channel", False), ("channel", True)]:
-        for kind in ["none", "had64", "had128", "orth"]:
+        for kind in kinds:
             gen = torch.Generator().manual_seed(0)
             m = copy.deepcopy(ctx.model)
             for n in ctx.names:
                 lin = m.get_submodule(n)
-                r = rotation(lin.in_features, kind, gen)
+                rotate = only is None or re.fullmatch(only, n)
+                r = rotation(lin.in_features, kind if rotate else "none", gen)
                 D._replace(m, n, RotatedFakeQuant(lin, r, w_mode, quant_act, ctx.samples[n]))
-            label = f"rotate {kind}: W {w_mode or 'fp32'}, A {'e4m3 max' if quant_act else 'fp32'}"
+            where = "" if only is None else " (FFN-down inputs only)"
+            label = f"rotate {kind}{where}: W {w_mode or 'fp32'}, A {'e4m3 max' if quant_act else 'fp32'}"
             out.append({"probe": "rotate", "config": label, "cosine": ctx.cosine(m)})
             print(f"{label}: {out[-1]['cosine']:.6f}", flush=True)  # noqa: T201
     return out
@@ -129,14 +134,19 @@ def probe_mixed(ctx: D.Ctx) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probes", nargs="+", choices=["rotate", "mixed"])
+    parser.add_argument("probes", nargs="+", choices=["rotate", "rotate-ffn-down", "mixed"])
     parser.add_argument("--n-eval", type=int, default=400)
     args = parser.parse_args()
     torch.set_num_threads(1)
     ctx = D.Ctx(args.n_eval)
     for name in args.probes:
         t0 = time.perf_counter()
-        records = {"rotate": probe_rotate, "mixed": probe_mixed}[name](ctx)
+        probes = {
+            "rotate": probe_rotate,
+            "rotate-ffn-down": lambda c: probe_rotate(c, only=FFN_DOWN, kinds=("had128",)),
+            "mixed": probe_mixed,
+        }
+        records = probes[name](ctx)
         with OUT.open("a") as f:
             for r in records:
                 f.write(
