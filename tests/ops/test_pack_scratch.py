@@ -32,7 +32,7 @@ def test_scratch_reused_and_products_stay_exact():
         b = torch.randint(-rb, rb + 1, (n, k), generator=gen, dtype=torch.int8)
         assert torch.equal(ops.int_matmul(a, b, bits=bits, backend="native"), _exact(a, b))
     pool = native_gemm._SCRATCH.pool
-    assert set(pool) == {"a", "b"}
+    assert {"a", "b"} <= set(pool)  # (other users, e.g. the FP8 layers, add slots of their own)
     first = pool["a"].data_ptr()
     a = torch.randint(-127, 128, (3, 5), generator=gen, dtype=torch.int8)
     b = torch.randint(-63, 64, (2, 5), generator=gen, dtype=torch.int8)

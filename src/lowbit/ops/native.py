@@ -38,6 +38,12 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
         _c_long,
     ),
     "lowbit_unpack_int4": ([_c_i8p, _c_long, _c_i8p, _c_int], None),
+    # x, m, k, ldx, scale, per_row, man_bits, min_normal, max, out, threads -> non-finite count
+    "lowbit_fp_round": (
+        [_c_i8p, _c_long, _c_long, _c_long, _c_i8p, _c_int, _c_int, _c_float, _c_float, _c_i8p, _c_int],
+        _c_long,
+    ),
+    "lowbit_decode_bytes": ([_c_i8p, _c_long, _c_i8p, _c_i8p, _c_int], None),
     "lowbit_quantize_rows": ([_c_i8p, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], _c_long),
     "lowbit_gemm_quant": (
         [

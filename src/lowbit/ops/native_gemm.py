@@ -32,15 +32,16 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-_SCRATCH = threading.local()  # per-thread panel buffers of one-off products (see _scratch)
+_SCRATCH = threading.local()  # per-thread panel buffers of one-off products (see scratch)
 
 
-def _scratch(slot: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A reusable per-thread buffer for the packed operands of a one-off product.
+def scratch(slot: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A reusable per-thread buffer for an operand that lives for one call (packed GEMM panels, FP8 layers'
+    float32 operands): valid until the same thread asks for ``slot`` again.
 
-    The panels live only for one GEMM call; allocating them fresh each call maps new pages, and faulting in
-    ~12 MB of panels costs ~1.5 ms per call (measured in the INT4 training backward). Each thread keeps its
-    largest buffer per slot (about 2 x 13 MB for the 4096 x 3072 training shapes), like a BLAS workspace.
+    Allocating such operands fresh each call maps new pages, and faulting in ~12 MB of panels costs ~1.5 ms
+    per call (measured in the INT4 training backward). Each thread keeps its largest buffer per slot (about
+    2 x 13 MB for the 4096 x 3072 training shapes), like a BLAS workspace.
     """
     pool = getattr(_SCRATCH, "pool", None)
     if pool is None:
@@ -53,7 +54,7 @@ def _scratch(slot: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
 
 def _empty(slot: str | None, numel: int, dtype: torch.dtype) -> torch.Tensor:
     """``torch.empty(numel)``, or the thread's scratch buffer ``slot`` when one is named."""
-    return torch.empty(numel, dtype=dtype) if slot is None else _scratch(slot, numel, dtype)
+    return torch.empty(numel, dtype=dtype) if slot is None else scratch(slot, numel, dtype)
 
 
 def _view_rk(t: torch.Tensor, transposed: bool) -> tuple[int, int, int, int]:

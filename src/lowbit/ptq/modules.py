@@ -4,9 +4,13 @@
   scale (or per token) inside the GEMM by ``lowbit.ops.linear``: exact int32 accumulation, dequantization and
   bias fused (activation formats ``ops.linear`` does not take fall back to ``ops.int_matmul_scaled``).
 * :class:`FP8Linear` — float8 weight codes; activations cast to FP8 with the static scale (or per token).
-  ``fp8_compute="emulated"`` (default) upcasts both FP8 operands to float32 — exact, every FP8 value is a
+  ``fp8_compute="emulated"`` (default) takes both FP8 operands as float32 — exact, every FP8 value is a
   float32 — and runs one float32 GEMM: each product of two FP8 values (≤ 8 significant bits) is exact in
-  float32, so this is an FP8 GEMM with float32 accumulation; the scales are applied afterwards.
+  float32, so this is an FP8 GEMM with float32 accumulation; the scales are applied afterwards. The
+  activations go to the float32 values of their FP8 codes in one fused pass and the weight codes are decoded
+  by a table (:mod:`lowbit.ptq.fp8_kernels`; torch's float8 casts cost ~2 ns per value), into per-thread
+  workspaces: the layer runs at 0.67–0.92x FP32 (``benchmarks/ptq.py``, quiet, 2026-11-30; it was
+  0.37–0.64x with torch's casts) — the float32 GEMM plus ~10–30 % for the rounding and decoding.
   ``fp8_compute="scaled_mm"`` calls ``torch._scaled_mm`` on the float8 tensors instead.
   Measured on this machine (AMD EPYC, AVX2, no AVX-512/AMX; torch 2.13 CPU; 2 cores shared with other
   jobs; ``python benchmarks/ptq.py``, M=2048 tokens, MiniLM's K×N ∈ {384×384, 384×1536, 1536×384}, variants
@@ -36,8 +40,11 @@ from torch import nn
 
 from lowbit import ops
 from lowbit.formats import INT7, Format, IntFormat, get_format
+from lowbit.ops.native_gemm import scratch
+from lowbit.ptq import fp8_kernels
 from lowbit.ptq.weights import decode_weight, nbytes
 from lowbit.quantizers import quantize
+from lowbit.scales import compute_scale
 
 KINDS = ("int8", "fp8", "emulated")
 # INT8 code ranges -> lowbit.ops kernel: "w7" weight codes in [-63, 63] x 8-bit activations and "a7" 8-bit
@@ -218,13 +225,35 @@ class FP8Linear(QuantLinear):
     """FP8 weights × FP8 activations, product emulated exactly in float32 or by ``torch._scaled_mm``."""
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
-        if self.act_scale is not None:  # static per-tensor scale from calibration, saturating
+        w_fp8 = self.w_codes  # (N, K) float8
+        w_scale = self.w_scale  # (1,) or (N,)
+        if self.spec.fp8_compute == "emulated":
+            # activations straight to the float32 values of their FP8 codes, weight codes decoded by table
+            # (fused kernels: the same values as quantize_static / quantize(..., "row") + .float()), both
+            # into per-thread workspaces: they live only until the GEMM below has read them, and fresh
+            # multi-MB buffers would cost page faults on every call
+            a_out = scratch("fp8-activations", x2.numel(), torch.float32).view(x2.shape)
+            w_out = scratch("fp8-weight", w_fp8.numel(), torch.float32).view(w_fp8.shape)
+            if self.act_scale is not None:  # static per-tensor scale from calibration, saturating
+                a_scale = self.act_scale
+            else:
+                a_scale = compute_scale(x2, (1,), self.act_format, "absmax")  # (M, 1), as quantize(.., "row")
+            a_vals = fp8_kernels.round_to_grid(x2, self.act_format, a_scale, out=a_out)
+            acc = a_vals @ fp8_kernels.decode(w_fp8, out=w_out).t()  # exact products, float32 sums (M, N)
+            if a_scale.numel() == 1:  # one pass, in place (no second M x N buffer): acc * (s_x * s_w) + bias
+                scale = a_scale * w_scale
+                return (
+                    torch.addcmul(self.bias, acc, scale, out=acc)
+                    if self.bias is not None
+                    else acc.mul_(scale)
+                )
+            y = acc.mul_(a_scale).mul_(w_scale)
+            return y.add_(self.bias) if self.bias is not None else y
+        if self.act_scale is not None:
             a_fp8, a_scale = quantize_static(x2, self.act_format, self.act_scale), self.act_scale
         else:
             q = quantize(x2, self.act_format, "row")
             a_fp8, a_scale = q.codes, q.scale  # (M, K), (M, 1)
-        w_fp8 = self.w_codes  # (N, K) float8
-        w_scale = self.w_scale  # (1,) or (N,)
         if self.spec.fp8_compute == "scaled_mm":
             if a_scale.numel() == 1 and w_scale.numel() == 1:
                 sa, sb = a_scale.reshape(()), w_scale.reshape(())
@@ -232,12 +261,6 @@ class FP8Linear(QuantLinear):
                 sa = a_scale.reshape(-1, 1).expand(a_fp8.shape[0], 1).contiguous()
                 sb = w_scale.reshape(1, -1).expand(1, self.out_features).contiguous()
             y = torch._scaled_mm(a_fp8, w_fp8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
-        else:
-            acc = a_fp8.float() @ w_fp8.float().t()  # exact products, float32 accumulation (M, N)
-            if a_scale.numel() == 1:  # one pass: acc * (s_x * s_w) + bias
-                scale = a_scale * w_scale
-                return torch.addcmul(self.bias, acc, scale) if self.bias is not None else acc.mul_(scale)
-            y = acc.mul_(a_scale).mul_(w_scale)
         if self.bias is not None:
             y = y.add_(self.bias)
         return y

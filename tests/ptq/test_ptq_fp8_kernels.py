@@ -1,0 +1,120 @@
+"""The fused FP8 steps of FP8Linear: native kernels bit for bit against the torch definitions."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lowbit import ptq
+from lowbit.formats import FP8_E4M3, FP8_E5M2, get_format
+from lowbit.ops import native
+from lowbit.ptq import fp8_kernels as K
+from lowbit.quantizers import quantize
+
+needs_native = pytest.mark.skipif(not native.available(), reason=native.why_not_native() or "native")
+FP8 = [FP8_E4M3, FP8_E5M2]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+def _torch_cast(x: torch.Tensor, fmt, s) -> torch.Tensor:
+    """The FP8 layer's definition: divide, saturate, cast to float8 (round half to even), back to float32."""
+    return (x / s).clamp(-fmt.max, fmt.max).to(fmt.torch_dtype).float()
+
+
+def _every_bf16_value() -> torch.Tensor:
+    """All finite bfloat16 bit patterns as float32 (every binade, sign and zero, 65,280 values)."""
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+    return x[torch.isfinite(x)].reshape(-1, 255)
+
+
+@needs_native
+@pytest.mark.parametrize("fmt", FP8, ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("s", [1.0, 0.37, 2.0**-10])
+def test_round_every_bf16_value_per_tensor(fmt, s) -> None:
+    x = _every_bf16_value()
+    got = K.round_to_grid(x, fmt, s, backend="native")
+    assert torch.equal(_bits(got), _bits(K.round_to_grid(x, fmt, s, backend="reference")))
+    assert torch.equal(_bits(got), _bits(_torch_cast(x, fmt, torch.tensor(s))))
+
+
+@needs_native
+@pytest.mark.parametrize("fmt", FP8, ids=["e4m3", "e5m2"])
+def test_ties_and_their_neighbours_round_like_the_cast(fmt) -> None:
+    grid = torch.arange(256, dtype=torch.uint8).view(fmt.torch_dtype).float()
+    grid = torch.unique(grid[torch.isfinite(grid)])  # sorted, -max .. max, one zero
+    mid = (grid[:-1] + grid[1:]) / 2  # exact ties between neighbours (float32 holds them exactly)
+    x = torch.cat([grid, mid, torch.nextafter(mid, mid + 1), torch.nextafter(mid, mid - 1)])
+    x = torch.cat([x, torch.tensor([fmt.max * 1.01, -fmt.max * 3, 1e30, -1e30, 0.0, -0.0, 1e-30, -1e-30])])
+    x = x.reshape(1, -1)
+    got = K.round_to_grid(x, fmt, 1.0, backend="native")
+    assert torch.equal(_bits(got), _bits(_torch_cast(x, fmt, torch.tensor(1.0))))
+    assert torch.equal(_bits(got), _bits(K.round_to_grid(x, fmt, 1.0, backend="reference")))
+    assert float(got.abs().max()) == fmt.max  # saturation, never Inf
+    neg_zero = _bits(torch.tensor([-0.0])).item()
+    assert _bits(got[:, -4]).item() == 0 and _bits(got[:, -3]).item() == neg_zero  # the signs of zero kept
+    assert _bits(got[:, -2]).item() == 0 and _bits(got[:, -1]).item() == neg_zero  # underflow keeps the sign
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["fp8-e4m3", "fp8-e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 8), (33, 257), (130, 1024)])
+def test_round_per_row_and_odd_shapes_match_the_quantizer(name, shape) -> None:
+    fmt = get_format(name)
+    gen = torch.Generator().manual_seed(shape[0] * 1000 + shape[1])
+    x = torch.randn(shape, generator=gen) * torch.logspace(-6, 3, shape[0]).unsqueeze(1)
+    q = quantize(x, fmt, "row")  # per-row absmax steps; codes = the reference rounding
+    got = K.round_to_grid(x, fmt, q.scale, backend="native")
+    assert torch.equal(_bits(got), _bits(q.codes.float()))
+    step = torch.rand(()) + 0.5  # one static step for the tensor
+    want = quantize(x, fmt, scale=step).codes.float()
+    assert torch.equal(_bits(K.round_to_grid(x, fmt, float(step), backend="native")), _bits(want))
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_round_rejects_bad_input(backend) -> None:
+    if backend == "native" and not native.available():
+        pytest.skip(native.why_not_native())
+    x = torch.randn(4, 9)
+    x[1, 3], x[2, 8] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match="1 NaN and 1 infinite"):
+        K.round_to_grid(x, FP8_E4M3, 0.1, backend=backend)
+    with pytest.raises(ValueError, match="1 or 4"):
+        K.round_to_grid(torch.randn(4, 9), FP8_E4M3, torch.ones(3), backend=backend)
+    with pytest.raises(TypeError, match="2-D float32"):
+        K.round_to_grid(torch.randn(4, 9, dtype=torch.float64), FP8_E4M3, 0.1, backend=backend)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_decode_every_code_and_shape(dtype) -> None:
+    codes = torch.arange(256, dtype=torch.uint8).view(dtype)
+    assert torch.equal(_bits(K.decode(codes, backend="native")), _bits(codes.float()))
+    big = torch.randint(0, 256, (300, 1111), dtype=torch.uint8).view(dtype)
+    assert torch.equal(_bits(K.decode(big, backend="native")), _bits(big.float()))
+    assert K.decode(big[:, :0]).shape == (300, 0)
+    with pytest.raises(TypeError, match="float8"):
+        K.decode(torch.zeros(3, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("act_gran", ["tensor", "token"])
+def test_fp8_layer_outputs_equal_the_unfused_definition(tiny_bert, batches, act_gran) -> None:
+    """The emulated FP8 layer gives exactly the old six-pass arithmetic's outputs (same GEMM inputs)."""
+    model = copy.deepcopy(tiny_bert)
+    ptq.quantize(model, ptq.PTQConfig(activation_granularity=act_gran), ptq.calibrate(model, batches[:2]))
+    layer = model.encoder.layer[0].attention.self.query
+    x = torch.randn(3, 5, layer.in_features)
+    x2 = x.reshape(-1, layer.in_features)
+    if act_gran == "tensor":
+        a, sa = ptq.modules.quantize_static(x2, FP8_E4M3, layer.act_scale).float(), layer.act_scale
+    else:
+        q = quantize(x2, FP8_E4M3, "row")
+        a, sa = q.codes.float(), q.scale
+    acc = a @ layer.w_codes.float().t()
+    want = torch.addcmul(layer.bias, acc, sa * layer.w_scale) if sa.numel() == 1 else acc * sa * layer.w_scale
+    want = want if sa.numel() == 1 else want + layer.bias
+    assert torch.equal(layer(x).reshape(-1, layer.out_features), want)
