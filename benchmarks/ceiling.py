@@ -5,9 +5,9 @@ peaks of the micro-kernel loops, so whether a shape meets them depends on how ef
 script measures both in one run:
 
 1. the peak of each micro-kernel's inner loop with its operands in L1 (``isa_probe.c``, compiled here with the
-   system C compiler): the FP32 6 x 16 FMA loop an sgemm runs, lowbit's u4 x s4 loop (``vpmaddubsw`` +
-   ``vpaddw``, int16 accumulation) and u8 x s7 loop (``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd``), plus the
-   bare FMA and ``vpmaddubsw`` rates, on one core;
+   system C compiler), on one core: the bare FMA rate (the ceiling of any FP32 GEMM), a textbook 6 x 16 sgemm
+   loop, lowbit's u4 x s4 loop (``vpmaddubsw`` + ``vpaddw``, int16 accumulation) and u8 x s7 loop
+   (``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd``), and the bare ``vpmaddubsw`` rate;
 2. the transformer shapes of ``benchmarks/gemm.py`` (same methods, same interleaved medians);
 3. each GEMM's share of its ceiling = its GOP/s over (threads x the one-core peak of its loop; for FP32 the
    bare FMA rate, since MKL's kernel is not public), and the ceiling ratios the targets amount to.
