@@ -118,3 +118,5 @@ def test_fp8_layer_outputs_equal_the_unfused_definition(tiny_bert, batches, act_
     want = torch.addcmul(layer.bias, acc, sa * layer.w_scale) if sa.numel() == 1 else acc * sa * layer.w_scale
     want = want if sa.numel() == 1 else want + layer.bias
     assert torch.equal(layer(x).reshape(-1, layer.out_features), want)
+    # quantization carries no gradient (as quantize() detaches): a grad-tracking input gives a plain output
+    assert not layer(x.clone().requires_grad_()).requires_grad

@@ -237,7 +237,8 @@ class FP8Linear(QuantLinear):
             if self.act_scale is not None:  # static per-tensor scale from calibration, saturating
                 a_scale = self.act_scale
             else:
-                a_scale = compute_scale(x2, (1,), self.act_format, "absmax")  # (M, 1), as quantize(.., "row")
+                # (M, 1) as quantize(.., "row"); like quantize, no gradient flows through the codes or scales
+                a_scale = compute_scale(x2.detach(), (1,), self.act_format, "absmax")
             a_vals = fp8_kernels.round_to_grid(x2, self.act_format, a_scale, out=a_out)
             acc = a_vals @ fp8_kernels.decode(w_fp8, out=w_out).t()  # exact products, float32 sums (M, N)
             if a_scale.numel() == 1:  # one pass, in place (no second M x N buffer): acc * (s_x * s_w) + bias
