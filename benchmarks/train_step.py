@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 import lowbit.ops
+from lowbit.experiments.runtime import keep_freed_memory
 from lowbit.models.layers import Block
 from lowbit.training import QuantLinear, convert
 from lowbit.training._kernels import native_reason
@@ -97,8 +98,11 @@ def _profile(fn: Callable[[], None], top: int = 10) -> list[dict[str, float | st
     ]
 
 
-def run(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace) -> dict:
     """All measurements as one JSON-ready dict."""
+    malloc = "glibc default (large freed buffers unmapped)"
+    if not args.system_malloc and keep_freed_memory():
+        malloc = "freed memory kept for reuse (lowbit.experiments.runtime.keep_freed_memory)"
     load_before = os.getloadavg()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -139,6 +143,7 @@ def run(args: argparse.Namespace) -> dict:
         "linear_speedup": layer_t["nn.Linear"] / layer_t["QuantLinear"],
         "quantlinear_profile": profile,
         "load_avg_1_5_15": {"before": list(load_before), "after": list(os.getloadavg())},
+        "malloc": malloc,
         "torch": torch.__version__,
         "targets": {"train_step_speedup": 1.5, "linear_speedup": 2.0},
     }
@@ -149,7 +154,8 @@ def _table(r: dict) -> str:
     lines = [
         f"engine: {r['engine']}; training kernels: {r['training_kernels']}; threads {r['threads']}; "
         f"{r['clock']} clock, medians of {r['repeats']}; "
-        f"load avg (1 min) before {load['before'][0]:.2f}, after {load['after'][0]:.2f}",
+        f"load avg (1 min) before {load['before'][0]:.2f}, after {load['after'][0]:.2f}; "
+        f"malloc: {r.get('malloc', 'glibc default')}",
         f"{r['converted']}",
         "",
         "| measurement | fp32 (s) | " + r["recipe"] + " (s) | speed-up | target |",
@@ -167,9 +173,7 @@ def _table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse flags, measure, print the table, write JSON."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--ffn", type=int, default=3072)
@@ -185,16 +189,32 @@ def main(argv: list[str] | None = None) -> None:
         help="wall: elapsed time (the target's measure); cpu: this process's CPU time, which with "
         "--threads 1 is far less disturbed by other jobs on a shared machine",
     )
+    p.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc at its defaults (large freed buffers are unmapped, so both sides pay page "
+        "faults every step); by default both sides keep freed memory for reuse",
+    )
     p.add_argument("--json", type=Path, help="also write the results to this file")
-    args = p.parse_args(argv)
-    result = run(args)
+    p.add_argument("--no-results-file", action="store_true", help="do not write results/train_step.{md,json}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the table, write the JSON (and results/train_step.* unless --no-results-file)."""
+    result = measure(args)
     table = _table(result)
-    print(table)
-    RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "train_step.md").write_text("```\n" + table + "\n```\n")
-    for path in [RESULTS_DIR / "train_step.json"] + ([args.json] if args.json else []):
+    print(table)  # noqa: T201 - the benchmark's report
+    paths = [args.json] if args.json else []
+    if not args.no_results_file:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        (RESULTS_DIR / "train_step.md").write_text("```\n" + table + "\n```\n")
+        paths.append(RESULTS_DIR / "train_step.json")
+    for path in paths:
         path.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(cli)
+    raise SystemExit(run(cli.parse_args()))

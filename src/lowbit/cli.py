@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from lowbit.experiments.runtime import keep_freed_memory
+
 # subcommand -> (module under lowbit.experiments, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "main": ("main_job", "the main job: format table, numerics self-check, INT4 training comparison"),
@@ -27,6 +29,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="keep glibc's default malloc, which unmaps large freed buffers (lowbit otherwise keeps them for "
+        "reuse: page faults cost ~1 s of a training step; see lowbit.experiments.runtime)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
@@ -47,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.system_malloc:
+        keep_freed_memory()
     module = importlib.import_module(f"lowbit.experiments.{args._module}")
     return int(module.run(args) or 0)
 

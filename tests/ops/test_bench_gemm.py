@@ -26,3 +26,35 @@ def test_unknown_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "benchmarks_dir", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match="train_step.py"):
         bench.load("train-step")
+
+
+def test_train_step_benchmark_runs_from_the_cli_registry(tmp_path):
+    """`lowbit bench train-step` loads the module, parses its options and writes the JSON it names."""
+    import argparse
+    import json
+
+    module = bench.load("train-step")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    out = tmp_path / "ts.json"
+    argv = [
+        "--tokens",
+        "512",
+        "--hidden",
+        "64",
+        "--ffn",
+        "128",
+        "--layers",
+        "1",
+        "--heads",
+        "4",
+        "--repeats",
+        "1",
+    ]
+    args = parser.parse_args(
+        [*argv, "--threads", "1", "--system-malloc", "--no-results-file", "--json", str(out)]
+    )
+    assert module.run(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["train_step_s"]) == {"fp32", "int4"} and result["train_step_speedup"] > 0
+    assert result["malloc"].startswith("glibc default")  # --system-malloc: this test process keeps its malloc
