@@ -10,7 +10,9 @@ Times, interleaved round-robin in one process so that load from other jobs hits 
   scale (``ops.linear(..., act_scale=)`` on a weight packed once) for each ``int8_kernel``: full-range codes
   (exact int16 kernel), 7-bit weight codes, 7-bit activation codes (both u8 x s8);
 * ``int8 w7 tok`` / ``int8 a7 tok`` — the same with dynamic per-token activations (``ops.linear`` on a
-  weight packed once).
+  weight packed once);
+* ``w4 g32`` / ``w8 fp8`` — weight-only layers (``EmulatedLinear``): INT4 codes with a scale per 32 inputs, or
+  FP8 E4M3 codes per channel, decoded to float32 each call, FP32 activations and GEMM.
 
 Run ``python benchmarks/ptq.py [--tokens 2048] [--reps 15] [--threads N] [--json FILE]``; prints medians and
 speed relative to fp32 (above 1 is faster).
@@ -81,6 +83,13 @@ def _variants(m: int, k: int, n: int) -> dict[str, Callable[[], torch.Tensor]]:
     for kernel in ("w7", "a7"):
         layer = _int8(k, n, w, b, x, kernel, "token")
         variants[f"int8 {kernel} tok"] = lambda layer=layer: layer(x)
+    for name, fmt, gran, group in (
+        ("w4 g32", fmts.INT4, "group", 32),
+        ("w8 fp8", fmts.FP8_E4M3, "channel", None),
+    ):
+        spec = LayerSpec("emulated", k, n, fmt.name, gran, group)
+        layer = build_layer(spec, encode_weight(w, fmt, gran, group), b)
+        variants[name] = lambda layer=layer: layer(x)
     return variants
 
 

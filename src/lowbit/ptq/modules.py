@@ -273,12 +273,22 @@ class FP8Linear(QuantLinear):
 
 
 class EmulatedLinear(QuantLinear):
-    """Weight decoded to float32 per call; MX activations (if any) quantized per block; float32 GEMM."""
+    """Weight decoded to float32 per call (natively for INT8/INT4/FP8 codes: one pass, bit-identical); MX
+    activations (if any) quantized per block; float32 GEMM."""
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         if self.act_format is not None:
             x2 = quantize(x2, self.act_format).dequantize()  # MX: dynamic per-block scale
-        return F.linear(x2, self.dequantized_weight(), self.bias)
+        # The decoded weight goes to a per-thread workspace (it lives until the GEMM has read it) unless
+        # autograd would keep it for the input's gradient.
+        shape = (self.out_features, self.in_features)
+        out = (
+            None
+            if x2.requires_grad
+            else scratch("weight-decode", shape[0] * shape[1], torch.float32).view(shape)
+        )
+        w = decode_weight(self.weight_buffers(), self.weight_format, shape, out=out)
+        return F.linear(x2, w, self.bias)
 
     def compute_path(self) -> str:
         return "decode to float32, float32 GEMM"

@@ -14,9 +14,13 @@ The 8-bit formats cost 1 byte per weight plus their scales: 0.25× FP32 per tens
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat
+from lowbit.ops import native
+from lowbit.ops.native_gemm import threads
 from lowbit.ptq.gptq import gptq_round
 from lowbit.quantizers import pack_int4, quantize, unpack_int4
 
@@ -120,10 +124,21 @@ def encode_weight(
     return {"w_codes": codes.contiguous(), "w_scale": scale.contiguous()}
 
 
-def decode_weight(buffers: dict[str, torch.Tensor], fmt: Format, shape: tuple[int, int]) -> torch.Tensor:
-    """The float32 (N, K) weight the buffers encode (codes × scale; exact in float32)."""
+def decode_weight(
+    buffers: dict[str, torch.Tensor], fmt: Format, shape: tuple[int, int], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The float32 (N, K) weight the buffers encode (codes × scale; exact in float32).
+
+    INT8, packed INT4 and FP8 codes with tensor, channel or group scales decode natively in one pass
+    (:func:`_decode_native`, bit-identical to the torch expression below) into ``out`` when given (a
+    contiguous float32 (N, K) tensor, e.g. a reused workspace); MX formats always take the torch path.
+    """
     n, k = shape
     codes = buffers["w_codes"]
+    if not isinstance(fmt, MXFormat) and native.available() and n * k:
+        return _decode_native(codes, buffers["w_scale"], n, k, out)
+    if out is not None:
+        return out.copy_(decode_weight(buffers, fmt, shape))
     if isinstance(fmt, MXFormat):
         elem = fmt.element
         if isinstance(elem, FloatFormat) and elem.bits == 4:
@@ -139,6 +154,39 @@ def decode_weight(buffers: dict[str, torch.Tensor], fmt: Format, shape: tuple[in
         groups = scale.shape[1]
         return (values.reshape(n, groups, k // groups) * scale.unsqueeze(-1)).reshape(n, k)
     return values * (scale.unsqueeze(1) if scale.numel() > 1 else scale)
+
+
+def _decode_native(codes: torch.Tensor, scale: torch.Tensor, n: int, k: int, out: torch.Tensor | None):
+    """codes (int8, packed-int4 uint8 or float8) × scale ((1,), (N,) or (N, G)) -> float32 (N, K)."""
+    if out is None:
+        out = torch.empty((n, k), dtype=torch.float32)
+    elif out.shape != (n, k) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 tensor of shape ({n}, {k})")
+    groups = 0 if scale.numel() == 1 else (scale.shape[1] if scale.dim() == 2 else 1)
+    if groups and k % groups:
+        raise ValueError(f"{groups} scale groups do not divide in_features={k}")
+    codes = codes.contiguous()
+    scale = scale.float().contiguous()
+    native.lib().lowbit_decode_scaled(
+        codes.view(torch.uint8).data_ptr(),
+        n,
+        k,
+        int(codes.dtype == torch.uint8),
+        _code_table(codes.dtype).data_ptr(),
+        scale.data_ptr(),
+        groups,
+        out.data_ptr(),
+        threads(),
+    )
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _code_table(dtype: torch.dtype) -> torch.Tensor:
+    """float32 value of each code: 16 signed nibbles for packed INT4 (uint8 storage), else 256 bytes."""
+    if dtype == torch.uint8:
+        return torch.arange(16, dtype=torch.float32).sub(torch.arange(16).ge(8).float() * 16)
+    return torch.arange(256, dtype=torch.uint8).view(dtype).float()
 
 
 def nbytes(tensors: dict[str, torch.Tensor]) -> int:

@@ -1,5 +1,6 @@
 // Fused rounding of float32 to a minifloat grid (FP8 E4M3 / E5M2, any sign + ExMy with 0..10 mantissa bits),
-// returned as the float32 values of the codes, and a table decode of float8 codes to float32.
+// returned as the float32 values of the codes; table decodes of float8 codes, and of int8 / packed int4 / float8
+// weight codes times their scales, to float32 (the weight-only PTQ layers' per-call decode).
 //
 //   out[i, j] = value of round_half_even(clamp(x[i, j] / s, -maxval, maxval)) on the grid whose normal numbers
 //               have man_bits mantissa bits down to min_normal, with subnormal step min_normal * 2^-man_bits
@@ -87,5 +88,33 @@ void lowbit_decode_bytes(const uint8_t *codes, long n, const float *lut, float *
     for (long c = 0; c < (n + 4095) / 4096; c++) {
         long j1 = (c + 1) * 4096 < n ? (c + 1) * 4096 : n;
         for (long j = c * 4096; j < j1; j++) out[j] = lut[codes[j]];
+    }
+}
+
+// out[j, c] = lut[code(j, c)] * scale[s(j, c)] for an (n, k) weight: codes one per byte (nib 0, 256-entry lut,
+// row stride k) or two per byte (nib 1, low nibble first, 16-entry lut, row stride k / 2); the scale of row j
+// and column c is scale[0] (groups 0), else scale[j * groups + c / (k / groups)] (groups 1: per row). One
+// float32 multiplication per value, as torch's codes.float() * scale.
+void lowbit_decode_scaled(const uint8_t *codes, long n, long k, int nib, const float *lut, const float *scale,
+                          long groups, float *out, int nthreads) {
+    const long gsize = groups > 0 ? k / groups : k;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (n * k > LOWBIT_PAR_BYTES)
+    for (long j = 0; j < n; j++) {
+        float *o = out + j * k;
+        for (long g = 0; g < (groups > 0 ? groups : 1); g++) {
+            const float s = groups > 0 ? scale[j * groups + g] : scale[0];
+            const long c0 = g * gsize, c1 = c0 + gsize;
+            if (nib) {
+                const uint8_t *row = codes + j * (k / 2);
+                for (long c = c0; c < c1; c += 2) {
+                    const uint8_t b = row[c / 2];
+                    o[c] = lut[b & 15] * s;
+                    o[c + 1] = lut[b >> 4] * s;
+                }
+            } else {
+                const uint8_t *row = codes + j * k;
+                for (long c = c0; c < c1; c++) o[c] = lut[row[c]] * s;
+            }
+        }
     }
 }
