@@ -9,7 +9,7 @@
   float32, so this is an FP8 GEMM with float32 accumulation; the scales are applied afterwards. The
   activations go to the float32 values of their FP8 codes in one fused pass and the weight codes are decoded
   by a table (:mod:`lowbit.ptq.fp8_kernels`; torch's float8 casts cost ~2 ns per value), into per-thread
-  workspaces: the layer runs at 0.78–0.93x FP32 (``benchmarks/ptq.py``, quiet, 2026-11-30; it was
+  workspaces: the layer runs at 0.59–0.93x FP32 (``benchmarks/ptq.py``, two quiet runs, 2026-11-30; it was
   0.37–0.64x with torch's casts) — the float32 GEMM plus ~10–30 % for the rounding and decoding.
   ``fp8_compute="scaled_mm"`` calls ``torch._scaled_mm`` on the float8 tensors instead.
   Measured on this machine (AMD EPYC, AVX2, no AVX-512/AMX; torch 2.13 CPU; 2 cores shared with other
