@@ -25,6 +25,9 @@ CASES = [  # (format, granularity, group size)
     ("fp8-e4m3", "tensor", None),
     ("fp8-e4m3", "channel", None),
     ("fp8-e5m2", "channel", None),
+    ("mxfp8-e4m3", "tensor", None),
+    ("mxfp4", "tensor", None),
+    ("mxint8", "tensor", None),
 ]
 
 
@@ -35,7 +38,7 @@ def _torch_decode(buffers, fmt, shape, monkeypatch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("name", "gran", "group"), CASES)
-@pytest.mark.parametrize("shape", [(1, 64), (7, 96), (130, 256)])
+@pytest.mark.parametrize("shape", [(1, 64), (7, 96), (130, 256)])  # K a multiple of the MX block (32)
 def test_native_decode_matches_torch(name, gran, group, shape, monkeypatch) -> None:
     fmt = get_format(name)
     gen = torch.Generator().manual_seed(shape[0] + shape[1])
@@ -62,6 +65,14 @@ def test_every_code_decodes(monkeypatch) -> None:
         want = _torch_decode(buffers, fmt, (3, k), monkeypatch)
         got = weights.decode_weight(buffers, fmt, (3, k))
         assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    # MXFP4: every byte (two sign-magnitude nibbles, incl. -0) with E8M0 block exponents down to 2^-127
+    codes = torch.arange(256, dtype=torch.uint8).reshape(1, -1).repeat(3, 1)
+    exps = torch.tensor([[0, 1, 100, 127, 128, 150, 200, 254] * 2] * 3, dtype=torch.uint8)
+    buffers = {"w_codes": codes, "w_exp": exps}
+    want = _torch_decode(buffers, get_format("mxfp4"), (3, 512), monkeypatch)
+    got = weights.decode_weight(buffers, get_format("mxfp4"), (3, 512))
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert (got.view(torch.int32) == torch.tensor([-0.0]).view(torch.int32)).any()  # the -0 nibble
 
 
 def test_bad_out_and_groups_are_named() -> None:

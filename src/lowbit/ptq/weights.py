@@ -129,13 +129,20 @@ def decode_weight(
 ) -> torch.Tensor:
     """The float32 (N, K) weight the buffers encode (codes × scale; exact in float32).
 
-    INT8, packed INT4 and FP8 codes with tensor, channel or group scales decode natively in one pass
-    (:func:`_decode_native`, bit-identical to the torch expression below) into ``out`` when given (a
-    contiguous float32 (N, K) tensor, e.g. a reused workspace); MX formats always take the torch path.
+    Natively (when the AVX2 library loads) every stored code type — INT8, packed INT4, FP8, and the MX
+    formats' elements with their power-of-two block scales — decodes in one pass (:func:`_decode_native`,
+    bit-identical to the torch expression below) into ``out`` when given (a contiguous float32 (N, K)
+    tensor, e.g. a reused workspace).
     """
     n, k = shape
     codes = buffers["w_codes"]
-    if not isinstance(fmt, MXFormat) and native.available() and n * k:
+    if native.available() and n * k:
+        if isinstance(fmt, MXFormat):
+            exp = buffers["w_exp"].to(torch.int32) - E8M0_BIAS
+            scale = torch.ldexp(torch.ones(exp.shape), exp)  # (N, K/32), exact powers of two
+            elem = fmt.element
+            fp4 = isinstance(elem, FloatFormat) and elem.bits == 4
+            return _decode_native(codes, scale, n, k, out, _fp4_table(elem) if fp4 else None)
         return _decode_native(codes, buffers["w_scale"], n, k, out)
     if out is not None:
         return out.copy_(decode_weight(buffers, fmt, shape))
@@ -156,8 +163,16 @@ def decode_weight(
     return values * (scale.unsqueeze(1) if scale.numel() > 1 else scale)
 
 
-def _decode_native(codes: torch.Tensor, scale: torch.Tensor, n: int, k: int, out: torch.Tensor | None):
-    """codes (int8, packed-int4 uint8 or float8) × scale ((1,), (N,) or (N, G)) -> float32 (N, K)."""
+def _decode_native(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    n: int,
+    k: int,
+    out: torch.Tensor | None,
+    table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """codes (int8, packed uint8 nibbles or float8) × scale ((1,), (N,) or (N, G)) -> float32 (N, K).
+    ``table``: the value of each code (default: by dtype; packed nibbles as two's complement INT4)."""
     if out is None:
         out = torch.empty((n, k), dtype=torch.float32)
     elif out.shape != (n, k) or out.dtype != torch.float32 or not out.is_contiguous():
@@ -172,7 +187,7 @@ def _decode_native(codes: torch.Tensor, scale: torch.Tensor, n: int, k: int, out
         n,
         k,
         int(codes.dtype == torch.uint8),
-        _code_table(codes.dtype).data_ptr(),
+        (_code_table(codes.dtype) if table is None else table).data_ptr(),
         scale.data_ptr(),
         groups,
         out.data_ptr(),
@@ -187,6 +202,13 @@ def _code_table(dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.uint8:
         return torch.arange(16, dtype=torch.float32).sub(torch.arange(16).ge(8).float() * 16)
     return torch.arange(256, dtype=torch.uint8).view(dtype).float()
+
+
+@functools.lru_cache(maxsize=4)
+def _fp4_table(elem: FloatFormat) -> torch.Tensor:
+    """float32 value of each packed FP4 nibble (sign in bit 3, magnitude index in bits 0-2)."""
+    mag = _nibble_table(elem).float()
+    return torch.cat([mag, -mag])
 
 
 def nbytes(tensors: dict[str, torch.Tensor]) -> int:
