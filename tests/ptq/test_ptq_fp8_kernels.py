@@ -120,3 +120,16 @@ def test_fp8_layer_outputs_equal_the_unfused_definition(tiny_bert, batches, act_
     assert torch.equal(layer(x).reshape(-1, layer.out_features), want)
     # quantization carries no gradient (as quantize() detaches): a grad-tracking input gives a plain output
     assert not layer(x.clone().requires_grad_()).requires_grad
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["mxfp8-e4m3", "mxfp8-e5m2", "mxfp6-e2m3", "mxfp6-e3m2", "mxfp4", "mxint8"])
+def test_mx_fake_quantize_matches_quantize_dequantize(name) -> None:
+    fmt = get_format(name)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(37, 96, generator=gen) * torch.logspace(-30, 20, 37).unsqueeze(1)
+    x[3] = 0.0  # an all-zero row: blocks of zeros take scale 1
+    x[5, :32] = torch.linspace(-1, 1, 32)  # exact ties of the element grid after scaling
+    want = quantize(x, fmt).dequantize()
+    got = K.mx_fake_quantize(x, fmt)
+    assert torch.equal(_bits(got), _bits(want))

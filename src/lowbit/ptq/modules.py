@@ -277,8 +277,8 @@ class EmulatedLinear(QuantLinear):
     activations (if any) quantized per block; float32 GEMM."""
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
-        if self.act_format is not None:
-            x2 = quantize(x2, self.act_format).dequantize()  # MX: dynamic per-block scale
+        if self.act_format is not None:  # MX: dynamic per-block scale (the element rounding fused in C)
+            x2 = fp8_kernels.mx_fake_quantize(x2, self.act_format)
         # The decoded weight goes to a per-thread workspace (it lives until the GEMM has read it) unless
         # autograd would keep it for the input's gradient.
         shape = (self.out_features, self.in_features)
