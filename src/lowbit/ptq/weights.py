@@ -136,7 +136,7 @@ def decode_weight(
     """
     n, k = shape
     codes = buffers["w_codes"]
-    if native.available() and n * k:
+    if native.available() and n * k and codes.dtype in _NATIVE_CODE_DTYPES:
         if isinstance(fmt, MXFormat):
             exp = buffers["w_exp"].to(torch.int32) - E8M0_BIAS
             scale = torch.ldexp(torch.ones(exp.shape), exp)  # (N, K/32), exact powers of two
@@ -161,6 +161,9 @@ def decode_weight(
         groups = scale.shape[1]
         return (values.reshape(n, groups, k // groups) * scale.unsqueeze(-1)).reshape(n, k)
     return values * (scale.unsqueeze(1) if scale.numel() > 1 else scale)
+
+
+_NATIVE_CODE_DTYPES = (torch.int8, torch.uint8, torch.float8_e4m3fn, torch.float8_e5m2)  # bytes, or nibbles
 
 
 def _decode_native(
