@@ -89,18 +89,6 @@ def test_round_rejects_bad_input(backend) -> None:
         K.round_to_grid(torch.randn(4, 9, dtype=torch.float64), FP8_E4M3, 0.1, backend=backend)
 
 
-@needs_native
-@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
-def test_decode_every_code_and_shape(dtype) -> None:
-    codes = torch.arange(256, dtype=torch.uint8).view(dtype)
-    assert torch.equal(_bits(K.decode(codes, backend="native")), _bits(codes.float()))
-    big = torch.randint(0, 256, (300, 1111), dtype=torch.uint8).view(dtype)
-    assert torch.equal(_bits(K.decode(big, backend="native")), _bits(big.float()))
-    assert K.decode(big[:, :0]).shape == (300, 0)
-    with pytest.raises(TypeError, match="float8"):
-        K.decode(torch.zeros(3, dtype=torch.int8))
-
-
 @pytest.mark.parametrize("act_gran", ["tensor", "token"])
 def test_fp8_layer_outputs_equal_the_unfused_definition(tiny_bert, batches, act_gran) -> None:
     """The emulated FP8 layer gives exactly the old six-pass arithmetic's outputs (same GEMM inputs)."""

@@ -99,3 +99,18 @@ def test_weight_only_layer_keeps_its_outputs_and_gradients(tiny_bert, batches) -
     other(torch.randn(9, other.in_features))
     y.sum().backward()
     assert torch.equal(xg.grad, torch.ones(5, layer.out_features) @ w)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_code_values_every_code_and_shape(dtype) -> None:
+    codes = torch.arange(256, dtype=torch.uint8).view(dtype)
+    assert torch.equal(weights.code_values(codes).view(torch.int32), codes.float().view(torch.int32))
+    big = torch.randint(0, 256, (300, 1111), dtype=torch.uint8).view(dtype)
+    out = torch.empty(300, 1111)
+    assert weights.code_values(big, out=out) is out
+    assert torch.equal(out.view(torch.int32), big.float().view(torch.int32))
+    assert weights.code_values(big[:, :0]).shape == (300, 0)
+    with pytest.raises(TypeError, match="int8 or float8"):
+        weights.code_values(torch.zeros(3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="contiguous float32"):
+        weights.code_values(big, out=torch.empty(300, 1110))

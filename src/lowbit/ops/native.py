@@ -43,7 +43,6 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
         [_c_i8p, _c_long, _c_long, _c_long, _c_i8p, _c_int, _c_int, _c_float, _c_float, _c_i8p, _c_int],
         _c_long,
     ),
-    "lowbit_decode_bytes": ([_c_i8p, _c_long, _c_i8p, _c_i8p, _c_int], None),
     # codes, n, k, two codes per byte, lut, scale, groups (0: one scale), out, threads
     "lowbit_decode_scaled": (
         [_c_i8p, _c_long, _c_long, _c_int, _c_i8p, _c_i8p, _c_long, _c_i8p, _c_int],

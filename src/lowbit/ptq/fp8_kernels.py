@@ -1,20 +1,18 @@
-"""The two elementwise steps around :class:`~lowbit.ptq.modules.FP8Linear`'s float32 GEMM, fused in C.
+"""Fused activation rounding for the FP8 and MX layers (:mod:`lowbit.ptq.modules`), in C.
 
 * :func:`round_to_grid` — activations ``x`` to the float32 values of their FP8 codes for a step ``scale`` (one
   for the tensor or one per row): ``quantize(x, fmt, scale=...).codes.float()`` bit for bit, in one pass
   instead of six (divide, clamp, cast to float8, cast back, plus the finiteness check).
-* :func:`decode` — float8 weight codes to float32 through a 256-entry table (``codes.float()`` bit for bit).
 * :func:`mx_fake_quantize` — MX activations (float elements): ``quantize(x, fmt).dequantize()`` bit for bit,
   the 32-element blocks' shared scales from torch, the element rounding in the native pass.
 
 torch's float8 <-> float32 casts run at ~2 ns per value on this CPU, which made the emulated FP8 layer
-0.37–0.64x the speed of FP32; both kernels are in ``lowbit/ops/csrc/fp_round.c``. ``backend="reference"``
-gives the same values with torch ops (the definition the tests hold the kernels to).
+0.37–0.64x the speed of FP32 (its weight codes decode through :func:`lowbit.ptq.weights.code_values`); the
+kernel is in ``lowbit/ops/csrc/fp_round.c``. ``backend="reference"`` gives the same values with torch ops
+(the definition the tests hold the kernel to).
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -85,27 +83,6 @@ def round_to_grid(
     return out
 
 
-def decode(codes: torch.Tensor, *, out: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
-    """float32 values of float8 codes (any shape): ``codes.float()``, through a table when native; ``out``:
-    an optional contiguous float32 tensor of the same shape to write into."""
-    if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
-        got = getattr(codes, "dtype", type(codes).__name__)
-        raise TypeError(f"codes must be a float8_e4m3fn or float8_e5m2 tensor, got {got}")
-    if out is not None and (
-        out.dtype != torch.float32 or out.shape != codes.shape or not out.is_contiguous()
-    ):
-        raise ValueError(f"out must be a contiguous float32 tensor of shape {tuple(codes.shape)}")
-    if not _use_native(backend) or codes.numel() == 0:
-        return codes.float() if out is None else out.copy_(codes.float())
-    codes = codes.contiguous()
-    out = torch.empty(codes.shape, dtype=torch.float32) if out is None else out
-    table = _table(codes.dtype)
-    native.lib().lowbit_decode_bytes(
-        codes.view(torch.uint8).data_ptr(), codes.numel(), table.data_ptr(), out.data_ptr(), threads()
-    )
-    return out
-
-
 def mx_fake_quantize(x: torch.Tensor, fmt: MXFormat, *, backend: str = "auto") -> torch.Tensor:
     """``quantize(x, fmt).dequantize()`` for float32 (M, K) ``x`` with K a multiple of the block: each block
     of 32 values shares an OCP power-of-two scale and its values round to the element format. MXINT8 (or no
@@ -123,12 +100,6 @@ def mx_fake_quantize(x: torch.Tensor, fmt: MXFormat, *, backend: str = "auto") -
     scale = mx_scale(blocks, (1,), fmt)  # (blocks, 1), powers of two
     values = round_to_grid(blocks, fmt.element, scale, backend=backend)
     return values.mul_(scale).reshape(x.shape)
-
-
-@functools.lru_cache(maxsize=2)
-def _table(dtype: torch.dtype) -> torch.Tensor:
-    """The float32 value of each of the 256 codes of a float8 dtype (NaN codes decode to NaN)."""
-    return torch.arange(256, dtype=torch.uint8).view(dtype).float()
 
 
 def _nonfinite_message(x: torch.Tensor) -> str:

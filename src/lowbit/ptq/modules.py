@@ -7,10 +7,11 @@
   ``fp8_compute="emulated"`` (default) takes both FP8 operands as float32 — exact, every FP8 value is a
   float32 — and runs one float32 GEMM: each product of two FP8 values (≤ 8 significant bits) is exact in
   float32, so this is an FP8 GEMM with float32 accumulation; the scales are applied afterwards. The
-  activations go to the float32 values of their FP8 codes in one fused pass and the weight codes are decoded
-  by a table (:mod:`lowbit.ptq.fp8_kernels`; torch's float8 casts cost ~2 ns per value), into per-thread
-  workspaces: the layer runs at 0.59–0.93x FP32 (``benchmarks/ptq.py``, two quiet runs, 2026-11-30; it was
-  0.37–0.64x with torch's casts) — the float32 GEMM plus ~10–30 % for the rounding and decoding.
+  activations go to the float32 values of their FP8 codes in one fused pass (:mod:`lowbit.ptq.fp8_kernels`)
+  and the weight codes are decoded by a table (:func:`lowbit.ptq.weights.code_values`; torch's float8 casts
+  cost ~2 ns per value), into per-thread workspaces: the layer runs at 0.59–0.93x FP32 (``benchmarks/ptq.py``,
+  two quiet runs, 2026-11-30; it was 0.37–0.64x with torch's casts) — the float32 GEMM plus ~10–30 % for the
+  rounding and decoding.
   ``fp8_compute="scaled_mm"`` calls ``torch._scaled_mm`` on the float8 tensors instead.
   Measured on this machine (AMD EPYC, AVX2, no AVX-512/AMX; torch 2.13 CPU; 2 cores shared with other
   jobs; ``python benchmarks/ptq.py``, M=2048 tokens, MiniLM's K×N ∈ {384×384, 384×1536, 1536×384}, variants
@@ -42,7 +43,7 @@ from lowbit import ops
 from lowbit.formats import INT7, Format, IntFormat, get_format
 from lowbit.ops.native_gemm import scratch
 from lowbit.ptq import fp8_kernels
-from lowbit.ptq.weights import decode_weight, nbytes
+from lowbit.ptq.weights import code_values, decode_weight, nbytes
 from lowbit.quantizers import quantize
 from lowbit.scales import compute_scale
 
@@ -240,7 +241,7 @@ class FP8Linear(QuantLinear):
                 # (M, 1) as quantize(.., "row"); like quantize, no gradient flows through the codes or scales
                 a_scale = compute_scale(x2.detach(), (1,), self.act_format, "absmax")
             a_vals = fp8_kernels.round_to_grid(x2, self.act_format, a_scale, out=a_out)
-            acc = a_vals @ fp8_kernels.decode(w_fp8, out=w_out).t()  # exact products, float32 sums (M, N)
+            acc = a_vals @ code_values(w_fp8, out=w_out).t()  # exact products, float32 sums (M, N)
             if a_scale.numel() == 1:  # one pass, in place (no second M x N buffer): acc * (s_x * s_w) + bias
                 scale = a_scale * w_scale
                 return (

@@ -1,6 +1,6 @@
 // Fused rounding of float32 to a minifloat grid (FP8 E4M3 / E5M2, any sign + ExMy with 0..10 mantissa bits),
-// returned as the float32 values of the codes; table decodes of float8 codes, and of int8 / packed int4 / float8
-// weight codes times their scales, to float32 (the weight-only PTQ layers' per-call decode).
+// returned as the float32 values of the codes; and a table decode of int8 / packed int4 / float8 weight codes
+// times their scales to float32 (the PTQ layers' per-call weight decode).
 //
 //   out[i, j] = value of round_half_even(clamp(x[i, j] / s, -maxval, maxval)) on the grid whose normal numbers
 //               have man_bits mantissa bits down to min_normal, with subnormal step min_normal * 2^-man_bits
@@ -80,15 +80,6 @@ long lowbit_fp_round(const float *x, long m, long k, long ldx, const float *scal
             for (long j = 0; j < k; j++) bad += !(fabsf(xi[j]) <= FLT_MAX);
     }
     return bad;
-}
-
-// out[i] = lut[codes[i]]: float8 (or any byte) codes to float32 through a 256-entry table.
-void lowbit_decode_bytes(const uint8_t *codes, long n, const float *lut, float *out, int nthreads) {
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (n > LOWBIT_PAR_BYTES)
-    for (long c = 0; c < (n + 4095) / 4096; c++) {
-        long j1 = (c + 1) * 4096 < n ? (c + 1) * 4096 : n;
-        for (long j = c * 4096; j < j1; j++) out[j] = lut[codes[j]];
-    }
 }
 
 // out[j, c] = lut[code(j, c)] * scale[s(j, c)] for an (n, k) weight: codes one per byte (nib 0, 256-entry lut,
