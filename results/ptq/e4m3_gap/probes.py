@@ -132,9 +132,27 @@ def probe_mixed(ctx: D.Ctx) -> list[dict]:
     return out
 
 
+def probe_weighting(ctx: D.Ctx) -> list[dict]:
+    """Per linear: the first-order output error weighting of E4M3's relative input error, sum_j E[x_j^2]
+    ||W[:, j]||^2, over its value with the channels evened out by a rotation, mean(E[x_j^2]) ||W||^2 (< 1: the
+    large activation channels meet small weight columns, so a rotation adds error); and the top-5 activation
+    channels' column norm^2 over the mean."""
+    out = []
+    for n in ctx.names:
+        a = ctx.samples[n].double().pow(2).mean(0)
+        b = ctx.model.get_submodule(n).weight.detach().double().pow(2).sum(0)
+        ratio = float((a * b).sum() / (a.mean() * b.sum()))
+        top5 = float(b[a.topk(5).indices].mean() / b.mean())
+        out.append(
+            {"probe": "weighting", "config": n, "unrotated_over_evened": ratio, "top5_column_norm": top5}
+        )
+        print(f"{n}: {ratio:.3f} (top-5 channels' column norm^2 / mean {top5:.3f})", flush=True)  # noqa: T201
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probes", nargs="+", choices=["rotate", "rotate-ffn-down", "mixed"])
+    parser.add_argument("probes", nargs="+", choices=["rotate", "rotate-ffn-down", "mixed", "weighting"])
     parser.add_argument("--n-eval", type=int, default=400)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -145,6 +163,7 @@ def main() -> None:
             "rotate": probe_rotate,
             "rotate-ffn-down": lambda c: probe_rotate(c, only=FFN_DOWN, kinds=("had128",)),
             "mixed": probe_mixed,
+            "weighting": probe_weighting,
         }
         records = probes[name](ctx)
         with OUT.open("a") as f:
