@@ -12,7 +12,9 @@ Times, interleaved round-robin in one process so that load from other jobs hits 
 * ``int8 w7 tok`` / ``int8 a7 tok`` — the same with dynamic per-token activations (``ops.linear`` on a
   weight packed once);
 * ``w4 g32`` / ``w8 fp8`` — weight-only layers (``EmulatedLinear``): INT4 codes with a scale per 32 inputs, or
-  FP8 E4M3 codes per channel, decoded to float32 each call, FP32 activations and GEMM.
+  FP8 E4M3 codes per channel, decoded to float32 each call, FP32 activations and GEMM;
+* ``mxfp8`` / ``mxfp4`` — MX weights and activations (``EmulatedLinear``): activations rounded per 32-value
+  block each call, weight decoded, FP32 GEMM.
 
 Run ``python benchmarks/ptq.py [--tokens 2048] [--reps 15] [--threads N] [--json FILE]``; prints medians and
 speed relative to fp32 (above 1 is faster).
@@ -90,6 +92,10 @@ def _variants(m: int, k: int, n: int) -> dict[str, Callable[[], torch.Tensor]]:
         spec = LayerSpec("emulated", k, n, fmt.name, gran, group)
         layer = build_layer(spec, encode_weight(w, fmt, gran, group), b)
         variants[name] = lambda layer=layer: layer(x)
+    for fmt in (fmts.MXFP8_E4M3, fmts.MXFP4):
+        spec = LayerSpec("emulated", k, n, fmt.name, "tensor", None, fmt.name, "block")
+        layer = build_layer(spec, encode_weight(w, fmt), b)
+        variants[fmt.name.split("-")[0]] = lambda layer=layer: layer(x)
     return variants
 
 
