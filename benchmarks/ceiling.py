@@ -55,7 +55,12 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats per GEMM method (median)")
-    parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads (and probe threads)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch / OpenMP threads of the GEMMs (the probes run on one core)",
+    )
     parser.add_argument("--probe-seconds", type=float, default=0.3, help="run time of each probe measurement")
     parser.add_argument("--no-results-file", action="store_true", help="do not write results/gemm_ceiling.*")
 
@@ -71,7 +76,6 @@ def build_probe(workdir: Path) -> ctypes.CDLL:
         "-O2",
         "-mavx2",
         "-mfma",
-        "-fopenmp",
         "-shared",
         "-fPIC",
         str(HERE / "isa_probe.c"),
@@ -84,22 +88,23 @@ def build_probe(workdir: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(out))
     lib.probe.argtypes = [ctypes.c_int, ctypes.c_long]
     lib.probe.restype = ctypes.c_double
-    lib.probe_rate.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
-    lib.probe_rate.restype = ctypes.c_double
     return lib
 
 
-def probe_rate(lib: ctypes.CDLL, kind: int, threads: int, seconds: float) -> float:
-    """Multiply-accumulates per second of one probe loop run on `threads` cores at once (OpenMP, in C)."""
+def probe_rate(lib: ctypes.CDLL, kind: int, seconds: float) -> float:
+    """Multiply-accumulates per second of one probe loop on one core, over a run of about ``seconds``."""
     reps = 1000
-    while True:  # size the run on one thread
+    while True:
         t0 = time.perf_counter()
         lib.probe(kind, reps)
         took = time.perf_counter() - t0
         if took > seconds / 4:
             break
         reps *= 4
-    return lib.probe_rate(kind, max(1, int(reps * seconds / took)), threads)
+    reps = max(1, int(reps * seconds / took))
+    t0 = time.perf_counter()
+    macs = lib.probe(kind, reps)
+    return macs / (time.perf_counter() - t0)
 
 
 def _gemm_module():
@@ -111,7 +116,7 @@ def _gemm_module():
 
 def measure_probes(lib: ctypes.CDLL, seconds: float, runs: int = 5) -> dict[int, list[float]]:
     """GOP/s (2 ops per MAC) of every probe on one core, `runs` times each."""
-    return {kind: [2 * probe_rate(lib, kind, 1, seconds) / 1e9 for _ in range(runs)] for kind in PROBES}
+    return {kind: [2 * probe_rate(lib, kind, seconds) / 1e9 for _ in range(runs)] for kind in PROBES}
 
 
 def measure_gemms(repeats: int) -> list[dict]:

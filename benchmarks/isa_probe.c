@@ -1,16 +1,14 @@
 // Instruction-throughput probes for benchmarks/ceiling.py: the inner loop of a 6 x 16 GEMM micro-kernel of each
 // kind, run over operands that stay in L1, so the loop's rate is the most a GEMM built on it can reach on one
-// core. Built by ceiling.py with the system C compiler (gcc -O2 -mavx2 -mfma -fopenmp -shared -fPIC); not part
-// of lowbit.
+// core. Built by ceiling.py with the system C compiler (gcc -O2 -mavx2 -mfma -shared -fPIC); not part of
+// lowbit.
 //
 //   kind 0  FP32: 2 B loads, 6 vbroadcastss, 12 vfmadd231ps per k (96 MACs)      - a textbook sgemm loop
 //   kind 1  INT4: 2 B loads, 6 vpbroadcastd, 12 vpmaddubsw + 12 vpaddw (384 MACs) - lowbit's u4 x s4 kernel
 //   kind 2  INT8: the same with vpmaddwd(ones) + vpaddd instead of vpaddw         - lowbit's u8 x s7 kernel
 //   kind 3  12 independent vfmadd231ps, no loads (the FMA unit's peak, 96 MACs)
 //   kind 4  12 independent vpmaddubsw, no loads, no accumulation (384 MACs)
-// probe(kind, reps) runs reps passes over 64 k-steps and returns the number of multiply-accumulates done;
-// probe_rate(kind, reps, threads) runs it on `threads` OpenMP threads at once and returns MACs per second.
-#include <omp.h>
+// probe(kind, reps) runs reps passes over 64 k-steps and returns the number of multiply-accumulates done.
 #include <stdint.h>
 
 #define CLOB "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", \
@@ -71,11 +69,4 @@ double probe(int kind, long reps) {
     }
     const double macs_per_step = (kind == 0 || kind == 3) ? 96.0 : 384.0;
     return macs_per_step * STEPS * (double)reps;
-}
-
-double probe_rate(int kind, long reps, int threads) {
-    double macs = 0.0, t0 = omp_get_wtime();
-#pragma omp parallel num_threads(threads) reduction(+ : macs)
-    macs += probe(kind, reps);
-    return macs / (omp_get_wtime() - t0);
 }
