@@ -24,7 +24,8 @@ def backend() -> str:
     return "native (AVX2)" if not reason else f"reference: {reason}"
 
 
-def _resolve_backend(name: str) -> str:
+def resolve_backend(name: str) -> str:
+    """``"native"`` or ``"reference"`` for a ``backend=`` argument (errors name the fix)."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     if name == "auto":
@@ -123,7 +124,7 @@ def _check_out(out: object, shape: tuple[int, int], dtype: torch.dtype) -> None:
 
 
 def _int_matmul_into(a8, b8, bits: int, layout: str, backend: str, out: torch.Tensor) -> None:
-    if _resolve_backend(backend) == "native":
+    if resolve_backend(backend) == "native":
         from lowbit.ops import native_gemm
 
         native_gemm.int_matmul(a8, b8, bits, layout, out)
@@ -158,7 +159,7 @@ def _scaled_args(a, b, a_scale, b_scale, bias, bits, layout):
 
 
 def _int_matmul_scaled_into(a8, b8, sa, sb, bias, bits, layout, backend, out) -> None:
-    if _resolve_backend(backend) == "native":
+    if resolve_backend(backend) == "native":
         from lowbit.ops import native_gemm
 
         native_gemm.int_matmul_scaled(a8, b8, sa, sb, bias, bits, layout, out)
@@ -191,7 +192,7 @@ def _quantize_rows_cpu(x: torch.Tensor, bits: int, backend: str) -> tuple[torch.
     if bad:
         raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
     qmax = 2 ** (bits - 1) - 1
-    if _resolve_backend(backend) == "native":
+    if resolve_backend(backend) == "native":
         from lowbit.ops import native_gemm
 
         return native_gemm.quantize_rows(x.contiguous(), qmax)

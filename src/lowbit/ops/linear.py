@@ -86,7 +86,7 @@ def pack_weight(
     codes_nk = codes.t() if transposed else codes
     n = codes_nk.shape[0]
     scale = api._scale_vector("w_scale", w_scale, n)
-    use_native = api._resolve_backend(backend) == "native"
+    use_native = api.resolve_backend(backend) == "native"
     if use_native:
         lo, hi = native_gemm.minmax(codes_nk)
     else:
@@ -152,7 +152,7 @@ def linear(
         bias = api._scale_vector("bias", bias, n)
     s_static = None if act_scale is None else _static_scale(act_scale)
     out2 = out.view(m, n)
-    if api._resolve_backend(backend) == "reference" or weight.packed is None:
+    if api.resolve_backend(backend) == "reference" or weight.packed is None:
         if backend == "native":
             raise RuntimeError("weight was packed with backend='reference'; repack it with backend='native'")
         if s_static is None:

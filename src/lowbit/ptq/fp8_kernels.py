@@ -18,20 +18,15 @@ import torch
 
 from lowbit.formats import FloatFormat, MXFormat
 from lowbit.ops import native
+from lowbit.ops.api import resolve_backend
 from lowbit.ops.native_gemm import threads
 from lowbit.quantizers import quantize
 from lowbit.rounding import round_checked
 from lowbit.scales import mx_scale
 
-BACKENDS = ("auto", "native", "reference")
-
 
 def _use_native(backend: str) -> bool:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "native" and not native.available():
-        raise RuntimeError(f"backend='native' requested but {native.why_not_native()}; use backend='auto'")
-    return backend != "reference" and native.available()
+    return resolve_backend(backend) == "native"
 
 
 def round_to_grid(
