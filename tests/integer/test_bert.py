@@ -71,3 +71,22 @@ def test_bert_fused_kernels_match_traced_path(tiny_bert: torch.nn.Module) -> Non
     batch = _batch(11)
     traced = im(batch["input_ids"], batch["attention_mask"], None, DtypeTrace())
     assert torch.equal(im(batch["input_ids"], batch["attention_mask"]), traced)
+
+
+def test_bert_checks_its_inputs(tiny_bert: torch.nn.Module) -> None:
+    """Issue 14 #7 (the BERT graph too): -1 silently indexed the last row; 1-D ids and a wrong mask shape
+    gave unpacking / broadcasting errors; non-contiguous ids are valid."""
+    im = convert_bert(tiny_bert, [_batch(0)])
+    batch = _batch(1)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    bad = ids.clone()
+    bad[0, 0] = -1
+    with pytest.raises(ValueError, match=r"input_ids holds token ids outside \[0, 100\)"):
+        im(bad, mask)
+    with pytest.raises(ValueError, match=r"\(batch, seq\)"):
+        im(ids[0], mask[0])
+    with pytest.raises(ValueError, match="attention_mask"):
+        im(ids, mask[:, :5])
+    with pytest.raises(ValueError, match="token_type_ids holds token ids outside"):
+        im(ids, mask, torch.full_like(ids, 7))
+    torch.testing.assert_close(im(ids.t().contiguous().t(), mask), im(ids, mask), rtol=0, atol=0)

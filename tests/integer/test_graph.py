@@ -151,3 +151,44 @@ def test_fused_block_path_matches_unfused(
     held = _batches(4, 7)
     fp = evaluate_lm_loss(tiny_gpt, held)
     assert abs(integer_lm_loss(im, held) - fp) / fp <= LOSS_REL_TOL
+
+
+def test_forward_rejects_ids_outside_the_vocabulary(tiny_gpt: GPT) -> None:
+    """Issue 14 #7: id -1 silently indexed the last embedding row; 40 gave a raw IndexError."""
+    im = convert(tiny_gpt, [x for x, _ in _batches(1, 1)])
+    for bad in (-1, 40):
+        with pytest.raises(ValueError, match=r"outside \[0, 40\)"):
+            im(torch.tensor([[1, bad, 2]]))
+
+
+def test_forward_accepts_non_contiguous_ids(tiny_gpt: GPT) -> None:
+    """Issue 14 #7: a transposed (non-contiguous) id tensor failed in ``.view``; it is a valid input."""
+    im = convert(tiny_gpt, [x for x, _ in _batches(1, 1)])
+    x = _batches(1, 3)[0][0][:, :8]  # (4, 8)
+    xt = x.t()  # (8, 4) strides (1, 16)
+    assert not xt.is_contiguous()
+    torch.testing.assert_close(im(xt), im(xt.contiguous()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((0, 5), "empty"),
+        ((3, 0), "empty"),
+        ((5,), r"shape \(batch, seq\).*unsqueeze"),
+        ((1, 2, 3), r"\(batch, seq\)"),
+    ],
+)
+def test_forward_names_the_expected_shape(tiny_gpt: GPT, shape: tuple[int, ...], match: str) -> None:
+    """Issue 14 #7: empty and 1-D inputs gave reshape errors / 'not enough values to unpack'."""
+    im = convert(tiny_gpt, [x for x, _ in _batches(1, 1)])
+    for model in (im, tiny_gpt):
+        with pytest.raises(ValueError, match=match):
+            model(torch.zeros(shape, dtype=torch.long))
+
+
+def test_forward_rejects_float_ids(tiny_gpt: GPT) -> None:
+    im = convert(tiny_gpt, [x for x, _ in _batches(1, 1)])
+    for model in (im, tiny_gpt):
+        with pytest.raises(TypeError, match="integer token ids"):
+            model(torch.zeros(2, 3))

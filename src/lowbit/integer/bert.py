@@ -31,6 +31,7 @@ from lowbit.integer.convert import (
 )
 from lowbit.integer.fast import PackedLinear, gelu_requant, requant_channels
 from lowbit.integer.graph import DtypeTrace, IntAttention, IntLinear, IntNorm, _packed, _rec
+from lowbit.models.gpt import check_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +142,24 @@ class IntegerBert:
         token_type_ids: torch.Tensor | None = None,
         trace: DtypeTrace | None = None,
     ) -> torch.Tensor:
-        """(B, T) ids and mask → (B, C) mean-pooled embeddings (the output dequantization)."""
-        b, t = input_ids.shape
+        """(B, T) ids and mask → (B, C) mean-pooled embeddings (the output dequantization).
+
+        ``input_ids`` / ``token_type_ids``: (batch, seq) ids inside their tables (checked: ``ValueError``);
+        ``attention_mask``: the same shape.
+        """
         (wte, wm, ws), (wpe, pm, ps), (wtt, tm, ts) = self.embeddings
+        input_ids = check_token_ids(input_ids, wte.shape[0], wpe.shape[0], "input_ids")
+        b, t = input_ids.shape
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (b, t):
+            m = attention_mask
+            got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"attention_mask must be a tensor of input_ids' shape {(b, t)}, got {got}")
+        if token_type_ids is not None:
+            token_type_ids = check_token_ids(token_type_ids, wtt.shape[0], wpe.shape[0], "token_type_ids")
+            if token_type_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"token_type_ids must have input_ids' shape {(b, t)}, got {tuple(token_type_ids.shape)}"
+                )
         c = wte.shape[1]
         types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
         r = torch.zeros(b * t, c, dtype=torch.int32)

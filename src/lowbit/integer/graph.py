@@ -25,6 +25,7 @@ from lowbit.integer.fast import (
     requant_rows,
     to_offset,
 )
+from lowbit.models.gpt import check_token_ids
 from lowbit.ops import int_matmul, native
 
 logger = logging.getLogger(__name__)
@@ -284,10 +285,12 @@ class IntegerGPT:
     block_size: int
 
     def forward(self, idx: torch.Tensor, trace: DtypeTrace | None = None) -> torch.Tensor:
-        """idx (B, T) int64 → logits (B, T, V) float32."""
+        """idx (B, T) int64 → logits (B, T, V) float32.
+
+        ``idx``: token ids of shape (batch, seq), any strides, each in [0, V) (checked: ``ValueError``).
+        """
+        idx = check_token_ids(idx, self.wte.shape[0], self.block_size)
         b, t = idx.shape
-        if t > self.block_size:
-            raise ValueError(f"sequence length {t} exceeds block_size {self.block_size}")
         c = self.wte.shape[1]
         tok = _rec(trace, "wte", self.wte[idx].view(b * t, c).to(torch.int32))
         zero = torch.zeros(c, dtype=torch.int32)

@@ -55,6 +55,36 @@ class GPTConfig:
         return cls(vocab_size=vocab_size, attention="poly", norm="l1", activation="relu", **kwargs)
 
 
+def check_token_ids(idx: object, vocab_size: int, block_size: int, name: str = "idx") -> torch.Tensor:
+    """Validate a (batch, seq) token-id tensor; return it contiguous.
+
+    Raises ``TypeError`` for a non-tensor or a non-integer dtype and ``ValueError`` for another shape than
+    (batch, seq), an empty batch or sequence, a sequence longer than ``block_size``, a meta tensor, or an id
+    outside [0, vocab_size) (a negative id would otherwise index from the end of the embedding).
+    """
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of token ids, shape (batch, seq); got {type(idx).__name__}")
+    if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must hold integer token ids (torch.long), got dtype {idx.dtype}")
+    if idx.dim() != 2:
+        hint = f"; for one sequence pass {name}.unsqueeze(0)" if idx.dim() == 1 else ""
+        raise ValueError(f"{name} must have shape (batch, seq), got shape {tuple(idx.shape)}{hint}")
+    b, t = idx.shape
+    if b == 0 or t == 0:
+        raise ValueError(f"{name} is empty: shape {(b, t)}; expected shape (batch, seq), batch and seq >= 1")
+    if t > block_size:
+        raise ValueError(f"sequence length {t} exceeds block_size {block_size}")
+    if idx.is_meta:
+        raise ValueError(f"{name} is on the meta device (shapes only, no ids); pass real token ids")
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(
+            f"{name} holds token ids outside [0, {vocab_size}): min {lo}, max {hi}; "
+            f"ids must index the vocabulary of {vocab_size} tokens"
+        )
+    return idx.contiguous()
+
+
 class GPT(nn.Module):
     """Decoder-only Transformer language model; ``forward(idx, targets)`` → (logits, loss)."""
 
@@ -93,10 +123,13 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) int64 → logits (B, T, vocab), and the mean cross-entropy if targets (B, T) is given."""
+        """idx (B, T) int64 → logits (B, T, vocab), and the mean cross-entropy if targets (B, T) is given.
+
+        ``idx`` is checked by :func:`check_token_ids` (shape (batch, seq), ids in [0, vocab_size)).
+        """
+        if not (isinstance(idx, torch.Tensor) and idx.is_meta):  # meta: shapes only, nothing to check
+            idx = check_token_ids(idx, self.config.vocab_size, self.config.block_size)
         seq_len = idx.shape[1]
-        if seq_len > self.config.block_size:
-            raise ValueError(f"sequence length {seq_len} exceeds block_size {self.config.block_size}")
         pos = torch.arange(seq_len, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
