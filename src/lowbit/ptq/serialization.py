@@ -5,12 +5,17 @@ File layout: the model's whole ``state_dict`` (quantized layers contribute ``w_c
 
 * ``lowbit_format = "lowbit-ptq"``, ``lowbit_format_version`` (:data:`FORMAT_VERSION`), ``lowbit_version``;
 * ``layers``: JSON {module name: :class:`~lowbit.ptq.modules.LayerSpec`} — formats, granularities, path;
-* ``sha256``: digest of every tensor's name, dtype, shape and bytes, so a corrupted payload is detected
-  (safetensors itself only checks the header).
+* ``sha256``: digest of every tensor's name, dtype, shape and bytes and of the metadata above (format,
+  version, model class, every layer's spec), so a corrupted payload or an edited layer spec (say an
+  activation format switched from E4M3 to E5M2) is detected (safetensors itself only checks the header).
+  Format version 1 digested the tensors only; its files are refused (re-quantize to write version 2).
 
-Writes are atomic (temporary file in the same folder, fsync, ``os.replace``). Any problem on load — not a
-safetensors file, not written by lowbit.ptq, another format version, digest mismatch, a layer the model does
-not have, wrong dtypes or shapes — raises :class:`CheckpointError` and leaves no half-loaded layer behind.
+Writes are atomic (temporary file in the same folder, fsync, ``os.replace``) and the file gets the usual
+permissions (``0666`` less the umask, as the training checkpoints), not ``mkstemp``'s ``0600``. Any problem on
+load — not a safetensors file, not written by lowbit.ptq, another format version, digest mismatch, layer
+metadata inconsistent with itself or with the tensors, a layer the model does not have, wrong dtypes or
+shapes — raises :class:`CheckpointError` (a ``ValueError``) before any layer of the model is replaced: the
+file is validated completely first, then the layers are swapped, so no half-loaded model is left behind.
 """
 
 from __future__ import annotations
@@ -19,28 +24,36 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lowbit.formats import FloatFormat, IntFormat, MXFormat, get_format
+from lowbit.ptq.config import FP8_COMPUTE
 from lowbit.ptq.modules import LayerSpec, QuantLinear, build_layer
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "lowbit-ptq"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sha256 digest covers the metadata too (1: tensors only)
 _WEIGHT_KEYS = ("w_codes", "w_scale", "w_exp")
+#: Metadata entries inside the digest (everything but the digest itself and lowbit_version, which is
+#: informational: a file stays valid across lowbit releases of the same format version).
+_DIGESTED_METADATA = ("lowbit_format", "lowbit_format_version", "model_class", "layers")
 
 
 class CheckpointError(ValueError):
     """A quantized checkpoint that cannot be loaded faithfully (corrupt, foreign or incompatible)."""
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     h = hashlib.sha256()
+    for key in _DIGESTED_METADATA:
+        value = metadata.get(key)
+        h.update(
+            f"meta:{key}|{'' if value is None else len(value)}|{'' if value is None else value}|".encode()
+        )
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -65,14 +78,14 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
         "lowbit_version": lowbit.__version__,
         "model_class": type(model).__name__,
         "layers": json.dumps({n: json.loads(s.to_json()) for n, s in layers.items()}, sort_keys=True),
-        "sha256": _digest(tensors),
     }
+    metadata["sha256"] = _digest(tensors, metadata)
     data = save(tensors, metadata=metadata)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _open_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -82,6 +95,19 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
         raise
     logger.info("saved %d quantized layers to %s (%d bytes)", len(layers), path, len(data))
     return path
+
+
+def _open_temp(path: Path) -> Path:
+    """Create a unique empty temporary file next to ``path`` with the umask's permissions (``mkstemp`` would
+    make it ``0600``, and ``os.replace`` keeps the mode)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+        try:
+            with open(tmp, "xb"):
+                return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file next to {path}")
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -111,6 +137,77 @@ def _expected_codes(spec: LayerSpec) -> tuple[torch.dtype, tuple[int, int]]:
     if isinstance(elem, IntFormat) and elem.bits == 8:
         return torch.int8, (n, k)
     return torch.uint8, (n, k // 2)  # int4 / fp4 nibbles, two per byte
+
+
+def _check_spec(path: Path, name: str, spec: LayerSpec, tensors: dict) -> None:
+    """The spec agrees with itself and with the layer's tensors (kind vs formats, granularities, scales)."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: inconsistent metadata for layer {name!r}: {why}")
+
+    for field in ("in_features", "out_features"):
+        v = getattr(spec, field)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise bad(f"{field} must be a positive integer, got {v!r}")
+    w = get_format(spec.weight)
+    a = get_format(spec.activation) if spec.activation is not None else None
+    mx = isinstance(w, MXFormat)
+    if (spec.activation is None) != (spec.activation_granularity is None):
+        raise bad(
+            f"activation={spec.activation!r} with activation_granularity={spec.activation_granularity!r}"
+        )
+    if mx != (spec.weight_granularity == "block") or spec.weight_granularity not in (
+        "tensor", "channel", "group", "block"
+    ):  # fmt: skip
+        raise bad(f"weight {spec.weight} with weight_granularity={spec.weight_granularity!r}")
+    if a is not None:
+        a_mx = isinstance(a, MXFormat)
+        if a_mx != mx or a_mx != (spec.activation_granularity == "block"):
+            raise bad(f"activation {spec.activation}/{spec.activation_granularity} with weight {spec.weight}")
+        if spec.activation_granularity not in ("tensor", "token", "block"):
+            raise bad(f"activation_granularity={spec.activation_granularity!r}")
+    if spec.weight_granularity == "group":
+        g = spec.group_size
+        if not isinstance(g, int) or g < 1 or spec.in_features % g:
+            raise bad(f"group_size={g!r} must be a positive divisor of in_features={spec.in_features}")
+    is_int8 = lambda f: isinstance(f, IntFormat) and f.bits <= 8  # noqa: E731
+    is_fp8 = lambda f: isinstance(f, FloatFormat) and f.bits == 8  # noqa: E731
+    if spec.kind == "int8" and not (is_int8(w) and is_int8(a)):
+        raise bad(
+            f"an int8 layer needs int8 weight and activation formats, got {spec.weight}/{spec.activation}"
+        )
+    if spec.kind == "fp8" and not (is_fp8(w) and is_fp8(a)):
+        raise bad(
+            f"an fp8 layer needs FP8 weight and activation formats, got {spec.weight}/{spec.activation}"
+        )
+    if spec.kind == "emulated" and a is not None and not mx:
+        raise bad(f"an emulated layer with activations takes MX formats, got {spec.weight}/{spec.activation}")
+    if (spec.fp8_compute is not None) != (spec.kind == "fp8") or (
+        spec.fp8_compute is not None and spec.fp8_compute not in FP8_COMPUTE
+    ):
+        raise bad(
+            f"fp8_compute={spec.fp8_compute!r} on a {spec.kind} layer (fp8 layers: one of {FP8_COMPUTE})"
+        )
+    n, k = spec.out_features, spec.in_features
+    if mx:
+        scale_key, want = "w_exp", n * (k // w.block) if k % w.block == 0 else None
+    else:
+        scale_key = "w_scale"
+        want = {"tensor": 1, "channel": n, "group": n * (k // spec.group_size) if spec.group_size else None}
+        want = want[spec.weight_granularity]
+    scale = tensors.get(f"{name}.{scale_key}")
+    if scale is None or want is None or scale.numel() != want:
+        got = None if scale is None else tuple(scale.shape)
+        raise bad(
+            f"{scale_key} should hold {want} values for {spec.weight}/{spec.weight_granularity}, got {got}"
+        )
+    has_act_scale = f"{name}.act_scale" in tensors
+    if has_act_scale != spec.static_activation:
+        raise bad(
+            f"activation_granularity={spec.activation_granularity!r} "
+            f"{'needs' if spec.static_activation else 'takes no'} act_scale, the file "
+            f"{'has' if has_act_scale else 'has none'}"
+        )
 
 
 def _check_layer(path: Path, name: str, spec: LayerSpec, model: nn.Module, tensors: dict) -> None:
@@ -152,13 +249,16 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
             f"{meta.get('lowbit_version')}); this lowbit reads version {FORMAT_VERSION}: "
             "re-quantize the model with this version"
         )
-    if meta.get("sha256") != _digest(tensors):
-        raise CheckpointError(f"{path} is corrupt: tensor data does not match its sha256 digest")
+    if meta.get("sha256") != _digest(tensors, meta):
+        raise CheckpointError(
+            f"{path} is corrupt: its tensors or layer metadata do not match its sha256 digest"
+        )
     try:
         specs = {n: LayerSpec(**d) for n, d in json.loads(meta["layers"]).items()}
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: unreadable layer metadata ({err})") from err
     for name, spec in specs.items():  # validate everything before touching the model
+        _check_spec(path, name, spec, tensors)
         _check_layer(path, name, spec, model, tensors)
     expected = set(model.state_dict())
     for name in specs:
@@ -170,17 +270,40 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
             f"{path} does not match {type(model).__name__}: missing {missing[:5]}, unexpected {extra[:5]}"
         )
     layers = {}
-    for name, spec in specs.items():  # build every layer before replacing any
+    for name, spec in specs.items():  # build (and load, and run) every layer before replacing any
         buffers = {k: tensors[f"{name}.{k}"] for k in _WEIGHT_KEYS if f"{name}.{k}" in tensors}
         bias = tensors.get(f"{name}.bias")
         act_scale = tensors.get(f"{name}.act_scale")
+        own = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
         try:
-            layers[name] = build_layer(spec, buffers, bias, act_scale)
-        except (ValueError, KeyError) as err:
+            layer = build_layer(spec, buffers, bias, act_scale)
+            layer.load_state_dict(own, strict=True)
+            with torch.no_grad():  # one zero row: a spec the layer cannot run fails here, not in use
+                layer(torch.zeros(1, spec.in_features))
+        except (ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as err:
             raise CheckpointError(f"{path}: layer {name!r} cannot be rebuilt: {err}") from err
-    for name, layer in layers.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
-    model.load_state_dict(tensors, strict=True)
+        layers[name] = layer
+    model_state = model.state_dict()
+    for key, t in tensors.items():  # the rest of the model: same shapes and dtypes (load_state_dict casts)
+        if key in model_state and not any(key.startswith(f"{n}.") for n in specs):
+            ref = model_state[key]
+            if tuple(ref.shape) != tuple(t.shape):
+                raise CheckpointError(
+                    f"{path}: {key} is {tuple(t.shape)} in the file but {tuple(ref.shape)} in the model: "
+                    "a different architecture"
+                )
+    originals = {}
+    try:
+        for name, layer in layers.items():
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            originals[name] = getattr(parent, child)
+            setattr(parent, child, layer)
+        model.load_state_dict(tensors, strict=True)
+    except Exception as err:  # not expected after the checks above; never leave a half-loaded model
+        for name, module in originals.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+        raise CheckpointError(f"{path}: cannot be loaded into {type(model).__name__}: {err}") from err
     logger.info("loaded %d quantized layers from %s", len(specs), path)
     return model
