@@ -104,3 +104,32 @@ def test_errors() -> None:
         QuantLinear(4, 4, recipe="fp32")
     with pytest.raises(ValueError, match="in_features"):
         QuantLinear(32, 4, recipe="int8")(torch.randn(2, 16))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=RECIPES)
+@pytest.mark.parametrize("lead", [(0,), (3, 0)], ids=["0-rows", "3x0-rows"])
+def test_zero_row_batch_forward_backward(recipe: str, lead: tuple[int, ...]) -> None:
+    """Issue 14 #9: an INT4 forward+backward on a 0-row batch raised ZeroDivisionError (lsq_grad_scale(0))."""
+    layer = QuantLinear(64, 16, recipe=recipe)
+    x = torch.zeros(*lead, 64, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (*lead, 16)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert torch.equal(layer.weight.grad, torch.zeros(16, 64)) and torch.equal(
+        layer.bias.grad, torch.zeros(16)
+    )
+    if get_recipe(recipe).kind == "int4":  # nothing learned from no data: the steps and block stay unset
+        assert float(layer.x_step.grad) == float(layer.w_step.grad) == 0.0
+        assert float(layer.x_step) == float(layer.w_step) == 0.0 and int(layer.steps_done) == 0
+        real = layer(torch.randn(8, 64))  # the first real batch initialises them as usual
+        assert real.shape == (8, 16) and float(layer.x_step) > 0 and int(layer.hadamard_block) > 0
+
+
+def test_lsq_grad_scale_of_an_empty_tensor() -> None:
+    from lowbit.training.lsq import lsq_grad_scale, lsq_step_grad
+
+    assert lsq_grad_scale(0) == 0.0
+    assert float(lsq_step_grad(torch.zeros(0, 4), torch.zeros(0, 4))) == 0.0
+    with pytest.raises(ValueError, match="numel"):
+        lsq_grad_scale(-1)

@@ -103,7 +103,11 @@ class QuantLinear(nn.Linear):
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features).float()  # (N, D)
         kind = self.recipe.kind
-        if kind == "int4":
+        if kind == "int4" and x2d.shape[0] == 0:
+            # no rows: nothing to multiply, and nothing to search the Hadamard block or initialise the LSQ
+            # steps from (they stay unset until real data arrives); an empty output, zero gradients
+            y = torch.nn.functional.linear(x2d, self.weight, self.bias) + 0.0 * (self.x_step + self.w_step)
+        elif kind == "int4":
             block = self._prepare_int4(x2d)
             y = Int4HQLinearFn.apply(
                 x2d, self.weight, self.bias, self.x_step, self.w_step, block, self.recipe, self.generator

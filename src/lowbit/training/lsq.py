@@ -101,8 +101,10 @@ def init_step(x: torch.Tensor, method: str | None) -> torch.Tensor:
 
 
 def lsq_grad_scale(numel: int) -> float:
-    """The step-size gradient scale ``1 / √(numel · 7)``."""
-    return 1.0 / math.sqrt(numel * LSQ_QPOS)
+    """The step-size gradient scale ``1 / √(numel · 7)``; 0 for an empty tensor (its gradient sum is 0)."""
+    if numel < 0:
+        raise ValueError(f"numel must be >= 0, got {numel}")
+    return 1.0 / math.sqrt(numel * LSQ_QPOS) if numel else 0.0
 
 
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
