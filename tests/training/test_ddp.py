@@ -1,5 +1,9 @@
 """A converted model under torch.distributed DDP (gloo, 2 processes) gives the single-process gradients.
 
+This test runs *without* ``Recipe.group``: each process computes its statistics on its own shard, and the gaps
+below are what that costs. With the group set (as ``torchrun -m lowbit train`` does) the statistics are the
+whole batch's and the gradients match on generic shards too: ``test_distributed.py``.
+
 What must be deterministic for equality: (1) the quantizer randomness — the test's recipe uses nearest
 rounding for the bit split and the keep-non-zero row selection, so no random draw enters; (2) the per-tensor
 scales — the LSQ steps are initialised once, on the whole batch, *before* DDP wraps the model (DDP broadcasts

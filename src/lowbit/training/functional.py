@@ -18,6 +18,7 @@ import torch
 from lowbit.ops import int_matmul_scaled, quantize_rows
 from lowbit.training._kernels import hq_grad_x_, hq_quantize, native_reason, transpose_i8
 from lowbit.training.bit_split import SPLIT_RADIX, bit_split, bit_split_merged
+from lowbit.training.distributed import all_max, gather_rows, row_layout
 from lowbit.training.hadamard_quant import block_transform
 from lowbit.training.leverage import select_rows
 from lowbit.training.lsq import clip_mask, lsq_grad_scale, lsq_quantize, lsq_step_grad
@@ -54,15 +55,21 @@ def _codes_t(codes: torch.Tensor) -> torch.Tensor:
 
 
 def _hq_grad(
-    grad_q: torch.Tensor, saved: torch.Tensor, step: torch.Tensor, block: int
+    grad_q: torch.Tensor, saved: torch.Tensor, step: torch.Tensor, block: int, numel: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(H(grad ⊙ clip mask), LSQ step gradient) from ∂L/∂(TH)^ and ``saved`` of :func:`_hq_quantize`;
-    native in one pass, else torch."""
+    native in one pass, else torch. ``numel``: the element count of LSQ's gradient scale (default: the
+    tensor's own; data parallelism passes the whole batch's)."""
+    numel = saved.numel() if numel is None else numel
     if native_reason():  # saved = ∂t̂/∂s
-        return block_transform(grad_q * clip_mask(saved), block), lsq_step_grad(grad_q, saved)
+        if numel == saved.numel():
+            g_step = lsq_step_grad(grad_q, saved)
+        else:
+            g_step = (grad_q.float() * saved).sum() * lsq_grad_scale(numel)
+        return block_transform(grad_q * clip_mask(saved), block), g_step
     grad = grad_q.contiguous()
     total = hq_grad_x_(grad, saved, float(step), block)  # saved = t
-    return grad, torch.full((), total * lsq_grad_scale(saved.numel()), dtype=torch.float32)
+    return grad, torch.full((), total * lsq_grad_scale(numel), dtype=torch.float32)
 
 
 class Int4HQLinearFn(torch.autograd.Function):
@@ -93,9 +100,16 @@ class Int4HQLinearFn(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
         need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[4]
         grad_x = grad_w = grad_b = gx_step = gw_step = None
+        # data parallelism (recipe.group): this process holds rows [offset, offset + N) of the whole batch's
+        # ∇Y; the bit-split scale is the global max|∇Y| and LSQ's gradient scale counts the global rows
+        amax = None
+        offset, n_total = 0, grad_out.shape[0]
+        if recipe.group is not None:
+            local = float(grad_out.detach().abs().max()) if grad_out.numel() else 0.0
+            offset, n_total, amax = row_layout(grad_out.shape[0], recipe.group, local)
         if recipe.lss == "sample":
             grad_xh, grad_wh = _sampled_backward(
-                grad_out, x_int4, w_int4, sx, sw, recipe, ctx.generator, need_x, need_w
+                grad_out, x_int4, w_int4, sx, sw, recipe, ctx.generator, need_x, need_w, amax, offset, n_total
             )
         else:
             # "nonzero" keeps every non-zero row of hi and of lo, and zero rows add nothing: the two INT4
@@ -104,7 +118,12 @@ class Int4HQLinearFn(torch.autograd.Function):
             # "nt" on contiguous transposed copies (reduction dim last), which the engine packs fastest
             grad_xh = grad_wh = None
             merged, unit = bit_split_merged(
-                grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=ctx.generator
+                grad_out,
+                clamp=recipe.split_clamp,
+                rounding=recipe.grad_rounding,
+                generator=ctx.generator,
+                amax=amax,
+                row_offset=offset,
             )  # (N, C)
             unit_t = torch.full((), unit, dtype=torch.float32)
             if need_x:  # ∇(XH)^ (N, D) = merged (N, C) · (WH)^ (C, D) = merged · ((WH)^ᵀ (D, C))ᵀ
@@ -114,7 +133,7 @@ class Int4HQLinearFn(torch.autograd.Function):
                     _codes_t(merged), _codes_t(x_int4), unit_t, sx, bits=8, layout="nt"
                 )
         if need_x:  # grad_input = H (∇(XH)^ ⊙ clip mask) (STE, H⁻¹ = H); ∂L/∂s_x = Σ ∇(XH)^ ⊙ ∂x̂/∂s_x · scale
-            grad_x, gx_step = _hq_grad(grad_xh, x_saved, sx, ctx.block)
+            grad_x, gx_step = _hq_grad(grad_xh, x_saved, sx, ctx.block, n_total * x_int4.shape[1])
             gx_step = gx_step.reshape(sx.shape)
         if need_w:  # grad_weight: likewise
             grad_w, gw_step = _hq_grad(grad_wh, w_saved, sw, ctx.block)
@@ -125,13 +144,37 @@ class Int4HQLinearFn(torch.autograd.Function):
 
 
 def _sampled_backward(
-    grad_out, x_int4, w_int4, sx, sw, recipe: Recipe, generator, need_x: bool, need_w: bool
+    grad_out,
+    x_int4,
+    w_int4,
+    sx,
+    sw,
+    recipe: Recipe,
+    generator,
+    need_x: bool,
+    need_w: bool,
+    amax: float | None = None,
+    offset: int = 0,
+    n_total: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """∂L/∂(XH)^ and ∂L/∂(WH)^ with the paper's Bernoulli leverage score sampling over rows [hi; lo]."""
+    """∂L/∂(XH)^ and ∂L/∂(WH)^ with the paper's Bernoulli leverage score sampling over rows [hi; lo].
+
+    Data parallelism (``recipe.group``): this process holds rows ``[offset, offset + N)`` of ``n_total``;
+    scales, normalisation, the uniforms and the noise counters are those of the whole batch."""
     n, c = grad_out.shape
     d = x_int4.shape[1]
+    group = recipe.group
+    n_total = n if n_total is None else n_total
+    local_rows = torch.arange(offset, offset + n, dtype=torch.int64)
+    # global index of each stacked row [hi; lo] in the whole batch's stack (hi rows 0..N-1, lo rows N..2N-1)
+    positions = torch.cat([local_rows, local_rows + n_total]) if group is not None else None
     hi, lo, unit = bit_split(
-        grad_out, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=generator
+        grad_out,
+        clamp=recipe.split_clamp,
+        rounding=recipe.grad_rounding,
+        generator=generator,
+        amax=amax,
+        rows=local_rows if group is not None else None,
     )
     g_stack = torch.cat([hi, lo])  # (2N, C): ∇Y↕, rows [hi; lo]
     row_unit = torch.cat([torch.full((n,), SPLIT_RADIX * unit), torch.full((n,), unit)])  # (2N,)
@@ -139,7 +182,9 @@ def _sampled_backward(
     grad_xh = grad_wh = None
     if need_x:
         # ∇(XH) = Σ_kept (∇Y↕_r / p_r) Ŵ, scored by ‖∇Y↕_r‖; the 1/p weights are output-row scales
-        idx, weight = select_rows(g_norm, "sample", generator)
+        idx, weight = select_rows(
+            g_norm, "sample", generator, group=group, positions=positions, total=2 * n_total
+        )
         part = _empty_safe_scaled(
             g_stack[idx], w_int4, row_unit[idx] * weight, sw, bits=4, layout="nn", shape=(0, d)
         )  # (R, D)
@@ -148,11 +193,34 @@ def _sampled_backward(
         # ∇(WH) = Σ_kept ∇Y↕_rᵀ X̂↕_r / p_r, scored by ‖∇Y↕_r‖·‖X̂↕_r‖; the 1/p weights sit on the reduction
         # dim, so the weighted rows are bit-split again (stochastic, unbiased) into INT4 hi/lo
         x_norm = _row_norms(x_int4)
-        idx, weight = select_rows(g_norm * torch.cat([x_norm, x_norm]), "sample", generator)
+        idx, weight = select_rows(
+            g_norm * torch.cat([x_norm, x_norm]),
+            "sample",
+            generator,
+            group=group,
+            positions=positions,
+            total=2 * n_total,
+        )
         x_rows = x_int4[idx % n]  # (R, D)
         weighted = g_stack[idx].float() * (row_unit[idx] * weight)[:, None]  # (R, C)
+        amax2 = rows2 = None
+        if group is not None:  # the kept rows' place among all processes' kept rows (hi ones, then lo ones)
+            k_hi = int((idx < n).sum())
+            local = float(weighted.abs().max()) if weighted.numel() else 0.0
+            counts = gather_rows([float(k_hi), float(idx.numel() - k_hi), local], group)
+            rank = int(torch.distributed.get_rank(group))
+            hi_start = int(counts[:rank, 0].sum())
+            lo_start = int(counts[:, 0].sum() + counts[:rank, 1].sum())
+            amax2 = float(counts[:, 2].max())
+            j = torch.arange(idx.numel(), dtype=torch.int64)
+            rows2 = torch.where(j < k_hi, hi_start + j, lo_start + j - k_hi)
         hi2, lo2, unit2 = bit_split(
-            weighted, clamp=recipe.split_clamp, rounding=recipe.grad_rounding, generator=generator
+            weighted,
+            clamp=recipe.split_clamp,
+            rounding=recipe.grad_rounding,
+            generator=generator,
+            amax=amax2,
+            rows=rows2,
         )
         grad_wh = torch.zeros((c, d), dtype=torch.float32)
         for g_rows, u in ((hi2, SPLIT_RADIX * unit2), (lo2, unit2)):
@@ -161,10 +229,13 @@ def _sampled_backward(
     return grad_xh, grad_wh
 
 
-def _per_tensor_int4(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric absmax per-tensor INT4 codes (nearest-even) and the float32 scalar scale."""
+def _per_tensor_int4(t: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax per-tensor INT4 codes (nearest-even) and the float32 scalar scale; ``group``: the
+    tensor is sharded over those processes (rows of a batch), the absmax is the global one."""
     t32 = t.detach().float()
     amax = t32.abs().max() if t32.numel() else torch.tensor(0.0)
+    if group is not None:
+        amax = all_max([float(amax)], group).float().reshape(())
     scale = torch.where(amax > 0, amax / INT4_QMAX, torch.ones_like(amax))
     return torch.round(t32 / scale).clamp_(-INT4_QMAX, INT4_QMAX).to(torch.int8), scale
 
@@ -174,19 +245,19 @@ class Int4NaiveLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x, weight, bias, recipe: Recipe):  # noqa: D102
-        x_int4, sx = _per_tensor_int4(x)
+        x_int4, sx = _per_tensor_int4(x, recipe.group)
         w_int4, sw = _per_tensor_int4(weight)
         y = int_matmul_scaled(
             x_int4, w_int4, sx, sw, None if bias is None else bias.detach().float(), bits=4, layout="nt"
         )
         ctx.save_for_backward(x_int4, w_int4, sx, sw)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.group = bias is not None, recipe.group
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_out):  # noqa: D102
         x_int4, w_int4, sx, sw = ctx.saved_tensors
-        g_int4, sg = _per_tensor_int4(grad_out)
+        g_int4, sg = _per_tensor_int4(grad_out, ctx.group)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # grad_input = ∇Ŷ Ŵ  (absmax scales: nothing clips, plain STE)
             grad_x = int_matmul_scaled(g_int4, w_int4, sg, sw, bits=4, layout="nn")

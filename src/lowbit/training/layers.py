@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.training import distributed as sharded
 from lowbit.training.functional import Int4HQLinearFn, Int4NaiveLinearFn, Int8LinearFn
-from lowbit.training.hadamard_quant import block_transform, resolve_block, search_block
-from lowbit.training.lsq import init_step
+from lowbit.training.hadamard_quant import block_transform, resolve_block
 from lowbit.training.recipes import Recipe, get_recipe
 
 _LAZY_KEYS = ("x_step", "w_step", "hadamard_block", "steps_done")
@@ -83,16 +83,17 @@ class QuantLinear(nn.Linear):
         """Search the block size and initialise the LSQ steps when unset or not positive; cold-start reset."""
         with torch.no_grad():
             if int(self.hadamard_block) == _UNSET:
-                self.hadamard_block.fill_(search_block(x2d, self.weight))
+                # X's statistics over every process's rows (recipe.group; None: this batch alone)
+                self.hadamard_block.fill_(sharded.search_block(x2d, self.weight, self.recipe.group))
             block = int(self.hadamard_block)
             cold = self.training and int(self.steps_done) < self.recipe.cold_start_steps
             # a step that is unset (0), was pushed to or through zero by the optimizer, or is not finite is
             # (re)initialised: a step near zero clips the whole tensor to ±8 (sign quantization)
             init = self.recipe.lsq_init  # "paper" (2·mean|·|/√7) or "mse" (the MSE-best step)
             if cold or not _usable_step(float(self.x_step)):
-                self.x_step.copy_(init_step(block_transform(x2d, block), init))
+                self.x_step.copy_(sharded.init_step(block_transform(x2d, block), init, self.recipe.group))
             if cold or not _usable_step(float(self.w_step)):
-                self.w_step.copy_(init_step(block_transform(self.weight, block), init))
+                self.w_step.copy_(sharded.init_step(block_transform(self.weight, block), init))
             if self.training:
                 self.steps_done += 1
         return block

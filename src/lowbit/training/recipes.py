@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from lowbit.training.lsq import LSQ_INITS
 
@@ -80,7 +81,11 @@ class Recipe:
     per-tensor step minimising the quantization MSE, ``lowbit.training.lsq.lsq_init_mse``); the learned LSQ
     step continues from it either way. None (``int4``, ``int4-sample``): the training task's choice (``lowbit
     train``: "mse" for bert-rt, fine-tuning a pretrained model; "paper" for the from-scratch tasks, see
-    docs/DESIGN.md), "paper" when the recipe is used outside a task.
+    docs/DESIGN.md), "paper" when the recipe is used outside a task. ``group``: the ``torch.distributed``
+    process group whose processes each hold a shard of the batch (data parallelism), or None (one process);
+    with a group the per-tensor statistics over the batch (LSQ step init and gradient scale, block search,
+    bit-split scale and noise counter, leverage normalisation) are all-reduced over it
+    (``lowbit.training.distributed``). Not part of the recipe's identity (compare/hash/repr).
     """
 
     name: str
@@ -95,6 +100,7 @@ class Recipe:
     split_clamp: int = 7
     lsq_lr: float = 0.01
     lsq_init: str | None = None
+    group: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
