@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lowbit.training import convert, get_recipe
 from lowbit.training import distributed as sharded
+from lowbit.training.distributed import world_size
 from lowbit.training.leverage import leverage_probabilities
 
 WORLD = 2
@@ -44,12 +45,17 @@ def _batch() -> torch.Tensor:
 def _stats(x: torch.Tensor, group) -> dict[str, torch.Tensor]:
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(2))
     scores = x.abs().sum(1)
+    budget = x.shape[0] * world_size(group) / 4
     return {
         "paper": sharded.init_step(x, "paper", group),
         "mse": sharded.init_step(x, "mse", group),
         "block": torch.tensor(sharded.search_block(x, w, group)),
-        "p": leverage_probabilities(scores, x.shape[0] / 4 if group is None else x.shape[0] * WORLD / 4, group),
+        "p": leverage_probabilities(scores, budget, group),
     }
+
+
+def _steps(model: nn.Module) -> torch.Tensor:
+    return torch.stack([p.detach() for n, p in model.named_parameters() if "step" in n])
 
 
 def _grads(model: nn.Module, run: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -71,7 +77,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             ddp = DistributedDataParallel(model, forward_sync_buffers=False)
             results[recipe] = _grads(model, ddp, shard)  # DDP averages the gradients over the ranks
             if get_recipe(recipe).kind == "int4":
-                results[recipe]["steps"] = torch.stack([p for n, p in model.named_parameters() if "step" in n])
+                results[recipe]["steps"] = _steps(model)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -91,7 +97,7 @@ def test_sharded_statistics_and_gradients_match_one_process(tmp_path: Path) -> N
         model = _model(recipe)
         single = _grads(model, model, x)
         if get_recipe(recipe).kind == "int4":
-            single["steps"] = torch.stack([p for n, p in model.named_parameters() if "step" in n])
+            single["steps"] = _steps(model)
         for name, g in single.items():
             got = ranks[0][recipe][name]
             assert torch.equal(got, ranks[1][recipe][name]), (recipe, name)  # identical on every rank
