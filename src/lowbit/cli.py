@@ -2,6 +2,10 @@
 
 Every subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when
 its subcommand runs, so ``lowbit formats`` does not pay for importing transformers.
+
+The contract: a user error (``lowbit.experiments.guard.UserError``) prints one line ``lowbit COMMAND: error:
+...`` naming the problem and the fix and exits 2; Ctrl-C exits 130 with a line naming the checkpoint to resume
+from; any other exception is a bug in lowbit: its traceback, a line saying where to report it, exit 1.
 """
 
 from __future__ import annotations
@@ -10,8 +14,13 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
+from lowbit.experiments.guard import UserError, forget_checkpoints, interrupt_hint
 from lowbit.experiments.runtime import keep_freed_memory
+
+#: Where a traceback (a bug, never the user's fault) should be reported.
+REPORT_BUGS = "the lowbit issue tracker"
 
 # subcommand -> (module under lowbit.experiments, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -57,8 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.system_malloc:
         keep_freed_memory()
-    module = importlib.import_module(f"lowbit.experiments.{args._module}")
-    return int(module.run(args) or 0)
+    forget_checkpoints()
+    try:
+        module = importlib.import_module(f"lowbit.experiments.{args._module}")
+        return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"lowbit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nlowbit {args.command}: interrupted; {interrupt_hint()}", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"lowbit {args.command}: internal error: this is a bug in lowbit, not in your input; please "
+            f"report it with the traceback above to {REPORT_BUGS}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,8 +34,14 @@ _FILES = {
 def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
     """Parse one gzip-compressed IDX file of unsigned bytes, checking its magic number and its length."""
     path = Path(path)
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(
+            f"{path} is not a readable gzip file ({type(err).__name__}: {err}); reinstall "
+            "dataset-fashion-mnist or pass a folder with the four intact IDX .gz files"
+        ) from None
     if len(data) < 4:
         raise ValueError(f"{path} is too short to be an IDX file ({len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")

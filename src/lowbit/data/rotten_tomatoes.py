@@ -119,12 +119,24 @@ def _is_int(value: str) -> bool:
     return value.strip().lstrip("+-").isdigit()
 
 
+#: String labels are refused when there are more distinct ones than this share of the rows (they look like
+#: text: swapped columns).
+MAX_LABEL_SHARE = 0.5
+#: Column names a header row must use (any order, any case).
+CSV_COLUMNS = ("text", "label")
+
+
 def load_text_csv(
     path: str | Path, seed: int = 0, test_fraction: float = TEST_FRACTION
 ) -> TextClassificationSplits:
-    """A user's CSV of text,label rows (header row optional), split like the Rotten Tomatoes data.
+    """A user's CSV of text and label columns, split like the Rotten Tomatoes data.
 
-    Integer labels must be 0..K-1; any other labels are mapped to ids in sorted order.
+    A header row naming the columns ``text`` and ``label`` (either order, any case) maps them by name; without
+    one the columns are text,label. A header naming other columns, a headerless file whose first column
+    holds the integers (swapped columns) and string "labels" nearly unique per row are refused. Integer
+    labels must be 0..K-1; labels that are all non-integer are mapped to ids in sorted order; in a file of
+    integer labels a non-integer one is refused naming its row. Rows with an empty text are dropped (logged);
+    a file with no text at all is refused.
     """
     path = Path(path)
     if not path.is_file():
@@ -135,22 +147,58 @@ def load_text_csv(
         raise ValueError(
             f"{path} is not valid UTF-8 ({err.reason} at byte {err.start}); re-save it as UTF-8"
         ) from err
-    rows = [r for r in csv.reader(io.StringIO(content, newline="")) if any(cell.strip() for cell in r)]
+    if "\x00" in content:
+        raise ValueError(f"{path} is binary (it holds NUL bytes); pass a CSV text file of text,label rows")
+    reader = csv.reader(io.StringIO(content, newline=""))
+    try:
+        rows = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
+    except csv.Error as err:
+        raise ValueError(f"{path}, line {reader.line_num}: not valid CSV ({err})") from None
     if not rows:
         raise ValueError(f"{path} is empty; expected rows of text,label")
-    for i, row in enumerate(rows, start=1):
+    for line, row in rows:
         if len(row) != 2:
             raise ValueError(
-                f"{path}, row {i}: expected 2 columns (text,label), found {len(row)}: {row[:3]!r}"
+                f"{path}, row {line}: expected 2 columns (text,label), found {len(row)}: {row[:3]!r}"
             )
-    first = [c.strip().lower() for c in rows[0]]
-    has_header = first == ["text", "label"] or (
-        not _is_int(rows[0][1]) and len(rows) > 1 and all(_is_int(r[1]) for r in rows[1:])
-    )
-    body = rows[1:] if has_header else rows
-    texts = [r[0].strip() for r in body]
-    raw = [r[1].strip() for r in body]
-    if all(_is_int(v) for v in raw):
+    first = [c.strip().lower() for c in rows[0][1]]
+    text_col, label_col = 0, 1
+    if sorted(first) == sorted(CSV_COLUMNS):
+        text_col, label_col = first.index("text"), first.index("label")
+        body = rows[1:]
+    elif (
+        len(rows) > 1
+        and not any(_is_int(c) for c in first)
+        and all(any(_is_int(c) for c in r) for _, r in rows[1:])
+    ):
+        raise ValueError(
+            f"{path}: the header row {rows[0][1]!r} does not name the columns; name them text and label "
+            "(e.g. text,label) so lowbit knows which column is which"
+        )
+    else:
+        body = rows
+        if all(_is_int(r[0]) for _, r in body) and not all(_is_int(r[1]) for _, r in body):
+            raise ValueError(
+                f"{path}: the first column holds integers and the second text, so the columns look swapped "
+                "(label,text); add a header row label,text, or write the rows as text,label"
+            )
+    if not body:
+        raise ValueError(f"{path} has a header but no rows; expected rows of text,label")
+    kept = [(line, r[text_col].strip(), r[label_col].strip()) for line, r in body if r[text_col].strip()]
+    if not kept:
+        raise ValueError(f"{path}: every text is empty; the {CSV_COLUMNS[0]} column must hold the snippets")
+    if len(kept) < len(body):
+        logger.warning("%s: %d rows with an empty text dropped", path, len(body) - len(kept))
+    texts = [t for _, t, _ in kept]
+    raw = [v for _, _, v in kept]
+    is_int = [_is_int(v) for v in raw]
+    if any(is_int) and not all(is_int):
+        line, _, value = kept[is_int.index(False)]
+        raise ValueError(
+            f"{path}, row {line}: label {value!r} is not an integer, though other rows' labels are; "
+            "fix that row"
+        )
+    if all(is_int):
         labels = [int(v) for v in raw]
         n_classes = max(labels) + 1
         if min(labels) < 0 or set(labels) != set(range(n_classes)):
@@ -160,6 +208,11 @@ def load_text_csv(
         names = tuple(str(k) for k in range(n_classes))
     else:
         names = tuple(sorted(set(raw)))
+        if len(raw) >= 10 and len(names) > MAX_LABEL_SHARE * len(raw):
+            raise ValueError(
+                f"{path}: the label column has {len(names)} distinct values in {len(raw)} rows, so it looks "
+                "like text; check the column order (text,label) or add a header row naming them"
+            )
         labels = [names.index(v) for v in raw]
     if len(names) < 2:
         raise ValueError(f"{path}: only one distinct label {names!r}; a classifier needs at least two")

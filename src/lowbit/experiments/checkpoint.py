@@ -11,14 +11,21 @@ A checkpoint is one ``torch.save`` file holding a plain dict::
      "history": dict,            # metrics logged so far, so metrics.json stays complete after a resume
      "seconds": float}           # training wall time spent so far
 
-Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python containers are accepted.
+The file is the ``torch.save`` bytes followed by an 80-byte trailer ``\nlowbit-sha256:<64 hex>\n``, the
+SHA-256 of those bytes: loading verifies it before unpickling, so a damaged checkpoint is refused instead of
+resumed (version 1 files, written before the digest, still load, with a warning). Loading uses
+``torch.load(weights_only=True)``: only tensors and plain Python containers are accepted. A save killed
+mid-write leaves ``.NAME.<pid>.<hex>.tmp``; ``remove_stale_temps`` deletes those whose process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +36,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "lowbit-train-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+#: Versions this lowbit reads; version 1 has no digest trailer.
+READABLE_VERSIONS = (1, 2)
+DIGEST_TAG = b"\nlowbit-sha256:"
+DIGEST_TRAILER_BYTES = len(DIGEST_TAG) + 64 + 1
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<hex>[0-9a-f]{8})\.tmp$")
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = (
     "identity", "step", "model", "optimizer", "scheduler", "rng", "sampler", "history", "seconds",
@@ -86,13 +98,109 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the ``atomic_write`` temp files in ``folder`` left by processes that no longer run (a save
+    killed mid-write); returns what was removed. Temp files of live processes are left alone."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP_RE.match(entry.name)
+        if match is None or not entry.is_file() or _pid_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+            removed.append(entry)
+            logger.info("removed %s, left by an interrupted save (process %s is gone)", entry, match["pid"])
+    return removed
+
+
+def digest_trailer(data: bytes) -> bytes:
+    """The 80-byte trailer that follows ``data`` in a verified file: tag, SHA-256 hex, newline."""
+    return DIGEST_TAG + hashlib.sha256(data).hexdigest().encode() + b"\n"
+
+
+def atomic_torch_save_verified(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj)`` plus its SHA-256 trailer, written atomically (see ``read_verified``)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    trailer = digest_trailer(data)
+
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+        f.write(trailer)
+
+    atomic_write(path, write)
+
+
+def foreign_file_kind(data: bytes) -> str | None:
+    """What a file that is not a lowbit training checkpoint is, when recognisable (else None)."""
+    if len(data) >= 10 and data[8:9] == b"{":
+        header = int.from_bytes(data[:8], "little")
+        if 2 <= header <= len(data) - 8:
+            return "a safetensors file (e.g. a quantized model from lowbit ptq --save / save_quantized)"
+    if data[:4] == b"\x7fELF":
+        return "an executable"
+    if data[:2] == b"\x1f\x8b":
+        return "a gzip file"
+    return None
+
+
+def read_verified(path: str | Path, what: str = "checkpoint") -> tuple[bytes, bool]:
+    """(payload bytes, whether a digest trailer was present and matched); CheckpointError on a mismatch."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    tail = data[-DIGEST_TRAILER_BYTES:]
+    if len(data) > DIGEST_TRAILER_BYTES and tail.startswith(DIGEST_TAG) and tail.endswith(b"\n"):
+        payload = data[:-DIGEST_TRAILER_BYTES]
+        if digest_trailer(payload) != tail:
+            raise CheckpointError(
+                f"{what} {path} is damaged: its SHA-256 digest does not match its content (a disk or copy "
+                "error changed it); restore an intact copy, or start again without --resume"
+            )
+        return payload, True
+    return data, False
+
+
+def torch_load_bytes(data: bytes, path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` of ``data``; CheckpointError in one line when it is not loadable."""
+    kind = foreign_file_kind(data)
+    if kind is not None:
+        raise CheckpointError(f"{path} is {kind}, not a lowbit training {what}")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types (pickle, zip, EOF, RuntimeError) for a damaged file
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        if "weights_only" in str(err) or "Weights only load failed" in str(err):
+            first = "it holds Python objects other than tensors and plain containers"
+        raise CheckpointError(
+            f"{what} {path} is corrupt or not a lowbit {what} ({type(err).__name__}: {first}); "
+            "pass the right file, or delete it and start again without --resume"
+        ) from None
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write a training checkpoint atomically; ``state`` must hold every key in ``REQUIRED_KEYS``."""
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}; expected keys {list(REQUIRED_KEYS)}")
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    atomic_torch_save(payload, path)
+    atomic_torch_save_verified(payload, path)
     logger.debug("checkpoint at step %d written to %s", state["step"], path)
 
 
@@ -104,20 +212,22 @@ def load_checkpoint(path: str | Path, identity: dict[str, Any]) -> dict[str, Any
             f"--resume: no checkpoint at {path}; run without --resume first (or pass the --out folder of the "
             "run to continue)"
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types (pickle, zip, EOF, RuntimeError) for a damaged file
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a lowbit checkpoint ({type(err).__name__}: {err}); "
-            "delete it and start again without --resume"
-        ) from err
+    data, verified = read_verified(path)
+    payload = torch_load_bytes(data, path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a lowbit training checkpoint (format tag missing)")
-    if payload.get("version") != CHECKPOINT_VERSION:
+    if payload.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} has checkpoint version {payload.get('version')}, this lowbit reads version "
-            f"{CHECKPOINT_VERSION}; start again without --resume"
+            f"{path} has checkpoint version {payload.get('version')}, this lowbit reads versions "
+            f"{READABLE_VERSIONS}; start again without --resume"
         )
+    if not verified:
+        if payload["version"] >= 2:
+            raise CheckpointError(
+                f"checkpoint {path} lacks its SHA-256 digest trailer (cut short?); restore an intact copy, "
+                "or start again without --resume"
+            )
+        logger.warning("checkpoint %s is version 1 (no integrity digest): resuming unverified", path)
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; delete it and run again without --resume")

@@ -8,6 +8,7 @@ the table and the curves (``OUT/loss.png``, ``OUT/eval.png``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from lowbit.experiments.checkpoint import CHECKPOINT_NAME, CheckpointError
 from lowbit.experiments.config import TrainConfig
+from lowbit.experiments.guard import check_fresh_run, check_output_dir, locked_output
 from lowbit.experiments.runner import RunResult, check_recipe, finish, prepare, write_json
 from lowbit.experiments.tasks import Task, make_task
 from lowbit.experiments.train import (
@@ -109,17 +111,23 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.experiments.report import results_table
 
     out = args.out or f"runs/compare-{args.task}"
-    try:
-        recipes = parse_recipes(args.recipes)
-        configs = [config_from_args(args, r, str(Path(out) / r)) for r in recipes]
-        apply_threads(configs[0])
-        task = setup(configs)
-    except USER_ERRORS as err:
-        return report_user_error("compare", err)
-    try:
-        results, report = compare(configs, out, command_line(args), task)
-    except CheckpointError as err:
-        return report_user_error("compare", err)
+    with contextlib.ExitStack() as stack:
+        try:
+            recipes = parse_recipes(args.recipes)
+            configs = [config_from_args(args, r, str(Path(out) / r)) for r in recipes]
+            stack.enter_context(locked_output(out))  # held until the comparison is written
+            folders = [Path(c.out) for c in configs]
+            check_fresh_run(folders, args.resume, getattr(args, "overwrite", False))
+            for folder in folders:
+                check_output_dir(folder)
+            apply_threads(configs[0])
+            task = setup(configs)
+        except USER_ERRORS as err:
+            return report_user_error("compare", err)
+        try:
+            results, report = compare(configs, out, command_line(args), task)
+        except CheckpointError as err:
+            return report_user_error("compare", err)
     print(results_table(results, relative_delta=not task.higher_is_better))
     print(f"\nreport: {report}")
     print(json.dumps([r.to_dict() for r in results]))

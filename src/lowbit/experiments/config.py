@@ -108,8 +108,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < float("inf"):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            if not abs(getattr(self, name)) < float("inf"):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(
                 f"warmup_steps, weight_decay and grad_clip must be >= 0, got "

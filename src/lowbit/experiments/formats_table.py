@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from lowbit.experiments.checkpoint import atomic_write_text
+from lowbit.experiments.guard import UserError, check_output_file
 from lowbit.formats import ALL_FORMATS, FloatFormat, Format, IntFormat, get_format, int_format
 
 # The named constants plus the narrow (symmetric) integer variants most used in practice.
@@ -99,11 +101,16 @@ def render(rows: list[dict[str, object]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.codes is not None:
-        fmt = get_format(args.codes)
+        try:
+            fmt = get_format(args.codes)
+        except ValueError as err:
+            raise UserError(f"--codes: {err}") from None
         values = fmt.codes().tolist()
         print(f"{fmt.name}: {len(values)} values from {_num(values[0])} to {_num(values[-1])}")
         print(" ".join(_num(v) for v in values))
         return 0
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     rows = [format_row(f) for f in TABLE_FORMATS]
     print(render(rows))
     print(
@@ -111,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
         "MX rows are per element, in units of the block's shared power-of-two scale."
     )
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

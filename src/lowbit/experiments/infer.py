@@ -5,7 +5,9 @@ L1 LayerNorm, ReLU), convert it with ``lowbit.integer.convert``, verify by instr
 intermediate tensor is an integer, generate a sample from the integer graph and report held-out loss, weight
 bytes and latency of both. ``--task minilm-rt``: all-MiniLM-L6-v2 converted integer-only (i-GELU, i-softmax,
 integer LayerNorm); embedding cosine vs FP32, Rotten Tomatoes accuracy of a head trained on FP32 embeddings.
-``--json FILE`` writes the figures.
+``--json FILE`` writes the figures. The sample's prompt is ``--prompt`` or the first line of the held-out
+text (never a fixed string: any ``--data`` file works). Every flag, output path and the ``--checkpoint`` file
+(SHA-256 verified, like training checkpoints) are checked before training starts.
 """
 
 from __future__ import annotations
@@ -21,11 +23,22 @@ from pathlib import Path
 
 import torch
 
-from lowbit.experiments.checkpoint import atomic_write_text
+from lowbit.experiments.checkpoint import (
+    CheckpointError,
+    atomic_torch_save_verified,
+    atomic_write_text,
+    read_verified,
+    torch_load_bytes,
+)
+from lowbit.experiments.guard import UserError, check_output_file
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("gpt-shakespeare", "minilm-rt")
+#: The ``--checkpoint`` file's format tag (older files hold a bare state dict and still load).
+INFER_CHECKPOINT_FORMAT = "lowbit-infer-gpt"
+#: The default prompt: the held-out text's first line, at most this many characters.
+PROMPT_CHARS = 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(8-bit, the exact int16 path); MiniLM always uses 127",
     )
     parser.add_argument("--sample-tokens", type=int, default=200)
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="start of the generated sample (default: the first line of the held-out text); its characters "
+        "must occur in the data",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--max-texts", type=int, default=1000, help="minilm-rt: texts per split")
 
@@ -73,14 +92,104 @@ def time_call(fn: Callable[[], object], reps: int = 3) -> float:
     return statistics.median(times)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """UserError for a flag value no run could use (before any data is read)."""
+    positive = ("layers", "dim", "heads", "seq_len", "batch_size", "eval_batches", "calib_batches")
+    for name in (*positive, *(("threads",) if args.threads is not None else ()), "max_texts"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("train_steps", "sample_tokens"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not 0 < args.lr < float("inf"):
+        raise UserError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.dim % args.heads:
+        raise UserError(f"--dim ({args.dim}) must be divisible by --heads ({args.heads})")
+    for name in ("act_qmax", "weight_qmax"):
+        if not 1 <= getattr(args, name) <= 127:
+            raise UserError(
+                f"--{name.replace('_', '-')} must be in [1, 127] (int8 codes), got {getattr(args, name)}"
+            )
+    if args.prompt is not None and not args.prompt:
+        raise UserError("--prompt is empty; pass at least one character (or leave it out)")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        check_output_file(args.checkpoint, "--checkpoint")  # it will be written after training
+
+
+def sample_prompt(held_out_text: str, prompt: str | None = None) -> str:
+    """``prompt`` when given, else the first line of the held-out text (at most ``PROMPT_CHARS``
+    characters, with its newline when it fits)."""
+    if prompt is not None:
+        return prompt
+    line = held_out_text.split("\n", 1)[0]
+    if line and len(line) < PROMPT_CHARS and len(line) < len(held_out_text):
+        return line + "\n"
+    return (line or held_out_text)[:PROMPT_CHARS]
+
+
+def _load_checkpoint(path: Path, model: torch.nn.Module, vocab: str) -> None:
+    """Load the FP32 GPT from ``path`` (digest verified; bare state dicts too); UserError if unusable."""
+    try:
+        data, _ = read_verified(path, "GPT checkpoint")
+        payload = torch_load_bytes(data, path, "GPT checkpoint")
+    except CheckpointError as err:
+        raise UserError(f"--checkpoint: {err}") from None
+    if isinstance(payload, dict) and payload.get("format") == INFER_CHECKPOINT_FORMAT:
+        state = payload.get("model")
+        if payload.get("vocab") != vocab:
+            raise UserError(
+                f"--checkpoint {path} was trained on text with another character set "
+                f"({len(payload.get('vocab') or '')} characters, this --data has {len(vocab)}); pass the "
+                "--data it was trained on, or a new "
+                "--checkpoint path"
+            )
+    elif isinstance(payload, dict) and payload.get("format") is not None:
+        raise UserError(
+            f"--checkpoint {path} is a {payload.get('format')!r} file, not a lowbit infer GPT checkpoint; "
+            "pass a file written by lowbit infer --checkpoint (or a new path to train and save one)"
+        )
+    else:
+        state = payload
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"--checkpoint {path} holds no model weights; pass a file written by lowbit infer")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
+        detail = lines[0] if lines else str(err)[:200]
+        raise UserError(
+            f"--checkpoint {path} holds a GPT of other sizes or another vocabulary ({detail}); pass the "
+            "--data/--layers/--dim/--heads/--seq-len it was trained with, or a new --checkpoint path"
+        ) from None
+
+
 def prepare_gpt(args: argparse.Namespace) -> tuple[torch.nn.Module, object, torch.Tensor, torch.Tensor]:
     """(FP32 Integer-Transformer GPT, tokenizer, train tokens, held-out tokens), trained or loaded."""
     from lowbit.data import CharTokenizer, load_shakespeare, load_text_file
     from lowbit.models.gpt import GPT, GPTConfig
 
-    splits = load_text_file(args.data) if args.data else load_shakespeare()
+    try:
+        splits = load_text_file(args.data) if args.data else load_shakespeare()
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(f"--data: {err}") from None
+    for part, text in (("training", splits.train), ("held-out", splits.val)):
+        if len(text) <= args.seq_len:
+            raise UserError(
+                f"--seq-len {args.seq_len} is longer than the {part} text of {splits.name} ({len(text)} "
+                f"characters); pass --seq-len below {len(text)} or a longer --data file"
+            )
     tok = CharTokenizer.from_text(splits.train, splits.val)
     train, val = tok.encode(splits.train), tok.encode(splits.val)
+    prompt = sample_prompt(splits.val, args.prompt)
+    unknown = sorted(set(prompt) - set(tok.chars))
+    if unknown:
+        raise UserError(
+            f"--prompt holds characters that never occur in {splits.name}: {''.join(unknown)[:20]!r}; use "
+            "characters of the data"
+        )
+    args.prompt_text = prompt
     torch.manual_seed(args.seed)
     cfg = GPTConfig.integer_transformer(
         tok.vocab_size, block_size=args.seq_len, n_layer=args.layers, n_head=args.heads, n_embd=args.dim
@@ -88,14 +197,17 @@ def prepare_gpt(args: argparse.Namespace) -> tuple[torch.nn.Module, object, torc
     model = GPT(cfg)
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        _load_checkpoint(ckpt, model, "".join(tok.chars))
         logger.info("loaded the FP32 GPT from %s", ckpt)
     else:
         train_gpt(model, train, args)
         if ckpt is not None:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), ckpt)
+            payload = {
+                "format": INFER_CHECKPOINT_FORMAT,
+                "vocab": "".join(tok.chars),
+                "model": model.state_dict(),
+            }
+            atomic_torch_save_verified(payload, ckpt)
     return model.eval(), tok, train, val
 
 
@@ -171,7 +283,10 @@ def run_gpt(args: argparse.Namespace) -> dict[str, object]:
         x = batches[0][0]
         fp32_ms = time_call(lambda: model(x))
         int_ms = time_call(lambda: im(x))
-    sample = generate_integer(im, tok, "ROMEO:\n", args.sample_tokens, args.seq_len, args.seed)
+    prompt = getattr(args, "prompt_text", None) or sample_prompt(
+        tok.decode(val[: 4 * PROMPT_CHARS]), args.prompt
+    )
+    sample = generate_integer(im, tok, prompt, args.sample_tokens, args.seq_len, args.seed)
     return {
         "task": "gpt-shakespeare",
         "fp32_eval_loss": fp32_loss,
@@ -191,6 +306,7 @@ def run_gpt(args: argparse.Namespace) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``lowbit infer``; prints a summary, writes ``--json``; 0 on success."""
+    check_args(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if not args.integer:

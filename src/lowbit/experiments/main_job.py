@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from lowbit.experiments.guard import UserError, check_output_dir
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ STEPS: tuple[Step, ...] = (
             "fp32,int8,int4,int4-naive",
             "--out",
             "{out}/compare-gpt-shakespeare",
+            "--overwrite",  # the main job regenerates its results
         ),
     ),
 )
@@ -64,7 +68,7 @@ def select_steps(names: str) -> list[Step]:
     known = {s.name for s in STEPS}
     unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:
-        raise ValueError(
+        raise UserError(
             f"--steps: unknown or empty step names {unknown or wanted}; known steps: {sorted(known)}"
         )
     return [s for s in STEPS if s.name in wanted]
@@ -76,12 +80,16 @@ def run_step(step: Step, out: Path) -> int:
     parser = argparse.ArgumentParser(prog=f"lowbit main / {step.name}")
     module.add_arguments(parser)
     args = parser.parse_args([a.format(out=out) for a in step.argv])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"lowbit main / {step.name}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:
     steps = select_steps(args.steps)
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(args.out, "--out")
     codes: dict[str, int] = {}
     for i, step in enumerate(steps, 1):
         print(f"\n=== step {i}/{len(steps)}: {step.name} ===", flush=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from lowbit.experiments.checkpoint import atomic_write_text
+from lowbit.experiments.guard import UserError, check_output_dir, check_output_file
 from lowbit.ptq import ObserverSpec, PTQConfig, WeightOnlyConfig, calibrate, quantize, save_quantized
 from lowbit.ptq.fidelity import embed_sorted, embedding_cosine, layer_sqnr, plot_sqnr
 
@@ -192,7 +193,19 @@ def _read_texts(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--texts file not found: {p}")
-    texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    raw = p.read_bytes()
+    if b"\x00" in raw[:65536]:
+        raise ValueError(
+            f"--texts file {p} is binary (it holds NUL bytes); pass a UTF-8 text file, one sentence a line"
+        )
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"--texts file {p} is not UTF-8 text ({err.reason} at byte {err.start}); pass a UTF-8 text file, "
+            "e.g. converted with iconv -f latin1 -t utf-8"
+        ) from None
+    texts = [line.strip() for line in content.splitlines() if line.strip()]
     if not texts:
         raise ValueError(f"--texts file {p} holds no non-empty lines")
     return texts
@@ -258,11 +271,19 @@ def run(args: argparse.Namespace) -> int:
         configs = {e.label: config_for(e, args) for e in entries if e.name != "fp32"}
         if args.calib_batches < 1 or args.max_test < 1:
             raise ValueError("--calib-batches and --max-test must be >= 1")
+        for name in ("calib_batch_size", "max_train", "batch_size", "max_length"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if not 0 < args.percentile <= 100:
+            raise ValueError(f"--percentile must be in (0, 100], got {args.percentile}")
+        if args.json:  # output paths are checked before any work
+            check_output_file(args.json, "--json")
+        if configs or args.save:
+            check_output_dir(args.out, "--out")
         calib_texts, eval_texts, eval_labels, train_texts, train_labels = _load_data(args)
         model, tokenizer = _load_model(args.model)
     except (ValueError, FileNotFoundError, OSError) as err:
-        logger.error("%s", err)
-        return 2
+        raise UserError(str(err)) from None
     out = Path(args.out)
     torch.manual_seed(args.seed)
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ from lowbit.experiments.checkpoint import (
     CheckpointError,
     atomic_write_text,
     load_checkpoint,
+    remove_stale_temps,
     save_checkpoint,
 )
 from lowbit.experiments.config import TrainConfig, derive_seed
+from lowbit.experiments.guard import note_checkpoint
 from lowbit.experiments.tasks import Task, make_task
 from lowbit.training.optim import sync_step_lrs
 
@@ -34,6 +37,43 @@ METRICS_NAME = "metrics.json"
 REFERENCE_RECIPE = "fp32"
 #: final_train_loss is the mean training loss of the last this-many steps (single batches are noisy).
 FINAL_LOSS_WINDOW = 20
+#: Without a terminal on stderr: one progress line every this many seconds (and at the first and last step).
+PROGRESS_LOG_SECONDS = 10.0
+
+
+class TrainingDiverged(Exception):
+    """Training blew up (non-finite loss, or non-finite values reaching a layer): the run stops there."""
+
+
+def _nonfinite_site(model: nn.Module, forward: Callable[[], Any]) -> str | None:
+    """Where a diverged model first meets a non-finite value: a parameter or gradient, or a module whose
+    floating input is not finite while ``forward()`` runs (which may raise); None when everything is finite.
+    Tells a divergence (e.g. a quantized layer refusing NaN activations) from a bug."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return f"parameter {name}"
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            return f"gradient of {name}"
+    found: list[str] = []
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        if not found and any(
+            isinstance(a, torch.Tensor) and a.is_floating_point() and not bool(torch.isfinite(a).all())
+            for a in args
+        ):
+            found.append(f"the input of {names.get(module, type(module).__name__)}")
+
+    names = {m: n or "the model" for n, m in model.named_modules()}
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            forward()
+    except Exception:  # the forward that failed before fails again; the hooks have seen its inputs
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
 
 
 @dataclass(frozen=True)
@@ -184,6 +224,7 @@ class Run:
         self.torch_rng = torch.Generator().manual_seed(derive_seed(config.seed, "torch")).get_state()
         self.history = _History()
         self.step, self.seconds = 0, 0.0
+        self.diverged_at: int | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -196,12 +237,35 @@ class Run:
                 "modules": {k: g.get_state() for k, g in module_generators(self.model).items()},
             },
             "sampler": self.sampler.state_dict(), "history": self.history.state(), "seconds": self.seconds,
+            "data": self.task.data_fingerprint(),
         }  # fmt: skip
 
     def restore(self) -> None:
         """Load ``out/checkpoint.pt`` (CheckpointError when absent, corrupt or from a different run)."""
-        state = load_checkpoint(self.out / CHECKPOINT_NAME, self.config.identity())
-        self.model.load_state_dict(state["model"])
+        path = self.out / CHECKPOINT_NAME
+        state = load_checkpoint(path, self.config.identity())
+        saved_data, data = state.get("data"), self.task.data_fingerprint()
+        if saved_data is not None and saved_data != data:
+            sizes = [
+                f"{k.replace('_', ' ')} {saved_data.get(k)} in the checkpoint, {data[k]} now"
+                for k in ("vocab_size", "n_classes")
+                if saved_data.get(k) != data[k]
+            ]
+            raise CheckpointError(
+                f"the data changed since checkpoint {path} was written (content digest differs"
+                + (f"; {', '.join(sizes)}" if sizes else "")
+                + "): resume with the original --data, or start again with --overwrite"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:  # size mismatch: other data (vocabulary, classes) or model sizes
+            lines = str(err).splitlines()
+            detail = next((ln.strip() for ln in lines if "size mismatch" in ln), str(err)[:200])
+            raise CheckpointError(
+                f"checkpoint {path} holds a model of other shapes than this run's ({detail}); the data's "
+                "vocabulary or classes changed: resume with the original --data, or start again with "
+                "--overwrite"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -224,6 +288,7 @@ class Run:
     def save(self) -> None:
         """Checkpoint and metrics.json, both written atomically."""
         save_checkpoint(self.out / CHECKPOINT_NAME, self.state())
+        note_checkpoint(self.out / CHECKPOINT_NAME)
         write_json(self.out / METRICS_NAME, self.metrics())
 
     def metrics(self) -> dict[str, Any]:
@@ -236,6 +301,7 @@ class Run:
             "step": self.step, "seconds": self.seconds,
             "train": {"step": h.steps, "loss": [_json_number(v) for v in h.losses], "lr": h.lrs},
             "eval": {"step": h.eval_steps, "value": [_json_number(v) for v in h.eval_values]},
+            "diverged_at": self.diverged_at,
         }  # fmt: skip
 
     def result(self) -> RunResult:
@@ -255,8 +321,15 @@ class Run:
     def evaluate(self) -> float:
         """Evaluate in eval mode (no grad), record it, return to train mode."""
         self.model.eval()
-        value = float(self.task.evaluate(self.model))
-        self.model.train()
+        try:
+            value = float(self.task.evaluate(self.model))
+        except (ValueError, RuntimeError) as err:
+            site = _nonfinite_site(self.model, lambda: self.task.evaluate(self.model))
+            if site is None:
+                raise
+            raise TrainingDiverged(f"evaluation met a non-finite value at {site} ({err})") from err
+        finally:
+            self.model.train()
         self.history.eval_steps.append(self.step)
         self.history.eval_values.append(value)
         logger.info(
@@ -272,9 +345,17 @@ class Run:
     def train_step(self) -> tuple[float, int]:
         """One optimizer step; (loss, units processed)."""
         batch = self.task.batch(self.sampler.next())
-        loss = self.task.loss(self.model, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss = self.task.loss(self.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except (ValueError, RuntimeError) as err:  # e.g. a quantized layer refusing non-finite activations
+            site = _nonfinite_site(self.model, lambda: self.task.loss(self.model, batch))
+            if site is None:
+                raise  # not a divergence: a bug, shown with its traceback
+            raise TrainingDiverged(f"a non-finite value reached {site} ({err})") from err
+        if not math.isfinite(float(loss.detach())):
+            raise TrainingDiverged(f"the loss is {float(loss.detach())}")
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         sync_step_lrs(self.optimizer, lr_factor(self.step, self.config))  # LSQ steps: lsq_lr·|s|·schedule
@@ -290,43 +371,52 @@ class Run:
         torch.set_rng_state(self.torch_rng)
         self.model.train()
         units, train_time = 0, 0.0
+        # a redrawn bar only on a terminal; otherwise (logs, pipes) a plain line every few seconds
+        use_bar = cfg.progress and sys.stderr.isatty()
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
             desc=f"{cfg.task} {cfg.recipe}",
             unit="step",
-            disable=not cfg.progress,
+            disable=not use_bar,
             dynamic_ncols=True,
             mininterval=0.5,
         )
+        last_line = -math.inf
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
-                loss, n = self.train_step()
+                try:
+                    loss, n = self.train_step()
+                except TrainingDiverged as err:
+                    self._diverged(err, lr)
+                    break
                 dt = time.perf_counter() - t0
                 self.step += 1
                 units, train_time = units + n, train_time + dt
                 self.history.steps.append(self.step)
                 self.history.losses.append(loss)
                 self.history.lrs.append(lr)
+                rate = f"loss {loss:.4f}, {units / max(train_time, 1e-9):,.0f} {self.task.unit}/s"
                 bar.update(1)
-                bar.set_postfix_str(
-                    f"loss {loss:.4f}, {units / max(train_time, 1e-9):,.0f} {self.task.unit}/s"
-                )
-                if not math.isfinite(loss) and (
-                    len(self.history.losses) < 2 or math.isfinite(self.history.losses[-2])
+                bar.set_postfix_str(rate)
+                now = time.monotonic()
+                if (
+                    cfg.progress
+                    and not use_bar
+                    and (now - last_line >= PROGRESS_LOG_SECONDS or self.step == cfg.steps)
                 ):
-                    logger.warning(
-                        "%s/%s: loss is %s at step %d (training diverged)",
-                        cfg.task,
-                        cfg.recipe,
-                        loss,
-                        self.step,
-                    )
+                    print(f"{cfg.task} {cfg.recipe}: step {self.step}/{cfg.steps}, {rate}", file=sys.stderr)
+                    sys.stderr.flush()
+                    last_line = now
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     t1 = time.perf_counter()
-                    self.evaluate()
+                    try:
+                        self.evaluate()
+                    except TrainingDiverged as err:
+                        self._diverged(err, None)
+                        break
                     dt += time.perf_counter() - t1
                 self.seconds += dt
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -335,11 +425,34 @@ class Run:
                     on_step(self.step, loss)
         finally:
             bar.close()
-        if not self.history.eval_steps or self.history.eval_steps[-1] != self.step:
+        if self.diverged_at is None and (
+            not self.history.eval_steps or self.history.eval_steps[-1] != self.step
+        ):
             self.evaluate()  # a resumed run that had already finished without its final evaluation
             self.save()
         write_json(self.out / METRICS_NAME, self.metrics())
         return self.result()
+
+    def _diverged(self, err: TrainingDiverged, lr: float | None) -> None:
+        """Record a divergence (every recipe alike): a NaN loss at the step it happened (unless that step's
+        loss was recorded already), a NaN evaluation, and a warning; the loop then stops. The last checkpoint
+        (before the divergence) is kept; metrics.json records ``diverged_at``."""
+        if lr is not None:
+            self.step += 1
+            self.history.steps.append(self.step)
+            self.history.losses.append(math.nan)
+            self.history.lrs.append(lr)
+        if not self.history.eval_steps or self.history.eval_steps[-1] != self.step:
+            self.history.eval_steps.append(self.step)
+            self.history.eval_values.append(math.nan)
+        self.diverged_at = self.step
+        logger.warning(
+            "%s/%s: training diverged at step %d: %s; stopped (lower --lr)",
+            self.config.task,
+            self.config.recipe,
+            self.step,
+            err,
+        )
 
 
 def prepare(config: TrainConfig, task: Task | None = None) -> Run:
@@ -348,6 +461,8 @@ def prepare(config: TrainConfig, task: Task | None = None) -> Run:
     Every error a user can cause (unknown recipe, missing --data file, incompatible checkpoint) is raised
     here, before training starts.
     """
+    for folder in {Path(config.out), *([Path(config.json).parent] if config.json else [])}:
+        remove_stale_temps(folder)  # temp files of saves killed mid-write
     run = Run(config, task)
     if config.resume:
         run.restore()

@@ -14,6 +14,7 @@ the validation set and the run trains on the rest (its training data differ from
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -173,6 +174,27 @@ class Task(ABC):
         """Sizes of the data, for logs and reports."""
         return {}
 
+    def data_fingerprint(self) -> dict[str, Any]:
+        """A digest of the data the run trains and evaluates on (and the vocabulary size where there is one),
+        stored in checkpoints so a resume on edited data is refused; computed once."""
+        cached = getattr(self, "_fingerprint", None)
+        if cached is None:
+            digest = hashlib.sha256()
+            for part in self._data_parts():
+                digest.update(len(part).to_bytes(8, "little"))
+                digest.update(part)
+            cached = {
+                "sha256": digest.hexdigest(),
+                "vocab_size": getattr(self, "vocab_size", None),
+                "n_classes": getattr(self, "n_classes", None),
+            }
+            self._fingerprint = cached
+        return dict(cached)
+
+    def _data_parts(self) -> list[bytes]:
+        """The bytes the fingerprint covers (subclasses: every tensor and text the run reads)."""
+        return []
+
 
 class GPTShakespeareTask(Task):
     """Character-level GPT trained from scratch; metric: mean cross-entropy on the held-out play."""
@@ -195,9 +217,23 @@ class GPTShakespeareTask(Task):
                     f"training characters, too few for --seq-len {config.seq_len} windows on both sides"
                 )
             train_text, eval_text = train_text[:cut], train_text[cut:]
+        for part, text in (("training", train_text), ("held-out", eval_text)):
+            if len(text) <= config.seq_len:
+                raise ValueError(
+                    f"--seq-len {config.seq_len} is longer than the {part} text of {splits.name} "
+                    f"({len(text)} characters); pass --seq-len below {len(text)} or a longer --data file"
+                )
         self.train_tokens = self.tokenizer.encode(train_text)
         self.val_tokens = self.tokenizer.encode(eval_text)
         self.source = splits.name
+        self.vocab_size = self.tokenizer.vocab_size
+
+    def _data_parts(self) -> list[bytes]:
+        return [
+            "".join(self.tokenizer.chars).encode("utf-8"),
+            self.train_tokens.numpy().tobytes(),
+            self.val_tokens.numpy().tobytes(),
+        ]
 
     def build_model(self) -> nn.Module:
         from lowbit.models.gpt import GPT, GPTConfig
@@ -285,6 +321,7 @@ class ViTFashionTask(_ClassificationTask):
 
         x_train, y_train, x_test, y_test = load_fashion_mnist(config.data or DEFAULT_ROOT)
         n_train, n_test = config.max_train_examples, config.max_eval_examples
+        self._raw = (x_train[:n_train], y_train[:n_train], x_test[:n_test], y_test[:n_test])  # fingerprint
         self.x_train, self.y_train = to_float(x_train[:n_train]), y_train[:n_train]
         self.n_train = int(self.y_train.shape[0])
         if config.eval_split == "val":  # "test" below means "what is evaluated"
@@ -292,6 +329,9 @@ class ViTFashionTask(_ClassificationTask):
             self.x_test, self.y_test = self.x_train[val], self.y_train[val]
         else:
             self.x_test, self.y_test = to_float(x_test[:n_test]), y_test[:n_test]
+
+    def _data_parts(self) -> list[bytes]:
+        return [t.contiguous().numpy().tobytes() for t in self._raw]
 
     def build_model(self) -> nn.Module:
         from lowbit.models.vit import ViT, ViTConfig
@@ -361,6 +401,10 @@ class BertRTTask(_ClassificationTask):
             self.test_ids = self._encode(tokenizer, splits.test_texts[:n_test])
             self.test_labels = splits.test_labels[:n_test]
         self.pad_id = int(tokenizer.pad_token_id)
+
+    def _data_parts(self) -> list[bytes]:
+        ids = repr((self.train_ids, self.test_ids)).encode()
+        return [ids, self.train_labels.numpy().tobytes(), self.test_labels.numpy().tobytes()]
 
     def _encode(self, tokenizer: Any, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, [CLS] ... [SEP], cut at ``seq_len`` tokens."""

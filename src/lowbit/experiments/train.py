@@ -2,18 +2,22 @@
 
 Writes ``OUT/metrics.json`` (per-step loss, periodic evaluation) and ``OUT/checkpoint.pt`` (atomic, every
 ``--checkpoint-every`` steps and at the end); ``--resume`` continues from it so that the next loss is the one
-an uninterrupted run would have had, bit for bit.
+an uninterrupted run would have had, bit for bit. Before any work the output paths are checked, ``OUT`` is
+locked against a second process, and a folder holding a run is refused without ``--resume`` / ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+from pathlib import Path
 
 from lowbit.experiments.checkpoint import CheckpointError
 from lowbit.experiments.config import EVAL_SPLITS, TASK_DEFAULTS, TASKS, TrainConfig
+from lowbit.experiments.guard import check_fresh_run, check_output_file, locked_output
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "vit-fashion: a folder with the four Fashion-MNIST IDX .gz files",
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an --out folder that already holds a run, replacing it (without this flag or "
+        "--resume such a folder is refused)",
+    )
     parser.add_argument(
         "--eval-split",
         choices=EVAL_SPLITS,
@@ -136,12 +146,17 @@ def run(args: argparse.Namespace) -> int:
     """Train, print the result as JSON on stdout; 2 on a user error (message on stderr)."""
     from lowbit.experiments.runner import finish, prepare
 
-    try:
-        config = config_from_args(args, args.recipe, args.out or f"runs/{args.task}-{args.recipe}")
-        apply_threads(config)
-        prepared = prepare(config)
-    except USER_ERRORS as err:
-        return report_user_error("train", err)
-    result = finish(prepared)
+    with contextlib.ExitStack() as stack:
+        try:
+            config = config_from_args(args, args.recipe, args.out or f"runs/{args.task}-{args.recipe}")
+            if config.json:
+                check_output_file(config.json, "--json")
+            stack.enter_context(locked_output(config.out))  # held until the run is written
+            check_fresh_run([Path(config.out)], config.resume, getattr(args, "overwrite", False))
+            apply_threads(config)
+            prepared = prepare(config)
+        except USER_ERRORS as err:
+            return report_user_error("train", err)
+        result = finish(prepared)  # errors from here on are bugs: shown with their traceback
     print(json.dumps(result.to_dict()))
     return 0
