@@ -101,7 +101,8 @@ def test_int_formats_ranges(bits: int) -> None:
 
 def test_named_constants() -> None:
     assert IntFormat(4) == F.INT4 and IntFormat(8) == F.INT8 and IntFormat(8, signed=False) == F.UINT8
-    assert F.MXFP4.element == F.FP4_E2M1 and F.MXINT8.element == F.INT8
+    # issue 14 #12: the MX INT8 element is symmetric (OCP MX v1.0: ±127/64), not the full INT8 range
+    assert F.MXFP4.element == F.FP4_E2M1 and F.MXINT8.element == IntFormat(8, narrow=True)
     assert all(f.block == 32 for f in F.ALL_FORMATS if isinstance(f, MXFormat))
     assert F.MXFP8_E4M3.element_emax == 8 and F.MXFP4.element_emax == 2 and F.MXFP6_E3M2.element_emax == 4
     assert len({f.name for f in F.ALL_FORMATS}) == len(F.ALL_FORMATS)
@@ -191,3 +192,13 @@ def test_property_every_name_parses_back(
     assert codes.max().item() == fmt.max
     elem = fmt.element if isinstance(fmt, MXFormat) else fmt
     assert codes.min().item() == (elem.qmin if isinstance(elem, IntFormat) else -elem.max)
+
+
+def test_mx_integer_elements_are_symmetric() -> None:
+    """Issue 14 #12: MXINT8 used the code -128 (-2.0 x 2^X), so saturation was asymmetric."""
+    assert MXFormat(F.INT8) == F.MXINT8 == get_format("mxint8") == get_format("mxint8-narrow")
+    assert (
+        F.MXINT8.element.qmin == -127 and F.MXINT8.num_codes == 255 and float(F.MXINT8.codes().min()) == -127
+    )
+    assert F.MXINT8.name == "mxint8" and MXFormat(F.INT4).name == "mxint4"
+    assert get_format(MXFormat(F.INT4, 16).name) == MXFormat(F.INT4, 16)

@@ -229,3 +229,42 @@ def test_quantize_carries_no_gradient(scale, gen) -> None:
     x = torch.randn(4, 32, generator=gen, requires_grad=True)
     q = quantize(x * 2, F.INT4, "row", scale=scale)
     assert not q.codes.requires_grad and not q.scale.requires_grad and not q.dequantize().requires_grad
+
+
+def test_mxint8_saturates_symmetrically_and_never_to_inf() -> None:
+    """Issue 14 #12: 1.999 -> 1.984375 but -1.999 -> -2.0 (code -128), and a block whose amax is near
+    -3.4e38 dequantized to -Inf."""
+    x = torch.zeros(4, 32)
+    x[0, 0], x[1, 0] = 1.999, -1.999
+    x[2, 0], x[2, 1:] = -3.4e38, 1.0
+    x[3, 0], x[3, 1:] = 3.4e38, -1.0
+    q = quantize(x, F.MXINT8)
+    assert int(q.codes.min()) >= -127
+    d = q.dequantize()
+    assert float(d[0, 0]) == 1.984375 and float(d[1, 0]) == -1.984375
+    assert bool(torch.isfinite(d).all()) and float(d[2, 0]) == -float(d[3, 0])
+
+
+@pytest.mark.parametrize("fmt", [F.MXINT8, F.MXFP8_E4M3, F.MXFP4, F.INT8, F.FP8_E4M3])
+@pytest.mark.parametrize("big", [1e39, -1e300])
+def test_float64_beyond_float32_raises(fmt, big: float) -> None:
+    """Issue 14 #12: float64 input beyond float32 range clamped the MX scale to 2^127 silently (dequantizing
+    to Inf); non-MX raised only when the scale itself overflowed (1e39 with INT8 dequantized to Inf)."""
+    x = torch.zeros(2, 32, dtype=torch.float64)
+    x[1, 3] = big
+    with pytest.raises(ValueError, match="beyond the float32 range"):
+        quantize(x, fmt)
+
+
+def test_explicit_scale_that_overflows_on_dequantization_raises() -> None:
+    with pytest.raises(ValueError, match="overflows float32"):
+        quantize(torch.ones(4), F.INT8, scale=1e37)
+    assert bool(torch.isfinite(quantize(torch.ones(4), F.INT8, scale=2e36).dequantize()).all())
+
+
+def test_meta_tensor_raises_naming_the_fix() -> None:
+    """Issue 14 #14: quantize on a meta tensor failed inside .item()."""
+    with pytest.raises(ValueError, match="meta device.*materialized"):
+        quantize(torch.empty(4, 32, device="meta"), F.INT8)
+    with pytest.raises(ValueError, match="meta device"):
+        quantize(torch.empty(4, 32, device="meta"), F.MXFP4)

@@ -13,7 +13,8 @@ A format is a frozen value that carries its own constants. Three kinds:
 
 * :class:`MXFormat` — OCP Microscaling: blocks of ``block`` (32) elements of an element format sharing one
   power-of-two E8M0 scale. Its ``max``/``min_normal``/``codes()`` are the element's, i.e. in units of the
-  shared scale.
+  shared scale. Integer elements are symmetric (narrow): MXINT8's codes are ±127 (±127/64 in the OCP MX
+  v1.0 convention of an implicit 2^-6), never -128, so saturation is symmetric.
 
 Everything here is pure Python; the quantizers that use these values live in :mod:`lowbit.quantizers`.
 """
@@ -233,7 +234,18 @@ def _float_codes(fmt: FloatFormat) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class MXFormat:
-    """OCP MX block format: ``block`` elements of ``element`` share a power-of-two E8M0 scale."""
+    """OCP MX block format: ``block`` elements of ``element`` share a power-of-two E8M0 scale.
+
+    An integer element is always the symmetric (narrow) range, as the OCP MX v1.0 INT8 element (±127/64):
+    ``MXFormat(INT8).element == IntFormat(8, narrow=True)``, so the code -128 (-2.0 × 2^X) is never produced
+    and saturation is symmetric (a block near -3.4e38 stays finite).
+
+    The shared scale: ``2^(floor(log2(amax)) - element emax)``, from 2^-126 (lowbit's floor: the scale stays
+    a float32 normal; E8M0 itself reaches 2^-127) to 2^127. Below the floor the elements lose precision:
+    a block whose amax is under ``2^-126 · 2^emax`` uses fewer than the element's bits — for MXINT8 (emax 6)
+    up to 7 bits on blocks below ~7.5e-37 (``2^-120``), everything on blocks below ~5.9e-39
+    (``2^-127``, half the smallest element step), which quantize to zero.
+    """
 
     element: IntFormat | FloatFormat
     block: int = 32
@@ -243,6 +255,8 @@ class MXFormat:
             raise TypeError(f"element must be an IntFormat or FloatFormat, got {type(self.element).__name__}")
         if isinstance(self.element, IntFormat) and not self.element.signed:
             raise ValueError("MX integer elements are signed; use IntFormat(bits) as element")
+        if isinstance(self.element, IntFormat) and not self.element.narrow:  # OCP MX: symmetric elements
+            object.__setattr__(self, "element", IntFormat(self.element.bits, narrow=True))
         _check_int("block", self.block, 1, 1 << 16, "the OCP MX block size is 32")
 
     @property
@@ -254,7 +268,8 @@ class MXFormat:
         for alias, fmt in _MX_ALIASES.items():
             if fmt == self:
                 return alias
-        return f"mx{self.element.name}" + ("" if self.block == 32 else f"-block{self.block}")
+        elem = self.element.name.removesuffix("-narrow")  # integer elements are always narrow
+        return f"mx{elem}" + ("" if self.block == 32 else f"-block{self.block}")
 
     @property
     def bits(self) -> int:

@@ -169,6 +169,22 @@ def _codes_dtype(fmt: Format) -> torch.dtype:
     return elem.torch_dtype or torch.float32
 
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _check_float32_range(x: torch.Tensor) -> None:
+    """Scales and dequantized values are float32: a finite float64 value beyond its range is an error (it
+    would give an Inf scale or dequantize to Inf), for MX formats too (no silent clamp of the E8M0 scale)."""
+    if x.dtype == torch.float64 and x.numel():
+        big = torch.isfinite(x) & (x.abs() > _FLOAT32_MAX)
+        if bool(big.any()):
+            peak = float(x.abs()[big].max())
+            raise ValueError(
+                f"x holds {int(big.sum())} finite values beyond the float32 range (max |x| = {peak:.3g} > "
+                f"{_FLOAT32_MAX:.3g}); lowbit's scales and dequantized values are float32: rescale the input"
+            )
+
+
 def quantize(
     x: torch.Tensor,
     fmt: Format | str,
@@ -184,10 +200,20 @@ def quantize(
     scale: ``"absmax"``, ``("percentile", p)``, ``"mse"``, ``"pow2"`` or an explicit positive number/tensor
     (``scale=1.0`` means no scaling). MX formats always use the OCP shared power-of-two scale.
     rounding: ``"nearest"`` (ties-to-even), ``"nearest-away"`` or ``"stochastic"`` (draws from ``generator``).
+
+    ``ValueError`` for NaN (and, without an explicit scale, Inf) input, finite float64 values beyond the
+    float32 range, a meta tensor, or an explicit scale so large that ``scale · fmt.max`` overflows float32.
+    MX formats: see :class:`~lowbit.formats.MXFormat` for the shared scale's range (2^-126 … 2^127).
     """
     x = check_float("x", x)
     fmt = get_format(fmt)
     check_rounding(rounding, generator)
+    if x.is_meta:
+        raise ValueError(
+            "x is on the meta device (shapes only, no values), so it has no scale to compute; quantize a "
+            "materialized tensor (e.g. after model.to_empty(device='cpu') and loading the weights)"
+        )
+    _check_float32_range(x)
     if granularity is None:
         granularity = "block" if isinstance(fmt, MXFormat) else "tensor"
     gran = Granularity.parse(granularity, fmt)

@@ -19,6 +19,7 @@ SCALE_RULES = ("absmax", "percentile", "mse", "pow2")
 # Clipping ratios tried by the "mse" rule: 1.00, 0.99, ..., 0.20 of the group's absmax (ties: largest ratio).
 MSE_RATIOS = tuple(1 - i / 100 for i in range(81))
 _FLOAT32_TINY = torch.finfo(torch.float32).tiny
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def _amax(x_g: torch.Tensor, reduce_dims: tuple[int, ...], rule: object) -> torch.Tensor:
@@ -86,7 +87,13 @@ def compute_scale(
             raise ValueError(
                 f"x contains {int(torch.isnan(x_g).sum())} NaN values; replace them first (torch.nan_to_num)"
             )
-        return _explicit_scale(rule, shape)
+        scale = _explicit_scale(rule, shape)
+        if scale.numel() and float(scale.max()) * fmt.max > _FLOAT32_MAX:
+            raise ValueError(
+                f"explicit scale {float(scale.max()):.3g} times {fmt.name}'s largest code {fmt.max:g} "
+                f"overflows float32 (dequantized values: Inf); use at most {_FLOAT32_MAX / fmt.max:.3g}"
+            )
+        return scale
     if isinstance(rule, str) and rule not in SCALE_RULES or rule == "percentile":
         raise ValueError(
             f"scale rule must be one of {SCALE_RULES} (percentile as ('percentile', p)), got {rule!r}"
