@@ -12,8 +12,9 @@ import contextlib
 import json
 import logging
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from lowbit.experiments.checkpoint import CHECKPOINT_NAME, CheckpointError
 from lowbit.experiments.config import TrainConfig
@@ -66,12 +67,19 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def compare(
-    configs: Sequence[TrainConfig], out: str | Path, command: str = "lowbit compare", task: Task | None = None
+    configs: Sequence[TrainConfig],
+    out: str | Path,
+    command: str = "lowbit compare",
+    task: Task | None = None,
+    *,
+    prepare_run: Callable[[TrainConfig, Task], Any] = prepare,
+    write: bool = True,
 ) -> tuple[list[RunResult], Path]:
     """Train every config (same task, different recipes) on one shared task; write results.json and report.md.
 
     Returns the RunResults and the report's path. ``task`` (default: built from the first config) is shared,
-    so the data is loaded once.
+    so the data is loaded once. ``prepare_run`` builds each run (data parallelism passes its own) and
+    ``write`` False skips results.json and the report (the processes other than rank 0).
     """
     from lowbit.experiments.report import write_report
 
@@ -83,13 +91,15 @@ def compare(
             # compare --resume continues the recipes that have a checkpoint and starts the others
             logger.info("no checkpoint in %s yet: %s starts from step 0", config.out, config.recipe)
             config = config.replace(resume=False)
-        run = prepare(config, task)
+        run = prepare_run(config, task)
         results.append(finish(run))
         histories[config.recipe] = run.metrics()
     out = Path(out)
     first = configs[0]
     settings = {k: v for k, v in first.identity().items() if k not in ("task", "recipe") and v is not None}
     summary = {"task": first.task, "command": command, "settings": settings}
+    if not write:
+        return results, out / "report.md"
     write_json(out / RESULTS_NAME, {**summary, "results": [r.to_dict() for r in results]})
     report = write_report(out, results, histories, command, settings, task.higher_is_better)
     return results, report
@@ -108,8 +118,11 @@ def setup(configs: Sequence[TrainConfig]) -> Task:
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison; print the results table on stdout; 2 on a user error (message on stderr)."""
+    from lowbit.experiments import distributed
     from lowbit.experiments.report import results_table
 
+    if distributed.launched():  # under torchrun: data-parallel training
+        return distributed.run_compare(args)
     out = args.out or f"runs/compare-{args.task}"
     with contextlib.ExitStack() as stack:
         try:
