@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     print("(Nx) = speed relative to fp32: above 1 is faster than FP32")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        meta = {"header": header, "backend": ops.backend(), "threads": torch.get_num_threads()}
+        meta = {"header": header, "backend": ops.backend().chosen, "cpu": str(ops.backend().cpu),
+                "threads": torch.get_num_threads()}
         Path(args.json).write_text(json.dumps({"meta": meta, "shapes": records}, indent=2) + "\n")
         print(f"records: {args.json}")
     return 0

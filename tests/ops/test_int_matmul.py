@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.ops.backend_cases import BACKENDS  # noqa: E402
 
 import lowbit.ops as ops
-from lowbit.ops import native, reference
+from lowbit.ops import backends, native, reference
 
-BACKENDS = ["reference"] + (["native"] if native.available() else [])
 needs_native = pytest.mark.skipif(
     not native.available(), reason=native.why_not_native() or "native available"
 )
@@ -248,22 +248,36 @@ def test_meta_device_rejected():
 
 
 def test_backend_reports():
-    text = ops.backend()
-    assert text == "native (AVX2)" or text.startswith("reference: ")
+    report = ops.backend()
+    assert report.chosen in backends.CONCRETE
+    assert set(report.reasons) == set(backends.CONCRETE) - {report.chosen}
+    assert all(report.reasons.values())  # every backend not chosen says why
+    assert report.chosen in str(report) and report.cpu in str(report)
     assert (ops.why_not_native() == "") == native.available()
 
 
 @needs_native
 def test_native_is_used_when_available():
-    assert ops.backend() == "native (AVX2)"
+    assert backends.is_native(ops.backend().chosen) or ops.backend().chosen == "onednn"
+    assert "avx2" not in ops.backend().reasons or ops.backend().reasons["avx2"]
 
 
 def test_unavailable_native_is_reported_not_hidden(gen, monkeypatch):
     """Without native kernels: backend() says why, "auto" uses the reference, "native" raises that reason."""
     monkeypatch.setattr(native, "_load", lambda: (None, "simulated: no AVX2"))
-    assert ops.backend() == "reference: simulated: no AVX2"
-    assert ops.why_not_native() == "simulated: no AVX2"
-    a, b = codes(gen, (5, 9), 4), codes(gen, (4, 9), 4)
-    assert torch.equal(ops.int_matmul(a, b, bits=4), exact_nt(a, b))
-    with pytest.raises(RuntimeError, match="simulated: no AVX2"):
-        ops.int_matmul(a, b, bits=4, backend="native")
+    monkeypatch.setattr(backends, "_onednn_is_fast", lambda: False)
+    backends._auto.cache_clear()
+    try:
+        report = ops.backend()
+        assert report.chosen == "reference"
+        assert report.reasons["avx2"] == "simulated: no AVX2"
+        assert report.reasons["avx512-vnni"] == "simulated: no AVX2"
+        assert ops.why_not_native() == "simulated: no AVX2"
+        a, b = codes(gen, (5, 9), 4), codes(gen, (4, 9), 4)
+        assert torch.equal(ops.int_matmul(a, b, bits=4), exact_nt(a, b))
+        with pytest.raises(RuntimeError, match="simulated: no AVX2"):
+            ops.int_matmul(a, b, bits=4, backend="native")
+        with pytest.raises(RuntimeError, match="simulated: no AVX2"):
+            ops.int_matmul(a, b, bits=4, backend="avx2")
+    finally:
+        backends._auto.cache_clear()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.ops.backend_cases import BACKENDS  # noqa: E402
 
 import lowbit.ops as ops
 from lowbit.formats import IntFormat
 from lowbit.ops import native, native_gemm
 from lowbit.ptq.modules import quantize_static as ptq_quantize_static
 
-BACKENDS = ["reference"] + (["native"] if native.available() else [])
 needs_native = pytest.mark.skipif(not native.available(), reason=native.why_not_native() or "native")
 
 # (bits of the weight, weight code range, act_bits): every kernel the static path can reach

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.ops.backend_cases import BACKENDS  # noqa: E402
 
 import lowbit.ops as ops
-from lowbit.ops import native
-
-BACKENDS = ["reference"] + (["native"] if native.available() else [])
 
 
 def definition(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

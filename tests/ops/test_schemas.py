@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.ops.backend_cases import BACKENDS  # noqa: E402
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit.ops  # noqa: F401 - registers the ops
-from lowbit.ops import native
-
-BACKENDS = ["reference"] + (["native"] if native.available() else [])
 
 
 def _codes(gen, shape, bits=4):

@@ -1,38 +1,34 @@
 """Public integer-GEMM API: argument checks, backend choice, the CPU kernels behind the ``lowbit::`` ops.
 
-``backend`` on every function is ``"auto"`` (native AVX2 when :func:`backend` says so, else the reference),
-``"native"`` (raises ``RuntimeError`` with the reason when the native kernels cannot run) or ``"reference"``
-(pure PyTorch, identical results). There is no global switch.
+``backend`` on every function is ``"auto"`` (what :func:`backend` reports, or the :func:`use_backend` block's
+choice), ``"native"`` (the best native ISA; raises ``RuntimeError`` with the reason when none can run), or a
+concrete backend of :mod:`lowbit.ops.backends` (``"avx512-vnni"``, ``"avx2"``, ``"onednn"``, ``"reference"``);
+every backend returns identical integers and floats. There is no global switch.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lowbit.ops import _schemas, native, reference
+from lowbit.ops import _schemas, backends, native, onednn, reference
+from lowbit.ops.backends import BACKENDS, BackendReport, use_backend
 
-BACKENDS = ("auto", "native", "reference")
+__all__ = ["BACKENDS", "BackendReport", "use_backend"]
 LAYOUTS = ("nt", "nn", "tn")
 # Largest K whose int32 result cannot overflow for any codes: K * max|a*b| <= 2**31 - 1.
 MAX_K = {8: (2**31 - 1) // (128 * 128), 4: (2**31 - 1) // (8 * 8)}
 CODE_RANGE = {8: (-128, 127), 4: (-8, 7)}
 
 
-def backend() -> str:
-    """Which kernels ``backend="auto"`` runs: ``"native (AVX2)"``, or ``"reference: <why not native>"``."""
-    reason = native.why_not_native()
-    return "native (AVX2)" if not reason else f"reference: {reason}"
+def backend() -> BackendReport:
+    """Which backend ``backend="auto"`` runs here (``.chosen``) and why not each other one (``.reasons``)."""
+    return backends.report()
 
 
-def resolve_backend(name: str) -> str:
-    """``"native"`` or ``"reference"`` for a ``backend=`` argument (errors name the fix)."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    if name == "auto":
-        return "native" if native.available() else "reference"
-    if name == "native" and not native.available():
-        raise RuntimeError(f"backend='native' requested but {native.why_not_native()}; use backend='auto'")
-    return name
+def resolve_backend(name: object) -> str:
+    """The concrete backend (``"avx512-vnni"``, ``"avx2"``, ``"onednn"``, ``"reference"``) for a ``backend=``
+    argument; errors name the fix."""
+    return backends.resolve(name)
 
 
 def _check_operand(name: str, t: object, bits: int) -> torch.Tensor:
@@ -124,12 +120,16 @@ def _check_out(out: object, shape: tuple[int, int], dtype: torch.dtype) -> None:
 
 
 def _int_matmul_into(a8, b8, bits: int, layout: str, backend: str, out: torch.Tensor) -> None:
-    if resolve_backend(backend) == "native":
+    chosen = resolve_backend(backend)
+    if backends.is_native(chosen):
         from lowbit.ops import native_gemm
 
-        native_gemm.int_matmul(a8, b8, bits, layout, out)
+        native_gemm.int_matmul(a8, b8, bits, layout, out, isa=chosen)
         return
     _check_codes_in_range(a8, b8, bits)
+    if chosen == "onednn":
+        onednn.int_matmul(a8, b8, layout, out)
+        return
     out.copy_(reference.int_matmul(a8, b8, layout))
 
 
@@ -159,12 +159,16 @@ def _scaled_args(a, b, a_scale, b_scale, bias, bits, layout):
 
 
 def _int_matmul_scaled_into(a8, b8, sa, sb, bias, bits, layout, backend, out) -> None:
-    if resolve_backend(backend) == "native":
+    chosen = resolve_backend(backend)
+    if backends.is_native(chosen):
         from lowbit.ops import native_gemm
 
-        native_gemm.int_matmul_scaled(a8, b8, sa, sb, bias, bits, layout, out)
+        native_gemm.int_matmul_scaled(a8, b8, sa, sb, bias, bits, layout, out, isa=chosen)
         return
     _check_codes_in_range(a8, b8, bits)
+    if chosen == "onednn":
+        onednn.int_matmul_scaled(a8, b8, sa, sb, bias, layout, out)
+        return
     out.copy_(reference.int_matmul_scaled(a8, b8, sa, sb, bias, layout))
 
 
@@ -192,7 +196,8 @@ def _quantize_rows_cpu(x: torch.Tensor, bits: int, backend: str) -> tuple[torch.
     if bad:
         raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
     qmax = 2 ** (bits - 1) - 1
-    if resolve_backend(backend) == "native":
+    chosen = resolve_backend(backend)
+    if backends.is_native(chosen) or (chosen == "onednn" and native.available()):  # same codes, faster
         from lowbit.ops import native_gemm
 
         return native_gemm.quantize_rows(x.contiguous(), qmax)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.ops import api, native_gemm, reference
+from lowbit.ops import api, backends, native_gemm, onednn, reference
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,20 +50,26 @@ class PackedWeight:
     def in_features(self) -> int:
         return self.codes.shape[1]
 
-    def plan(self, act_bits: int, static: bool = False) -> tuple[int, int, int]:
-        """(kernel kind, activation offset, activation qmax) of the native path for ``act_bits``-bit
-        activation codes: [-qmax, qmax] per row, or [-qmax - 1, qmax] with a ``static`` scale."""
+    def plan(self, act_bits: int, static: bool = False, isa: str = "avx2") -> tuple[int, int, int]:
+        """(kernel kind, activation offset, activation qmax) of the native path on ``isa`` for
+        ``act_bits``-bit activation codes: [-qmax, qmax] per row, [-qmax - 1, qmax] with a ``static``
+        scale."""
         qmax = 2 ** (act_bits - 1) - 1
         a_range = (-qmax - 1 if static else -qmax, qmax)
-        kind, off = native_gemm.plan(self.bits, a_range, self.code_range)
+        kind, off = native_gemm.plan(self.bits, a_range, self.code_range, isa)
         if kind == native_gemm.KIND_S8U4:  # needs A row sums from packing; a 4-bit weight is 7-bit too
             kind, off = native_gemm.KIND_U8S8, 128
         return kind, off, qmax
 
-    def path(self, act_bits: int | None = None, static: bool = False) -> str:
-        """Human-readable name of the native kernel path used for activations of ``act_bits`` bits."""
-        kind, off, _ = self.plan(act_bits or self.bits, static)
-        return {0: f"u8xs8 (activation offset {off})", 1: "u4xs4 int16-accumulate", 2: "s16xs16 exact"}[kind]
+    def path(self, act_bits: int | None = None, static: bool = False, isa: str = "avx2") -> str:
+        """Name of the native kernel path used on ``isa`` for activations of ``act_bits`` bits."""
+        kind, off, _ = self.plan(act_bits or self.bits, static, isa)
+        return {
+            0: f"u8xs8 (activation offset {off})",
+            1: "u4xs4 int16-accumulate",
+            2: "s16xs16 exact",
+            4: "u8xs8 vpdpbusd (AVX-512 VNNI)",
+        }[kind]
 
 
 def pack_weight(
@@ -86,7 +92,8 @@ def pack_weight(
     codes_nk = codes.t() if transposed else codes
     n = codes_nk.shape[0]
     scale = api._scale_vector("w_scale", w_scale, n)
-    use_native = api.resolve_backend(backend) == "native"
+    chosen = api.resolve_backend(backend)
+    use_native = backends.is_native(chosen)
     if use_native:
         lo, hi = native_gemm.minmax(codes_nk)
     else:
@@ -97,10 +104,10 @@ def pack_weight(
     weight = PackedWeight(bits=bits, codes=codes_nk, scale=scale, code_range=(lo, hi))
     if not use_native:
         return weight
-    kind = native_gemm.KIND_INT4 if bits == 4 else native_gemm.KIND_U8S8
+    kind = native_gemm.KIND_INT4 if bits == 4 else native_gemm.KIND_U8S8  # kind 4 shares this layout
     packed, colsum = native_gemm.pack_b(kind, codes_nk)
     packed_s16 = None
-    if bits == 8 and not (lo >= -64 and hi <= 64):
+    if bits == 8 and not (lo >= -64 and hi <= 64) and chosen == "avx2":
         packed_s16, _ = native_gemm.pack_b(native_gemm.KIND_S16, codes_nk)
     return PackedWeight(bits, codes_nk, scale, (lo, hi), packed, colsum, packed_s16)
 
@@ -152,20 +159,31 @@ def linear(
         bias = api._scale_vector("bias", bias, n)
     s_static = None if act_scale is None else _static_scale(act_scale)
     out2 = out.view(m, n)
-    if api.resolve_backend(backend) == "reference" or weight.packed is None:
-        if backend == "native":
-            raise RuntimeError("weight was packed with backend='reference'; repack it with backend='native'")
+    chosen = api.resolve_backend(backend)
+    if chosen in ("reference", "onednn") or weight.packed is None:
+        if backends.is_native(chosen) and backend != "auto":
+            raise RuntimeError(
+                f"weight was packed without native panels (backend='reference' or 'onednn'); repack it with "
+                f"backend={backend!r}"
+            )
+        # identical codes either way; the native quantizer is just faster
+        quant_backend = "native" if chosen == "onednn" and native_gemm.native.available() else "reference"
         if s_static is None:
-            codes, sx = api.quantize_rows(x2, act_bits, backend="reference")
+            codes, sx = api.quantize_rows(x2, act_bits, backend=quant_backend)
         else:
-            codes, sx = quantize_static(x2, act_bits, s_static), s_static.reshape(1).expand(m)
-        out2.copy_(reference.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt"))
+            codes, sx = quantize_static(x2, act_bits, s_static), s_static.reshape(1).expand(m).contiguous()
+        if chosen == "onednn":
+            onednn.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt", out2)
+        else:
+            out2.copy_(reference.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt"))
         return out
-    kind, off, qmax = weight.plan(act_bits, static=s_static is not None)
+    kind, off, qmax = weight.plan(act_bits, static=s_static is not None, isa=chosen)
     if s_static is not None:
         qmax = native_gemm.ActQuant(qmax, -qmax - 1, float(s_static))
     if kind == native_gemm.KIND_S16:
         b_packed, colsum = weight.packed_s16, None
+        if b_packed is None:  # packed for another ISA: the int16 panels are made for this call only
+            b_packed, _ = native_gemm.pack_b(native_gemm.KIND_S16, weight.codes, scratch="b")
     else:
         b_packed, colsum = weight.packed, weight.colsum
     if native_gemm.fuses(m) and n and k:  # quantize inside the GEMM's parallel region

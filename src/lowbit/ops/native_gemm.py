@@ -8,7 +8,8 @@ else ``a`` in [-64, 63] -> kind 0 with ``a`` shifted by 64; else kind 2 (int16 o
 code, slower) — except that ``b`` in [-8, 7] (an 8-bit x 4-bit product, e.g. the INT4 training backward's
 merged bit-split gradient codes x INT4 codes) takes kind 3 (any int8 ``a`` x ``b`` shifted by 8, int16
 accumulation widened every 32 k, the shift undone with ``a``'s row sums), and both in [-8, 7] take kind 1.
-``bits=4`` -> kind 1 (``a`` shifted by 8, int16 accumulation widened every 512 k).
+``bits=4`` -> kind 1 (``a`` shifted by 8, int16 accumulation widened every 512 k). All of that is
+the ``avx2`` ISA; on ``avx512-vnni`` every product is kind 4 (kind 0 layouts, ``vpdpbusd``, ``a`` + 128).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 from lowbit.ops import native
 
 MR, NR = 6, 16  # micro-tile rows (A panel) and columns (B panel); must match csrc/gemm.h
-KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4 = 0, 1, 2, 3
+KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI = 0, 1, 2, 3, 4
+ISAS = ("avx512-vnni", "avx2")  # the native backends this module serves (lowbit.ops.backends)
 FOUR_BIT = (-8, 7)
 SEVEN_BIT = (-64, 64)  # |pair sum| of u8 (<= 255) x these stays below 2**15
 SEVEN_BIT_A = (-64, 63)  # a + 64 in [0, 127]
@@ -76,12 +78,20 @@ def _within(r: tuple[int, int], bounds: tuple[int, int]) -> bool:
     return bounds[0] <= r[0] and r[1] <= bounds[1]
 
 
-def plan(bits: int, a_range: tuple[int, int], b_range: tuple[int, int]) -> tuple[int, int]:
-    """(kernel kind, A offset) for the code ranges; raises ValueError for 4-bit codes out of [-8, 7]."""
+def plan(bits: int, a_range: tuple[int, int], b_range: tuple[int, int], isa: str = "avx2") -> tuple[int, int]:
+    """(kernel kind, A offset) for the code ranges on ``isa``; ValueError for 4-bit codes out of [-8, 7].
+
+    On ``"avx512-vnni"`` every product is kind 4 (``vpdpbusd``, exact for any int8 codes with A shifted by
+    128), so 4-bit and 8-bit codes, and every mix of them, share one kernel."""
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
     if bits == 4:
         for name, r in (("a", a_range), ("b", b_range)):
             if not _within(r, (-8, 7)):
                 raise ValueError(f"{name} holds codes in [{r[0]}, {r[1]}], outside [-8, 7] for bits=4")
+    if isa == "avx512-vnni":
+        return KIND_VNNI, 128
+    if bits == 4:
         return KIND_INT4, 8
     if _within(b_range, FOUR_BIT):
         return (KIND_INT4, 8) if _within(a_range, FOUR_BIT) else (KIND_S8U4, 8)
@@ -223,7 +233,7 @@ def packed_nbytes(kind: int, rows: int, k: int, panel: int) -> int:
 
 def _check_packed(kind, a_packed, b_packed, colsum, m, n, k, off, out) -> None:
     """Guard the native call against mismatched buffers (a wrong size would read out of bounds)."""
-    if kind not in (KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4):
+    if kind not in (KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI):
         raise ValueError(f"unknown kernel kind {kind}")
     for name, t, rows, panel in (("A", a_packed, m, MR), ("B", b_packed, n, NR)):
         want = packed_nbytes(kind, rows, k, panel)
@@ -238,7 +248,7 @@ def _check_packed(kind, a_packed, b_packed, colsum, m, n, k, off, out) -> None:
         raise ValueError(f"output must be contiguous ({m}, {n}), got {tuple(out.shape)}")
 
 
-def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str):
+def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str, isa: str):
     """Plan and pack both operands of a one-off product; returns (kind, off, Ap, Bp, colsum, m, n, k)."""
     a_t = layout == "tn"  # a stored K x M
     b_t = layout in ("nn", "tn")  # b stored K x N
@@ -246,9 +256,12 @@ def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str):
     n = b8.shape[1] if b_t else b8.shape[0]
     if m == 0 or n == 0 or k == 0:
         if bits == 4:  # still reject out-of-range 4-bit codes
-            plan(bits, minmax(a8, a_t), minmax(b8, b_t))
+            plan(bits, minmax(a8, a_t), minmax(b8, b_t), isa)
         return None, 0, None, None, None, m, n, k
-    kind, off = plan(bits, minmax(a8, a_t), minmax(b8, b_t))
+    if isa == "avx512-vnni" and bits == 8:  # one kernel for every int8 code: no range scan needed
+        kind, off = plan(bits, (-128, 127), (-128, 127), isa)
+    else:
+        kind, off = plan(bits, minmax(a8, a_t), minmax(b8, b_t), isa)
     if kind == KIND_S8U4:
         a_packed, rowsum = pack_a_s8(a8, a_t, scratch="a")
         return kind, off, a_packed, pack_b_u8(off, b8, b_t, scratch="b"), rowsum, m, n, k
@@ -257,9 +270,11 @@ def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str):
     return kind, off, a_packed, b_packed, colsum, m, n, k
 
 
-def int_matmul(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str, out: torch.Tensor) -> None:
+def int_matmul(
+    a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str, out: torch.Tensor, isa: str = "avx2"
+) -> None:
     """Exact int32 product (layout as in ``lowbit.ops.int_matmul``) into ``out`` (int32 (M, N))."""
-    kind, off, ap, bp, colsum, m, n, k = _prepare(a8, b8, bits, layout)
+    kind, off, ap, bp, colsum, m, n, k = _prepare(a8, b8, bits, layout, isa)
     gemm(kind, off, ap, bp, colsum, m, n, k, Epilogue(out_i32=out))
 
 
@@ -272,9 +287,10 @@ def int_matmul_scaled(
     bits: int,
     layout: str,
     out: torch.Tensor,
+    isa: str = "avx2",
 ) -> None:
     """Fused GEMM + dequantization epilogue into ``out`` (float32 (M, N), contiguous)."""
-    kind, off, ap, bp, colsum, m, n, k = _prepare(a8, b8, bits, layout)
+    kind, off, ap, bp, colsum, m, n, k = _prepare(a8, b8, bits, layout, isa)
     gemm(kind, off, ap, bp, colsum, m, n, k, Epilogue(out_f32=out, a_scale=sa, b_scale=sb, bias=bias))
 
 

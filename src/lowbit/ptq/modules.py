@@ -219,7 +219,7 @@ class Int8Linear(QuantLinear):
     def compute_path(self) -> str:
         kernel = {"w7": "u8 x s8, 7-bit weight codes", "a7": "u8 x s8, 7-bit activation codes",
                   "exact": "exact int16 kernel, full-range codes"}[self.kernel]  # fmt: skip
-        return f"int8 GEMM ({kernel}), int32 accumulate ({ops.backend()})"
+        return f"int8 GEMM ({kernel}), int32 accumulate ({ops.backend().chosen})"
 
 
 class FP8Linear(QuantLinear):

@@ -19,6 +19,11 @@
 //      exact whenever the true result fits int32: K * 128 * 8 <= 2**31 - 1, i.e. K <= 2097151, above the
 //      public MAX_K[8] = 131071). Made for 8-bit x 4-bit products (the INT4 training backward's merged
 //      bit-split gradient codes x INT4 codes).
+//   4: u8 x s8 -> vpdpbusd -> int32 (AVX-512 VNNI, gemm_vnni.c): the kind 0 layouts, exact for every int8 code
+//      with A shifted by off 128 (vpdpbusd sums four exact u8 x s8 products into int32 without saturating);
+//      the micro-kernel covers LOWBIT_VNNI_NB B panels per call.
+#define LOWBIT_KIND_VNNI 4
+#define LOWBIT_VNNI_NB 4
 #define LOWBIT_I4_KC 512
 #define LOWBIT_S8U4_KC 32
 
@@ -37,5 +42,8 @@ typedef struct {
 // One A panel quantized from float rows (quant_rows.c); used by the fused quantize + GEMM (gemm_kernels.c).
 long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, const lb_actq *q, int off, int esz,
                         int8_t *rowbuf, void *dst, float *scale);
+
+// MR x (nb * NR) block of kind 4 into nb consecutive 6 x 16 tiles (gemm_vnni.c); first: store, else add.
+void lowbit_vnni_tiles(const void *a, const void *b, long bstride, long steps, int nb, int32_t *tile, int first);
 
 #endif

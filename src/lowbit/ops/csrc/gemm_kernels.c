@@ -26,6 +26,9 @@
 #ifndef LB_NCP
 #define LB_NCP 32  // B panels (of NR columns) per block: 512 columns
 #endif
+#ifndef LB_VNNI_KC_MAX
+#define LB_VNNI_KC_MAX 1024  // k per slice of kind 4
+#endif
 #ifndef LB_KC_MAX
 #define LB_KC_MAX 1024  // k per slice (kind 1 widens its int16 sums every LOWBIT_I4_KC k inside a slice)
 #endif
@@ -216,7 +219,8 @@ static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, const
                        const void *Bp, int M, int N, int K, const lb_epilogue *e, int nthreads) {
     const int kg = kind == 2 ? 2 : 4, esz = kind == 2 ? 2 : 1;
     const int Kp = LOWBIT_ROUND_UP(K, kg);
-    const int nks = LOWBIT_CEIL_DIV(Kp, LB_KC_MAX);
+    const int nks = LOWBIT_CEIL_DIV(Kp, kind == LOWBIT_KIND_VNNI ? LB_VNNI_KC_MAX : LB_KC_MAX);
+    const int qstep = kind == LOWBIT_KIND_VNNI ? LOWBIT_VNNI_NB : 1;  // B panels per micro-kernel call
     const int kc = LOWBIT_ROUND_UP(LOWBIT_CEIL_DIV(Kp, nks), kg);
     const int mpan = LOWBIT_CEIL_DIV(M, LOWBIT_MR), npan = LOWBIT_CEIL_DIV(N, LOWBIT_NR);
     const int nmb = LOWBIT_CEIL_DIV(mpan, LB_MCP), nnb = x ? 1 : LOWBIT_CEIL_DIV(npan, LB_NCP);
@@ -230,7 +234,7 @@ static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, const
     {
         // One K slice: every tile is finished in one pass and written out at once from a stack tile. Several
         // slices: the block's int32 partial sums live in a per-thread buffer until the last slice.
-        int32_t one[LB_TILE] __attribute__((aligned(32)));
+        int32_t one[LB_TILE * LOWBIT_VNNI_NB] __attribute__((aligned(64)));
         int32_t *cbuf = nks > 1 ? aligned_alloc(64, sizeof(int32_t) * LB_TILE * LB_MCP * LB_NCP) : one;
         char *abuf = x ? aligned_alloc(64, LOWBIT_ROUND_UP(abytes, 64)) : NULL;
         int8_t *rowbuf = x ? malloc((size_t)LOWBIT_MR * Kp + 32) : NULL;
@@ -254,12 +258,21 @@ static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, const
                     int q1 = q0 + LB_NCP < npan ? q0 + LB_NCP : npan;
                     for (int k0 = 0; k0 < Kp; k0 += kc) {
                         long steps = ((k0 + kc < Kp ? k0 + kc : Kp) - k0) / kg;
-                        for (int q = q0; q < q1; q++) {
+                        for (int q = q0; q < q1; q += qstep) {
                             const char *bpan =
                                 (const char *)Bp + ((long)q * LOWBIT_NR * Kp + (long)k0 * LOWBIT_NR) * esz;
+                            const int nb = q1 - q < qstep ? q1 - q : qstep;
                             for (int p = p0; p < p1; p++) {
                                 const char *apan = ablock + ((long)(p - p0) * LOWBIT_MR * Kp + (long)k0 * LOWBIT_MR) * esz;
-                                if (nks == 1) {
+                                if (kind == LOWBIT_KIND_VNNI) {  // nb consecutive tiles, contiguous in one / cbuf
+                                    int32_t *tile =
+                                        nks == 1 ? one : cbuf + ((long)(p - p0) * LB_NCP + (q - q0)) * LB_TILE;
+                                    lowbit_vnni_tiles(apan, bpan, (long)LOWBIT_NR * Kp, steps, nb, tile,
+                                                      nks == 1 || k0 == 0);
+                                    if (nks == 1)
+                                        for (int j = 0; j < nb; j++)
+                                            store_tile(e, one + j * LB_TILE, p * LOWBIT_MR, (q + j) * LOWBIT_NR);
+                                } else if (nks == 1) {
                                     tile_step(kind, apan, bpan, steps, one, 1);
                                     store_tile(e, one, p * LOWBIT_MR, q * LOWBIT_NR);
                                 } else {
