@@ -128,13 +128,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             recipes = parse_recipes(args.recipes)
             configs = [config_from_args(args, r, str(Path(out) / r)) for r in recipes]
-            stack.enter_context(locked_output(out))  # held until the comparison is written
             folders = [Path(c.out) for c in configs]
-            check_fresh_run(folders, args.resume, getattr(args, "overwrite", False))
-            for folder in folders:
+            for folder in (Path(out), *folders):
                 check_output_dir(folder)
+            check_fresh_run(folders, args.resume, getattr(args, "overwrite", False))
             apply_threads(configs[0])
-            task = setup(configs)
+            task = setup(configs)  # the data, loaded once
+            stack.enter_context(locked_output(out))  # held until the comparison is written
+            check_fresh_run(folders, args.resume, getattr(args, "overwrite", False))
         except USER_ERRORS as err:
             return report_user_error("compare", err)
         try:

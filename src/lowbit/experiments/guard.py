@@ -2,7 +2,7 @@
 
 * :class:`UserError` — a problem with what the user typed or handed over; ``lowbit.cli`` prints it as one line
   ``lowbit COMMAND: error: ...`` and exits 2 (any other exception is a bug: traceback, exit 1).
-* :func:`check_output_dir` / :func:`check_output_file` — every output path is checked (and a folder created)
+* :func:`check_output_dir` / :func:`check_output_file` — every output path is checked (nothing created)
   before data is loaded or a step is trained, so a bad ``--out`` / ``--json`` costs nothing.
 * :func:`locked_output` — an exclusive ``fcntl.flock`` on ``OUT/.lowbit.lock`` for the whole run, so two
   processes never write one folder; released when the run ends (or the process dies).
@@ -36,8 +36,9 @@ def _first_existing(path: Path) -> Path:
     return path
 
 
-def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Create ``path`` (a folder) if needed and prove it writable; UserError naming ``flag`` otherwise."""
+def check_output_dir(path: str | Path, flag: str = "--out", create: bool = False) -> Path:
+    """Prove folder ``path`` writable (or creatable: its nearest existing parent writable), creating it only
+    with ``create``; UserError naming ``flag`` otherwise."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is an existing file, not a folder; pass a folder path")
@@ -45,8 +46,10 @@ def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
     if not existing.is_dir():
         raise UserError(f"{flag} {path}: {existing} is a file, so the folder cannot be created there")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".lowbit-write-test.{os.getpid()}"
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            existing = path
+        probe = existing / f".lowbit-write-test.{os.getpid()}"
         with open(probe, "xb"):
             pass
         probe.unlink()
@@ -103,7 +106,7 @@ def _lock_owner(path: Path) -> str:
 def locked_output(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (created if needed) for the ``with`` block; UserError when another
     process holds it. The lock file stays (removing it would race with a process that just opened it)."""
-    folder = check_output_dir(folder, flag)
+    folder = check_output_dir(folder, flag, create=True)
     lock_path = folder / LOCK_NAME
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -89,7 +89,7 @@ def run_step(step: Step, out: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     steps = select_steps(args.steps)
-    check_output_dir(args.out, "--out")
+    check_output_dir(args.out, "--out", create=True)
     codes: dict[str, int] = {}
     for i, step in enumerate(steps, 1):
         print(f"\n=== step {i}/{len(steps)}: {step.name} ===", flush=True)

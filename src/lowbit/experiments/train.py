@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lowbit.experiments.checkpoint import CheckpointError
 from lowbit.experiments.config import EVAL_SPLITS, TASK_DEFAULTS, TASKS, TrainConfig
-from lowbit.experiments.guard import check_fresh_run, check_output_file, locked_output
+from lowbit.experiments.guard import check_fresh_run, check_output_dir, check_output_file, locked_output
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +158,12 @@ def run(args: argparse.Namespace) -> int:
             config = config_from_args(args, args.recipe, args.out or f"runs/{args.task}-{args.recipe}")
             if config.json:
                 check_output_file(config.json, "--json")
-            stack.enter_context(locked_output(config.out))  # held until the run is written
+            check_output_dir(config.out)
             check_fresh_run([Path(config.out)], config.resume, getattr(args, "overwrite", False))
             apply_threads(config)
-            prepared = prepare(config)
+            prepared = prepare(config)  # data and model: every user error is raised here, before training
+            stack.enter_context(locked_output(config.out))  # held until the run is written
+            check_fresh_run([Path(config.out)], config.resume, getattr(args, "overwrite", False))
         except USER_ERRORS as err:
             return report_user_error("train", err)
         result = finish(prepared)  # errors from here on are bugs: shown with their traceback
