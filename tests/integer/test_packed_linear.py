@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.ops.backend_cases import NATIVE_ISAS
 
 from lowbit.integer.fast import PackedLinear, requant_channels, to_offset
-from lowbit.ops import int_matmul, native
+from lowbit.ops import backends, int_matmul, native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native kernels unavailable")
+
+
+@pytest.fixture(autouse=True, params=NATIVE_ISAS)
+def isa(request):
+    """Every test runs on each native ISA's GEMM tile (kind 0 on avx2, kind 4 on avx512-vnni)."""
+    with backends.use_backend(request.param) as chosen:
+        yield chosen
 
 
 def _case(gen: torch.Generator, m: int, k: int, n: int, off: int, shifts: tuple[int, int]):

@@ -1,8 +1,9 @@
 """Native integer kernels of the run-time graph (``ops/csrc/int_*.c``) + their PyTorch references.
 
-Every native path returns the same integers as its reference (tested bit-exactly); ``backend="auto"`` uses
-native when ``lowbit.ops.backend()`` reports native kernels, else the reference (``lowbit.ops.why_not_native``
-says why). The kernels are independent of the ``gemm_*`` engine:
+Every native path returns the same integers as its reference (tested bit-exactly); the ``backend`` argument
+is resolved by ``lowbit.ops.backends`` like every other product's (``"auto"``, ``"native"``, an ISA name,
+``"onednn"``, ``"reference"``): the native kernels run on a native ISA or ``onednn``, and the GEMM tiles use
+``vpdpbusd`` on ``avx512-vnni``. The kernels are independent of the ``gemm_*`` engine:
 
 * :class:`PackedLinear` (``int_gemm.c``): a weight packed once; GEMM + bias + dyadic requantization (+ ReLU)
   fused in the 6x16 tile epilogue, writing int8 codes or adding into the int32 residual in place
@@ -26,7 +27,7 @@ import functools
 import torch
 
 from lowbit.integer import kernels
-from lowbit.ops import native, native_gemm
+from lowbit.ops import backends, native, native_gemm
 
 _P = ctypes.c_void_p
 _L = ctypes.c_long
@@ -132,15 +133,18 @@ def _threads(work: int) -> int:
     return native_gemm.threads() if work >= SMALL_WORK else 1
 
 
-def _use_native(backend: str) -> bool:
-    if backend == "reference":
-        return False
-    if backend == "native":
-        native.lib()  # raises with the reason
-        return True
-    if backend == "auto":
-        return native.available()
-    raise ValueError(f"backend must be 'auto', 'native' or 'reference', got {backend!r}")
+def native_kernels_enabled(backend: str) -> bool:
+    """Whether the native integer kernels run for ``backend`` (resolved by ``lowbit.ops.backends``): on a
+    native ISA, and on ``onednn`` when they load (oneDNN has no integer LayerNorm / softmax / requant)."""
+    chosen = backends.resolve(backend)
+    return backends.is_native(chosen) or (chosen == "onednn" and native.available())
+
+
+def _gemm_kind(wide: bool) -> int:
+    """Kind of ``lowbit_int_gemm_rq``: 2 (int16, wide weights), else 4 on the avx512-vnni backend, else 0."""
+    if wide:
+        return 2
+    return 4 if backends.resolve("auto") == "avx512-vnni" else 0
 
 
 def _dyadic(x: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -181,7 +185,7 @@ def requant_channels(
         residual.dtype != torch.int32 or residual.shape != acc.shape or not residual.is_contiguous()
     ):
         raise ValueError("residual must be a contiguous int32 tensor shaped like acc")
-    if _use_native(backend):
+    if native_kernels_enabled(backend):
         out = residual if residual is not None else torch.empty(m, n, dtype=torch.int8)
         _lib().lowbit_int_requant(
             acc.data_ptr(),
@@ -224,7 +228,7 @@ def requant_rows(
         raise ValueError("row_mult must be a contiguous int64 vector with one entry per row")
     if out.dtype != torch.int8 or out.shape != acc.shape or out.stride(1) != 1:
         raise ValueError("out must be int8, shaped like acc, with unit column stride")
-    if _use_native(backend):
+    if native_kernels_enabled(backend):
         _lib().lowbit_int_requant_rows(
             acc.data_ptr(),
             m,
@@ -255,7 +259,7 @@ def norm_rows(
         raise ValueError(f"kind must be 'l1' or 'layer', got {kind!r}")
     if out_off not in (0, 128):
         raise ValueError(f"out_off must be 0 or 128, got {out_off}")
-    if not _use_native(backend):
+    if not native_kernels_enabled(backend):
         y = (kernels.l1_layernorm if kind == "l1" else kernels.layernorm)(x, k)
         return to_offset(y, 128) if out_off else y
     m, c = x.shape
@@ -313,7 +317,7 @@ def attention_rows(
         )
     if (poly_bias is None) == (exp is None):
         raise ValueError("give exactly one of poly_bias (poly attention) and exp (softmax attention)")
-    if not _use_native(backend):
+    if not native_kernels_enabled(backend):
         mask = torch.ones(t, t, dtype=torch.bool).tril() if causal else None
         if key_mask is not None:
             km = key_mask.view(b, 1, 1, t)
@@ -513,7 +517,7 @@ class PackedLinear:
             dst = out if out is not None else torch.empty(m, self.n, dtype=dtype)
             mode, fast = 0, int(self.fast)
         _lib().lowbit_int_gemm_rq(
-            2 if self.wide else 0, x.data_ptr(), m, k, x.stride(0), self.packed.data_ptr(), self.n,
+            _gemm_kind(self.wide), x.data_ptr(), m, k, x.stride(0), self.packed.data_ptr(), self.n,
             self.bias.data_ptr(), self.mult.data_ptr(), self.add.data_ptr(), self.shift.data_ptr(),
             self.sub.data_ptr(), self.b32.data_ptr(), self.m32.data_ptr(), int(self.relu), mode, out_off,
             fast, dst.data_ptr(), dst.stride(0), _threads(m * self.n * 16),
@@ -542,7 +546,7 @@ def gelu_requant(
     per-channel dyadic (``mult``, ``shift`` int32 (N,)) → int8 codes (uint8 ``code + out_off`` if out_off)."""
     if g.dtype != torch.int32 or g.dim() != 2 or g.stride(1) != 1:
         raise ValueError(f"g must be 2-D int32 with unit column stride, got {g.dtype} {tuple(g.shape)}")
-    if not _use_native(backend):
+    if not native_kernels_enabled(backend):
         g64 = kernels.i_gelu(g, k)
         if pre_shift:
             g64 = (g64 + (1 << (pre_shift - 1))) >> pre_shift

@@ -20,13 +20,14 @@ from lowbit.integer.fast import (
     PackedLinear,
     attention_fused,
     attention_rows,
+    native_kernels_enabled,
     norm_rows,
     requant_channels,
     requant_rows,
     to_offset,
 )
 from lowbit.models.gpt import check_token_ids
-from lowbit.ops import int_matmul, native
+from lowbit.ops import int_matmul
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,10 @@ def _packed(owner: object, off: int, parts) -> PackedLinear | None:
     w, bias, mult, shift, relu = parts()
     seven = int(w.to(torch.int16).abs().max()) <= W7_RANGE
     pl = None
-    if native.available() and off >= 0 and w.shape[1] % 4 == 0 and seven:
+    use_native = native_kernels_enabled("auto")
+    if use_native and off >= 0 and w.shape[1] % 4 == 0 and seven:
         pl = PackedLinear(w, bias, mult, shift, relu, off)
-    elif native.available() and off < 0 and w.shape[1] % 2 == 0 and not seven:
+    elif use_native and off < 0 and w.shape[1] % 2 == 0 and not seven:
         pl = PackedLinear(w, bias, mult, shift, relu, 0)  # wide: int16 path on int8 codes
     cache[off] = pl
     return pl
@@ -142,7 +144,7 @@ class IntAttention:
     ) -> torch.Tensor:
         """q, k, v int8 (B, T, C) → int8 (B, T, C); key_mask bool (B, T) (True = real token) or None."""
         b, t, c = q.shape
-        if trace is None and native.available():
+        if trace is None and native_kernels_enabled("auto"):
             return attention_fused(
                 q, k, v, self.n_head, causal=causal, key_mask=key_mask, row_const=self.row_const,
                 row_shift=self.row_shift, poly_bias=self.bias if self.kind == "poly" else None,

@@ -19,6 +19,7 @@ import torch
 from lowbit.formats import FloatFormat, MXFormat
 from lowbit.ops import native
 from lowbit.ops.api import resolve_backend
+from lowbit.ops.backends import is_native
 from lowbit.ops.native_gemm import threads
 from lowbit.quantizers import quantize
 from lowbit.rounding import round_checked
@@ -26,7 +27,9 @@ from lowbit.scales import mx_scale
 
 
 def _use_native(backend: str) -> bool:
-    return resolve_backend(backend) == "native"
+    """The FP8 rounding / decode passes run natively on a native ISA and on ``onednn`` (it has none)."""
+    chosen = resolve_backend(backend)
+    return is_native(chosen) or (chosen == "onednn" and native.available())
 
 
 def round_to_grid(

@@ -192,6 +192,33 @@ static void ig_tile(const uint8_t *a, long lda, long i0, int rows, const int8_t 
     ig_epilogue(c, rows, i0, n, j0, e, b32, m32);
 }
 
+/* Kind 4: ig_tile with AVX-512 VNNI: vpdpbusd adds the four u8 x s8 products of a lane into int32 exactly, so
+ * one instruction replaces vpmaddubsw + vpmaddwd + vpaddd (the same integers; any int8 weight would be exact,
+ * the caller keeps the 7-bit packing rule of kind 0). Called only when lowbit.ops.backends chose avx512-vnni. */
+__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"))) static void ig_tile_vnni(
+    const uint8_t *a, long lda, long i0, int rows, const int8_t *bp, long k, long n, long j0, const ig_epi *e,
+    const int32_t *b32, const int32_t *m32) {
+    const uint8_t *a0 = a + i0 * lda;
+    const uint8_t *a1 = rows > 1 ? a0 + lda : a0, *a2 = rows > 2 ? a0 + 2 * lda : a0;
+    const uint8_t *a3 = rows > 3 ? a0 + 3 * lda : a0, *a4 = rows > 4 ? a0 + 4 * lda : a0;
+    const uint8_t *a5 = rows > 5 ? a0 + 5 * lda : a0;
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (long kk = 0; kk < k; kk += 4) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)bp), b1 = _mm256_loadu_si256((const __m256i *)(bp + 32));
+        bp += 64;
+#define IG_ROW_VNNI(r)                                                          \
+    {                                                                           \
+        __m256i av = _mm256_set1_epi32(*(const int32_t *)(a##r + kk));         \
+        c##r##0 = _mm256_dpbusd_epi32(c##r##0, av, b0);                         \
+        c##r##1 = _mm256_dpbusd_epi32(c##r##1, av, b1);                         \
+    }
+        IG_ROW_VNNI(0) IG_ROW_VNNI(1) IG_ROW_VNNI(2) IG_ROW_VNNI(3) IG_ROW_VNNI(4) IG_ROW_VNNI(5)
+    }
+    __m256i c[IG_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    ig_epilogue(c, rows, i0, n, j0, e, b32, m32);
+}
+
 static void ig_epilogue(__m256i c[IG_MR][2], int rows, long i0, long n, long j0, const ig_epi *e,
                         const int32_t *b32, const int32_t *m32) {
     int cols = n - j0 < IG_NR ? (int)(n - j0) : IG_NR;
@@ -225,7 +252,8 @@ static void ig_epilogue(__m256i c[IG_MR][2], int rows, long i0, long n, long j0,
     }
 }
 
-/* kind 0: a uint8 (m, k) with row stride lda (k % 4 == 0), wp from lowbit_int_pack_w (7-bit weights).
+/* kind 0: a uint8 (m, k) with row stride lda (k % 4 == 0), wp from lowbit_int_pack_w (7-bit weights); kind 4:
+ * the same operands on the AVX-512 VNNI tile (only after the CPU check).
  * kind 2: a int8 codes (m, k) (k % 2 == 0), wp int16 from lowbit_int_pack_w16 (any int8 weights); each
  * thread widens its 48-row block of a to int16 once. n channels; per-channel int64 constants
  * bias/mult/add/shift/sub (see ig_epi) and int32 copies b32/m32 for the fast path (fast != 0 only when the
@@ -259,8 +287,10 @@ void lowbit_int_gemm_rq(int kind, const void *a, long m, long k, long lda, const
             } else {
                 for (long q = 0; q < npan; ++q)
                     for (long i = r0; i < r1; i += IG_MR)
-                        ig_tile((const uint8_t *)a, lda, i, r1 - i < IG_MR ? (int)(r1 - i) : IG_MR,
-                                (const int8_t *)wp + q * IG_NR * k, k, n, q * IG_NR, &e, b32, m32);
+                        (kind == 4 ? ig_tile_vnni : ig_tile)((const uint8_t *)a, lda, i,
+                                                            r1 - i < IG_MR ? (int)(r1 - i) : IG_MR,
+                                                            (const int8_t *)wp + q * IG_NR * k, k, n, q * IG_NR,
+                                                            &e, b32, m32);
             }
         }
         free(a16);
