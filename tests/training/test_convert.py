@@ -80,3 +80,58 @@ def test_hugging_face_bert() -> None:
     assert model.bert.encoder.layer[0].attention.self.query.weight.grad is not None
     bare = transformers.BertModel(cfg)
     assert list(convert(bare, "int4").kept) == ["pooler.dense"]  # no head name: the last Linear is kept
+
+
+@pytest.mark.parametrize("second", ["int8", "int4", "fp32"])
+def test_converting_a_converted_model_raises(second: str) -> None:
+    """Issue 14 #13: convert(model, "int8") on an int4 model was a silent no-op (still int4)."""
+    model = _mlp()
+    convert(model, "int4")
+    with pytest.raises(ValueError, match=r"already converted: 2 QuantLinear layers .*recipe 'int4'.*fresh"):
+        convert(model, second)
+    assert all(m.recipe.name == "int4" for m in model.modules() if isinstance(m, QuantLinear))
+
+
+def test_int4_state_dict_loads_into_the_plain_model() -> None:
+    """Issue 14 #13: the docstring said QuantLinear state dicts load "and back", but strict loading into the
+    plain model failed on x_step; fp32_state_dict drops the quantizer state, and the docstring says so."""
+    from lowbit.training import fp32_state_dict
+    from lowbit.training import layers as layers_module
+
+    torch.manual_seed(0)
+    model = _mlp()
+    convert(model, "int4")
+    model(torch.randn(8, 16))  # initialise the LSQ steps and the block
+    plain = _mlp()
+    with pytest.raises(RuntimeError, match="x_step"):  # torch's strict loading, as documented
+        plain.load_state_dict(model.state_dict())
+    for state in (fp32_state_dict(model), fp32_state_dict(model.state_dict())):
+        plain = _mlp()
+        plain.load_state_dict(state)  # strict
+        assert all(torch.equal(plain.state_dict()[k], v) for k, v in state.items())
+    again = _mlp()
+    convert(again, "int4")
+    again.load_state_dict(fp32_state_dict(model))  # into a converted model too: steps re-initialise lazily
+    assert float(again[0].x_step.detach()) == 0.0
+    assert "fp32_state_dict" in layers_module.__doc__ and "and back" not in layers_module.__doc__
+
+
+@pytest.mark.parametrize("recipe", ["int4", "int8", "int4-naive"])
+def test_meta_model_converts_runs_shapes_and_materializes_clean(recipe: str) -> None:
+    """Issue 14 #14: an int4 model converted on the meta device failed in .item(); after to_empty its
+    hadamard_block was uninitialised memory ("block must be a power of two, got 140565561679184")."""
+    with torch.device("meta"):
+        model = _mlp()
+    convert(model, recipe)
+    y = model(torch.empty(5, 16, device="meta"))
+    assert y.shape == (5, 4) and y.is_meta
+    with pytest.raises(ValueError, match="meta device.*to_empty"):
+        model[0](torch.randn(5, 16))
+    model.to_empty(device="cpu")
+    model.load_state_dict(_mlp().state_dict(), strict=False)
+    if recipe == "int4":
+        q = model[0]
+        assert float(q.x_step.detach()) == float(q.w_step.detach()) == 0.0 and int(q.steps_done) == 0
+        assert int(q.hadamard_block) in (0, *[2**i for i in range(11)])
+    out = model(torch.randn(5, 16))
+    assert out.shape == (5, 4) and bool(torch.isfinite(out).all())

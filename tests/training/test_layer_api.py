@@ -133,3 +133,24 @@ def test_lsq_grad_scale_of_an_empty_tensor() -> None:
     assert float(lsq_step_grad(torch.zeros(0, 4), torch.zeros(0, 4))) == 0.0
     with pytest.raises(ValueError, match="numel"):
         lsq_grad_scale(-1)
+
+
+@pytest.mark.parametrize("recipe", ["int4", "int4-naive"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_input_is_named(recipe: str, value: float) -> None:
+    """Issue 14: an int4 forward with NaN input said "a holds codes in [-128, 2], outside [-8, 7]"; Inf gave
+    a step initialised from Inf (int4) or an all-NaN output (int4-naive)."""
+    layer = QuantLinear(64, 16, recipe=recipe)
+    x = torch.randn(8, 64)
+    x[2, 5] = value
+    with pytest.raises(ValueError, match=r"(input holds|NaN/Inf).*nan_to_num"):
+        layer(x)
+
+
+def test_nan_after_initialisation_is_named() -> None:
+    layer = QuantLinear(64, 16, recipe="int4").eval()
+    layer(torch.randn(8, 64))  # steps initialised
+    x = torch.randn(8, 64)
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="input holds 1 NaN and 0 infinite values"):
+        layer(x)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lowbit.training._kernels import native_reason
 from lowbit.training.bit_split import bit_merge, bit_split
-from lowbit.training.convert import HEAD_NAMES, ConversionSummary, convert
+from lowbit.training.convert import HEAD_NAMES, ConversionSummary, convert, fp32_state_dict
 from lowbit.training.layers import QuantLinear
 from lowbit.training.leverage import leverage_probabilities, select_rows
 from lowbit.training.optim import param_groups
@@ -36,6 +36,7 @@ __all__ = [
     "bit_merge",
     "bit_split",
     "convert",
+    "fp32_state_dict",
     "get_recipe",
     "kernel_backend",
     "leverage_probabilities",

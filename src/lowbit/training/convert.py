@@ -21,9 +21,10 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
-from lowbit.training.layers import QuantLinear
+from lowbit.training.layers import _LAZY_KEYS, QuantLinear
 from lowbit.training.recipes import Recipe, get_recipe
 
 HEAD_NAMES = frozenset(
@@ -80,14 +81,25 @@ def convert(
     """Replace every ``nn.Linear`` of ``model`` (in place) by a ``QuantLinear`` running ``recipe``.
 
     The new layers share the old weight/bias Parameters. Returns a :class:`ConversionSummary`. Raises
-    ``TypeError`` for a model that is not an ``nn.Module`` and ``ValueError`` for an unknown recipe name or
-    a model that is a bare ``nn.Linear`` (it cannot be replaced in place; wrap it or use ``QuantLinear``).
+    ``TypeError`` for a model that is not an ``nn.Module`` and ``ValueError`` for an unknown recipe name,
+    a model that is a bare ``nn.Linear`` (it cannot be replaced in place; wrap it or use ``QuantLinear``) or
+    a model that already holds ``QuantLinear`` layers (no re-conversion: convert a fresh FP32 model, loaded
+    with :func:`fp32_state_dict`). A model on the meta device converts too (its layers run on meta inputs).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     rec = get_recipe(recipe)
     if type(model) is nn.Linear:
         raise ValueError("model is a bare nn.Linear: use QuantLinear.from_linear(model, recipe) instead")
+    done = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    if done:
+        name, layer = done[0]
+        raise ValueError(
+            f"model is already converted: {len(done)} QuantLinear layers (e.g. {name or 'model'!r}, recipe "
+            f"{layer.recipe.name!r}); convert starts from nn.Linear layers. To switch to {rec.name!r}, load "
+            "the weights into a fresh FP32 model (lowbit.training.fp32_state_dict(model.state_dict())) and "
+            "convert that"
+        )
     patterns = [skip] if isinstance(skip, str) else list(skip)
     summary = ConversionSummary(rec.name)
     linears = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
@@ -109,3 +121,20 @@ def convert(
         summary.converted.append(name)
         summary.converted_params += n_params
     return summary
+
+
+def fp32_state_dict(state: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A converted model's state dict (or the model) without the INT4 quantizer state (``x_step``,
+    ``w_step``, ``hadamard_block``, ``steps_done`` of each :class:`QuantLinear`): it loads strictly into the
+    plain FP32 model (and, since those keys are rebuilt lazily, into a converted one too)."""
+    if isinstance(state, nn.Module):
+        drop = {
+            f"{n}.{k}" if n else k
+            for n, m in state.named_modules()
+            if isinstance(m, QuantLinear)
+            for k in _LAZY_KEYS
+        }
+        return {k: v for k, v in state.state_dict().items() if k not in drop}
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be an nn.Module or a state dict, got {type(state).__name__}")
+    return {k: v for k, v in state.items() if k.rpartition(".")[2] not in _LAZY_KEYS}

@@ -229,13 +229,23 @@ def _sampled_backward(
     return grad_xh, grad_wh
 
 
-def _per_tensor_int4(t: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_tensor_int4(
+    t: torch.Tensor, group: Any = None, name: str = "input"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric absmax per-tensor INT4 codes (nearest-even) and the float32 scalar scale; ``group``: the
-    tensor is sharded over those processes (rows of a batch), the absmax is the global one."""
+    tensor is sharded over those processes (rows of a batch), the absmax is the global one. NaN/Inf (seen
+    in the absmax, at no extra cost) raise ``ValueError`` naming ``name``."""
     t32 = t.detach().float()
     amax = t32.abs().max() if t32.numel() else torch.tensor(0.0)
     if group is not None:
         amax = all_max([float(amax)], group).float().reshape(())
+    if not bool(torch.isfinite(amax)):
+        bad = ~torch.isfinite(t32)
+        raise ValueError(
+            f"int4-naive {name} holds {int(bad.sum())} NaN/Inf values here (absmax {float(amax)}); "
+            "the per-tensor scale needs finite values (a diverged training or bad data: lower the learning "
+            "rate, clip gradients, or torch.nan_to_num the input)"
+        )
     scale = torch.where(amax > 0, amax / INT4_QMAX, torch.ones_like(amax))
     return torch.round(t32 / scale).clamp_(-INT4_QMAX, INT4_QMAX).to(torch.int8), scale
 
@@ -246,7 +256,7 @@ class Int4NaiveLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x, weight, bias, recipe: Recipe):  # noqa: D102
         x_int4, sx = _per_tensor_int4(x, recipe.group)
-        w_int4, sw = _per_tensor_int4(weight)
+        w_int4, sw = _per_tensor_int4(weight, name="weight")
         y = int_matmul_scaled(
             x_int4, w_int4, sx, sw, None if bias is None else bias.detach().float(), bits=4, layout="nt"
         )
@@ -257,7 +267,7 @@ class Int4NaiveLinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out):  # noqa: D102
         x_int4, w_int4, sx, sw = ctx.saved_tensors
-        g_int4, sg = _per_tensor_int4(grad_out, ctx.group)
+        g_int4, sg = _per_tensor_int4(grad_out, ctx.group, "output gradient")
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # grad_input = ∇Ŷ Ŵ  (absmax scales: nothing clips, plain STE)
             grad_x = int_matmul_scaled(g_int4, w_int4, sg, sw, bits=4, layout="nn")

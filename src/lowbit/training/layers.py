@@ -1,10 +1,14 @@
 """``QuantLinear``: a drop-in ``nn.Linear`` whose three products run on lowbit's integer engine per a recipe.
 
-Parameters keep ``nn.Linear``'s names (``weight``, ``bias``), so its state dicts load (strict) into a
-``QuantLinear`` and back. INT4 (Hadamard + LSQ) layers add ``x_step``/``w_step`` (learned LSQ step sizes) and
+Parameters keep ``nn.Linear``'s names (``weight``, ``bias``), so an ``nn.Linear`` state dict loads (strict)
+into a ``QuantLinear``. INT4 (Hadamard + LSQ) layers add ``x_step``/``w_step`` (learned LSQ step sizes) and
 buffers ``hadamard_block`` and ``steps_done``; when those are missing from a loaded state dict they are
-(re)initialised at the next forward. The layer owns a ``torch.Generator`` (``self.generator``) for stochastic
-rounding and row sampling, seeded from ``seed``.
+(re)initialised at the next forward. The other way, an INT4 state dict holds those extra keys: load it into
+a plain FP32 model through :func:`lowbit.training.fp32_state_dict` (which drops them; then strict works) or
+with ``strict=False``. A layer on the meta device runs on meta inputs (shapes only); materialized with
+``to_empty`` its quantizer state is reset to "initialise at the next forward" (not left uninitialised).
+The layer owns a ``torch.Generator`` (``self.generator``) for stochastic rounding and row sampling, seeded
+from ``seed``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,19 @@ _UNSET = 0  # hadamard_block / step value meaning "initialise at the next forwar
 def _usable_step(step: float) -> bool:
     """A learned step size the quantizer can use: finite and > 0 (0 is the "unset" marker)."""
     return step > _UNSET and math.isfinite(step)
+
+
+def _raise_if_non_finite(x2d: torch.Tensor, weight: torch.Tensor, err: Exception | None) -> None:
+    """Turn an engine error caused by NaN/Inf input or weight into a ValueError naming that cause."""
+    for name, t in (("input", x2d), ("weight", weight)):
+        bad = ~torch.isfinite(t.detach())
+        if bool(bad.any()):
+            n_nan = int(torch.isnan(t.detach()).sum())
+            raise ValueError(
+                f"QuantLinear {name} holds {n_nan} NaN and {int(bad.sum()) - n_nan} infinite values: the "
+                "INT4 quantizer needs finite values (a diverged training or bad data upstream: lower the "
+                "learning rate, clip gradients, or torch.nan_to_num the input)"
+            ) from err
 
 
 class QuantLinear(nn.Linear):
@@ -75,9 +92,26 @@ class QuantLinear(nn.Linear):
             q.x_step = nn.Parameter(torch.tensor(float(_UNSET), device=linear.weight.device))
             q.w_step = nn.Parameter(torch.tensor(float(_UNSET), device=linear.weight.device))
             fixed = resolve_block(q.recipe.hadamard_block, q.in_features)
-            q.hadamard_block = torch.tensor(fixed or _UNSET, dtype=torch.int64)
-            q.steps_done = torch.tensor(0, dtype=torch.int64)
+            q.hadamard_block = torch.tensor(fixed or _UNSET, dtype=torch.int64, device=linear.weight.device)
+            q.steps_done = torch.tensor(0, dtype=torch.int64, device=linear.weight.device)
         return q
+
+    def _reset_quant_state(self) -> None:
+        """INT4: steps, block and step count back to "initialise at the next forward"."""
+        with torch.no_grad():
+            self.x_step.fill_(_UNSET)
+            self.w_step.fill_(_UNSET)
+            self.hadamard_block.fill_(resolve_block(self.recipe.hadamard_block, self.in_features) or _UNSET)
+            self.steps_done.zero_()
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
+        # materializing a meta layer (``to_empty``) leaves every tensor uninitialised: the weights are the
+        # caller's to load, but the quantizer state must not be garbage (a random block or step size)
+        was_meta = self.recipe.kind == "int4" and self.x_step.is_meta
+        out = super()._apply(fn, recurse)
+        if was_meta and not self.x_step.is_meta:
+            self._reset_quant_state()
+        return out
 
     def _prepare_int4(self, x2d: torch.Tensor) -> int:
         """Search the block size and initialise the LSQ steps when unset or not positive; cold-start reset."""
@@ -91,6 +125,9 @@ class QuantLinear(nn.Linear):
             # (re)initialised: a step near zero clips the whole tensor to ±8 (sign quantization)
             init = self.recipe.lsq_init  # "paper" (2·mean|·|/√7) or "mse" (the MSE-best step)
             if cold or not _usable_step(float(self.x_step)):
+                # (only here, on the rare initialising steps, is the input checked for NaN/Inf: a step
+                # initialised from them would be garbage; later a NaN fails in the engine, caught in forward)
+                _raise_if_non_finite(x2d, self.weight, None)
                 self.x_step.copy_(sharded.init_step(block_transform(x2d, block), init, self.recipe.group))
             if cold or not _usable_step(float(self.w_step)):
                 self.w_step.copy_(sharded.init_step(block_transform(self.weight, block), init))
@@ -104,15 +141,27 @@ class QuantLinear(nn.Linear):
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features).float()  # (N, D)
         kind = self.recipe.kind
-        if kind == "int4" and x2d.shape[0] == 0:
+        if self.weight.is_meta or x2d.is_meta:
+            if not x2d.is_meta:
+                raise ValueError(
+                    "this QuantLinear's weights are on the meta device (shapes only): materialize the model "
+                    "first (model.to_empty(device='cpu'), then load a state dict) or pass a meta input"
+                )
+            bias = None if self.bias is None else self.bias.to("meta")
+            y = torch.nn.functional.linear(x2d, self.weight.to("meta"), bias)  # shapes only
+        elif kind == "int4" and x2d.shape[0] == 0:
             # no rows: nothing to multiply, and nothing to search the Hadamard block or initialise the LSQ
             # steps from (they stay unset until real data arrives); an empty output, zero gradients
             y = torch.nn.functional.linear(x2d, self.weight, self.bias) + 0.0 * (self.x_step + self.w_step)
         elif kind == "int4":
             block = self._prepare_int4(x2d)
-            y = Int4HQLinearFn.apply(
-                x2d, self.weight, self.bias, self.x_step, self.w_step, block, self.recipe, self.generator
-            )
+            try:
+                y = Int4HQLinearFn.apply(
+                    x2d, self.weight, self.bias, self.x_step, self.w_step, block, self.recipe, self.generator
+                )
+            except ValueError as err:  # NaN input reaches the engine as out-of-range codes: say what it is
+                _raise_if_non_finite(x2d, self.weight, err)
+                raise
         elif kind == "int4-naive":
             y = Int4NaiveLinearFn.apply(x2d, self.weight, self.bias, self.recipe)
         else:
