@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from lowbit import cli
-from lowbit.experiments.infer import sample_prompt
 
 
 def _argv(text_file: Path, *extra: str) -> list[str]:
@@ -30,6 +29,8 @@ def _one_line_error(capsys, *needles: str) -> None:
 
 
 def test_infer_on_a_text_without_romeo(tmp_path, text_file, capsys):
+    from lowbit.experiments.infer import sample_prompt
+
     assert "ROMEO" not in text_file.read_text()
     out = tmp_path / "r.json"
     assert cli.main(_argv(text_file, "--json", str(out))) == 0
@@ -42,6 +43,8 @@ def test_infer_on_a_text_without_romeo(tmp_path, text_file, capsys):
 
 
 def test_sample_prompt_is_the_first_held_out_line():
+    from lowbit.experiments.infer import sample_prompt
+
     assert sample_prompt("HAMLET:\nTo be\n") == "HAMLET:\n"
     assert sample_prompt("x" * 100) == "x" * 32
     assert sample_prompt("whatever", "given") == "given"

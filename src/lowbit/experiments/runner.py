@@ -372,7 +372,7 @@ class Run:
         self.model.train()
         units, train_time = 0, 0.0
         # a redrawn bar only on a terminal; otherwise (logs, pipes) a plain line every few seconds
-        use_bar = cfg.progress and sys.stderr.isatty()
+        use_bar = cfg.progress and getattr(sys.stderr, "isatty", lambda: False)()
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
