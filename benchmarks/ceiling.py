@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from lowbit.ops import backends
+
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE.parent / "results"
 PROBES = {  # probe kind -> (name, what it is)
@@ -48,8 +50,34 @@ PROBES = {  # probe kind -> (name, what it is)
         "lowbit's INT8 loop: 6 vpbroadcastd, 12 x (vpmaddubsw, vpmaddwd, vpaddd) per 4 k",
     ),
     4: ("bare vpmaddubsw", "12 independent, no loads, no accumulation: the ceiling of any u8 x s8 GEMM"),
+    5: ("fp32 AVX-512 FMA peak", "12 independent vfmadd231ps zmm, no loads (AVX-512 CPUs)"),
+    6: (
+        "int8/int4 VNNI loop",
+        "lowbit's avx512-vnni loop: 4 zmm B loads, 6 vpbroadcastd, 24 vpdpbusd per 4 k",
+    ),
+    7: ("bare vpdpbusd", "12 independent zmm vpdpbusd, no loads: the ceiling of any VNNI GEMM"),
 }
-PEAK_OF = {"fp32": 3, "int4": 1, "int4:gemm": 1, "int8": 2, "int8:gemm": 2}  # GEMM method -> its ceiling
+AVX512_PROBES = (5, 6, 7)
+METHODS = ("fp32", "int4", "int4:gemm", "int8", "int8:gemm")
+
+
+def available_probes() -> list[int]:
+    """The probe kinds this CPU can run (the AVX-512 ones need avx512f + avx512_vnni)."""
+    flags = backends.cpu()[1]
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= flags
+    return [k for k in PROBES if avx512 or k not in AVX512_PROBES]
+
+
+def peak_of(method: str, probes: dict[int, float], backend: str) -> int:
+    """The probe whose rate is ``method``'s ceiling: the best FP32 FMA peak for fp32; lowbit's loop of the
+    backend the integer rows ran on otherwise."""
+    if method == "fp32":
+        return 5 if 5 in probes and probes[5] > probes[3] else 3
+    if backend == "avx512-vnni":
+        return 6
+    return 1 if method.startswith("int4") else 2
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -62,7 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch / OpenMP threads of the GEMMs (the probes run on one core)",
     )
     parser.add_argument("--probe-seconds", type=float, default=0.3, help="run time of each probe measurement")
-    parser.add_argument("--no-results-file", action="store_true", help="do not write results/gemm_ceiling.*")
+    parser.add_argument("--no-results-file", action="store_true", help="do not write results/gemm_ceiling/*")
+    parser.add_argument(
+        "--backend", default="auto", choices=list(backends.BACKENDS), help="lowbit rows' backend"
+    )
 
 
 def build_probe(workdir: Path) -> ctypes.CDLL:
@@ -116,16 +147,18 @@ def _gemm_module():
 
 def measure_probes(lib: ctypes.CDLL, seconds: float, runs: int = 5) -> dict[int, list[float]]:
     """GOP/s (2 ops per MAC) of every probe on one core, `runs` times each."""
-    return {kind: [2 * probe_rate(lib, kind, seconds) / 1e9 for _ in range(runs)] for kind in PROBES}
+    return {
+        kind: [2 * probe_rate(lib, kind, seconds) / 1e9 for _ in range(runs)] for kind in available_probes()
+    }
 
 
-def measure_gemms(repeats: int) -> list[dict]:
+def measure_gemms(repeats: int, backend: str) -> list[dict]:
     """The gemm.py methods on the transformer shapes: GOP/s of fp32, int4 and int8, full and GEMM-only."""
     gemm = _gemm_module()
     records = []
-    names = list(PEAK_OF)
+    names = list(METHODS)
     for m, k, n in gemm.TRANSFORMER_SHAPES:
-        methods = gemm._methods(m, k, n, torch.Generator().manual_seed(0))
+        methods = gemm._methods(m, k, n, torch.Generator().manual_seed(0), backend)
         for name in names:
             methods[name]()
             methods[name]()
@@ -142,15 +175,18 @@ def measure_gemms(repeats: int) -> list[dict]:
     return records
 
 
-def report(probes: dict[int, float], gemms: list[dict], threads: int) -> tuple[str, dict]:
+def report(
+    probes: dict[int, float], gemms: list[dict], threads: int, backend: str = "avx2"
+) -> tuple[str, dict]:
     """Tables of the one-core ceilings and of each GEMM's share of `threads` x its ceiling."""
     lines = [
         "| probe (operands in L1) | what it runs | GOP/s per core | vs FP32 FMA peak |",
         "|---|---|---|---|",
     ]
-    base = probes[3]
+    base = probes[peak_of("fp32", probes, backend)]
     for kind, (name, what) in PROBES.items():
-        lines.append(f"| {name} | {what} | {probes[kind]:.0f} | {probes[kind] / base:.2f}x |")
+        if kind in probes:
+            lines.append(f"| {name} | {what} | {probes[kind]:.0f} | {probes[kind] / base:.2f}x |")
     lines += [
         "",
         "| shape MxKxN | method | ms | GOP/s | share of its ceiling | vs FP32 |",
@@ -158,15 +194,18 @@ def report(probes: dict[int, float], gemms: list[dict], threads: int) -> tuple[s
     ]
     fp32_ms = {r["shape"]: r["ms"] for r in gemms if r["method"] == "fp32"}
     for r in gemms:
-        r["ceiling"] = PROBES[PEAK_OF[r["method"]]][0]
-        r["efficiency"] = round(r["gops"] / (threads * probes[PEAK_OF[r["method"]]]), 3)
+        kind = peak_of(r["method"], probes, backend)
+        r["ceiling"] = PROBES[kind][0]
+        r["backend"] = "torch (MKL)" if r["method"] == "fp32" else backend
+        r["efficiency"] = round(r["gops"] / (threads * probes[kind]), 3)
         r["speedup_vs_fp32"] = round(fp32_ms[r["shape"]] / r["ms"], 3)
         r["gops"] = round(r["gops"], 1)
         lines.append(
             f"| {r['shape']} | {r['method']} | {r['ms']:.2f} | {r['gops']:.0f} | "
             f"{100 * r['efficiency']:.0f}% | {r['speedup_vs_fp32']:.2f}x |"
         )
-    ceil4, ceil8 = probes[1] / base, probes[2] / base
+    ceil4 = probes[peak_of("int4", probes, backend)] / base
+    ceil8 = probes[peak_of("int8", probes, backend)] / base
     lines += [
         "",
         f"Ceiling ratios (per core): lowbit's INT4 loop / FP32 FMA peak = {ceil4:.2f}x, INT8 loop / FP32 "
@@ -176,6 +215,8 @@ def report(probes: dict[int, float], gemms: list[dict], threads: int) -> tuple[s
         "(quantization fused), :gemm = its GEMM alone on prepacked codes.",
     ]
     payload = {
+        "cpu": backends.cpu_summary(),
+        "backend": backend,
         "probes": {PROBES[k][0]: v for k, v in probes.items()},
         "gemms": gemms,
         "ceiling_ratio_int4": round(ceil4, 3),
@@ -196,12 +237,14 @@ def run(args: argparse.Namespace) -> int:
         logger.info("probing instruction peaks on one core")
         before = measure_probes(lib, args.probe_seconds)
         logger.info("timing the transformer shapes")
-        gemms = measure_gemms(args.repeats)
+        backend = backends.resolve(args.backend)
+        gemms = measure_gemms(args.repeats, backend)
         after = measure_probes(lib, args.probe_seconds)
     # this machine's speed drifts within minutes: each ceiling is the median of the runs before and after
-    probes = {kind: statistics.median(before[kind] + after[kind]) for kind in PROBES}
-    table, payload = report(probes, gemms, args.threads)
+    probes = {kind: statistics.median(before[kind] + after[kind]) for kind in before}
+    table, payload = report(probes, gemms, args.threads, backend)
     header = (
+        f"CPU: {backends.cpu_summary()}; lowbit backend {backend}; "
         f"torch {torch.__version__}, {args.threads} threads; ceilings: one core, median of 5 runs before and "
         f"5 after the GEMMs; a GEMM's share = its GOP/s / ({args.threads} x its ceiling); GEMM medians of "
         f"{args.repeats} interleaved repeats; load average "
@@ -209,9 +252,10 @@ def run(args: argparse.Namespace) -> int:
     )
     print(header + "\n\n" + table)  # noqa: T201 - the benchmark's report
     if not args.no_results_file:
-        RESULTS_DIR.mkdir(exist_ok=True)
-        (RESULTS_DIR / "gemm_ceiling.json").write_text(json.dumps(payload, indent=1))
-        (RESULTS_DIR / "gemm_ceiling.md").write_text(
+        out_dir = RESULTS_DIR / "gemm_ceiling"  # one file pair per CPU
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{backends.cpu_slug()}.json").write_text(json.dumps(payload, indent=1))
+        (out_dir / f"{backends.cpu_slug()}.md").write_text(
             f"# GEMM efficiency vs instruction ceilings\n\n{header}\n\n{table}\n"
         )
     return 0
