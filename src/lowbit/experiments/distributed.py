@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +143,15 @@ def agree(error: Exception | None, par: Parallel) -> Exception | None:
         return error
     first = next((f for f in found if f is not None), None)
     return None if first is None else ValueError(first[1])
+
+
+class PeerFailure(RuntimeError):
+    """A collective failed: another process died, or did not answer within the timeout."""
+
+
+def _collective_error(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, dist.DistError) or any(k in text for k in ("gloo", "Connection", "Timed out"))
 
 
 # -- FSDP2 helpers -------------------------------------------------------------------------------------------
@@ -268,6 +278,21 @@ class DistributedRun(Run):
         dist.barrier(group=self.par.group)
 
     # -- the loop --------------------------------------------------------------------------------------------
+    def loop(self, on_step: Callable[[int, float], None] | None = None) -> Any:
+        """The runner's loop; a failed collective becomes a :class:`PeerFailure` that says what happened."""
+        try:
+            return super().loop(on_step)
+        except RuntimeError as err:
+            if not _collective_error(err):
+                raise
+            par = self.par
+            raise PeerFailure(
+                f"rank {par.rank} of {par.world}: a collective with the other processes failed at step "
+                f"{self.step + 1}: another process died or did not answer within --dist-timeout "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); the run stops. The last "
+                f"checkpoint is in {self.config.out}: run the same command with --resume (any process count)"
+            ) from err
+
     def train_step(self) -> tuple[float, int]:
         par, cfg = self.par, self.config
         if par.rank:  # the torch stream of ranks > 0 (dropout): a function of (seed, rank, step)
@@ -429,6 +454,9 @@ def run_train(args: argparse.Namespace) -> int:
                 return report_user_error("train", err) if par.main else 2
             try:
                 result = finish(prepared)
+            except PeerFailure as failure:
+                print(f"lowbit train: error: {failure}", file=sys.stderr)
+                return 1
             finally:
                 _close(prepared)
         if par.main:
@@ -476,6 +504,9 @@ def run_compare(args: argparse.Namespace) -> int:
                 results, report = cmp.compare(
                     configs, out, cmp.command_line(args), task, prepare_run=prepare_run, write=par.main
                 )
+            except PeerFailure as failure:
+                print(f"lowbit compare: error: {failure}", file=sys.stderr)
+                return 1
             finally:
                 for r in runs:
                     _close(r)
