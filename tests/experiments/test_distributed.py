@@ -2,13 +2,13 @@
 
 * ``torchrun --nproc_per_node 2 -m lowbit compare --recipes fp32,int4`` gives the per-step losses and
   evaluations of ``python -m lowbit compare`` with the same global batch. Not bit for bit: a gradient summed
-  over two shards and averaged is not the same float sum as one sum over the batch, and the quantizers can round
-  a value that moved by an ulp the other way; every statistic, seed and noise counter is the whole batch's
-  (``lowbit.training.distributed``), so the losses agree to ``RTOL`` (observed: ≤ 1 ulp of float32).
+  over two shards and averaged is not the same float sum as one sum over the batch, and the quantizers can
+  round a value that moved by an ulp the other way; every statistic, seed and noise counter is the whole
+  batch's (``lowbit.training.distributed``), so the losses agree to ``RTOL`` (observed: ≤ 1 ulp of float32).
 * ``--fsdp`` (FSDP2) gives the DDP losses (observed: bit-identical).
 * A rank that dies takes the run down: the survivor raises ``PeerFailure`` at its next collective (within a
-  second, not a hang), and ``--resume`` from the last checkpoint — written gathered by rank 0 of the FSDP run —
-  continues with the identical next losses under torchrun (DDP) and in one plain process.
+  second, not a hang), and ``--resume`` from the last checkpoint (gathered and written by rank 0 of the FSDP
+  run) continues with the identical next losses under torchrun (DDP) and in one plain process.
 """
 
 from __future__ import annotations
