@@ -192,3 +192,38 @@ def test_forward_rejects_float_ids(tiny_gpt: GPT) -> None:
     for model in (im, tiny_gpt):
         with pytest.raises(TypeError, match="integer token ids"):
             model(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("param", ["blocks.0.attn.q_proj.weight", "wte.weight", "blocks.1.norm1.weight"])
+def test_convert_names_a_non_finite_weight(tiny_gpt: GPT, param: str) -> None:
+    """Issue 14: integer.convert with a NaN weight raised "a dyadic ratio must be finite" with the whole
+    ratio tensor in the message (or "cannot convert float NaN to integer" for a norm weight)."""
+    import copy
+
+    model = copy.deepcopy(tiny_gpt)
+    with torch.no_grad():
+        model.get_parameter(param).view(-1)[3] = float("nan")
+    with pytest.raises(ValueError, match=rf"{param} holds 1 NaN/Inf values of \d+") as info:
+        convert(model, [x for x, _ in _batches(1, 1)])
+    assert len(str(info.value)) < 300 and "tensor(" not in str(info.value)
+
+
+def test_convert_names_non_finite_calibration(tiny_gpt: GPT) -> None:
+    import copy
+
+    model = copy.deepcopy(tiny_gpt)
+    with torch.no_grad():
+        model.blocks[0].attn.q_proj.weight.fill_(3e38)  # finite weights, activations overflow to Inf
+    with pytest.raises(ValueError, match="calibration saw NaN/Inf activations at") as info:
+        convert(model, [x for x, _ in _batches(1, 1)])
+    assert "tensor(" not in str(info.value)
+
+
+def test_dyadic_error_counts_instead_of_dumping() -> None:
+    from lowbit.integer import Dyadic
+
+    r = torch.ones(10_000, dtype=torch.float64)
+    r[5] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN, 0 infinite and 0 negative of 10000 ratios") as info:
+        Dyadic.from_ratio(r)
+    assert len(str(info.value)) < 200

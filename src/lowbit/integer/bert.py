@@ -26,6 +26,8 @@ from lowbit.integer.convert import (
     _dyadic32,
     _Ranges,
     _weight_codes,
+    check_finite_model,
+    check_finite_ranges,
     fold_linear,
     fold_norm,
 )
@@ -195,6 +197,7 @@ def convert_bert(
 ) -> IntegerBert:
     """Convert a Hugging Face ``BertModel`` (GELU, LayerNorm, softmax); calib batches: tokenizer outputs."""
     cfg = config or ConvertConfig()
+    check_finite_model(model, "convert_bert")
     emb, layers = model.embeddings, model.encoder.layer
     act = getattr(model.config, "hidden_act", "gelu")
     if act != "gelu":
@@ -218,6 +221,7 @@ def convert_bert(
         ranges.remove()
     if n == 0:
         raise ValueError("convert_bert needs at least one calibration batch")
+    check_finite_ranges(ranges.absmax, "convert_bert")
     a, qa = ranges.absmax, cfg.act_qmax
 
     def res_scale(key: str) -> tuple[float, float]:

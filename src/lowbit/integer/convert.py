@@ -70,6 +70,39 @@ class _Ranges:
             h.remove()
 
 
+def check_finite_model(model: nn.Module, what: str) -> None:
+    """ValueError naming the first parameter/buffer holding NaN/Inf (and the count), not the tensor."""
+    bad = []
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not t.is_meta:
+            n = int((~torch.isfinite(t.detach())).sum())
+            if n:
+                bad.append((name, n, t.numel()))
+    if bad:
+        name, n, total = bad[0]
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise ValueError(
+            f"{what}: {name} holds {n} NaN/Inf values of {total}{more}; the FP32 model must be finite to "
+            "convert (a diverged training: load an earlier checkpoint)"
+        )
+    meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if meta:
+        raise ValueError(
+            f"{what}: {meta[0]} (and {len(meta) - 1} more) are on the meta device (shapes only); load the "
+            "weights first (model.to_empty(device='cpu'), then load_state_dict)"
+        )
+
+
+def check_finite_ranges(ranges: dict[str, float | torch.Tensor], what: str) -> None:
+    """ValueError naming the calibrated activations that are not finite."""
+    bad = [k for k, v in ranges.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())]
+    if bad:
+        raise ValueError(
+            f"{what}: calibration saw NaN/Inf activations at {', '.join(bad[:5])}"
+            f"{' and more' if len(bad) > 5 else ''}; the calibration batches overflow the FP32 model"
+        )
+
+
 def _weight_codes(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8 codes and float64 scales of a (N, K) weight."""
     w64 = w.detach().to(torch.float64)
@@ -145,6 +178,7 @@ def convert(
             "convert needs the Integer Transformer (attention='poly', norm='l1', activation='relu'), got "
             f"attention={mc.attention!r}, norm={mc.norm!r}, activation={mc.activation!r}"
         )
+    check_finite_model(model, "integer.convert")
     model.eval()
     ranges = _Ranges()
     for i, blk in enumerate(model.blocks):
@@ -166,6 +200,7 @@ def convert(
         ranges.remove()
     if n_batches == 0:
         raise ValueError("convert needs at least one calibration batch")
+    check_finite_ranges(ranges.absmax, "integer.convert")
     a = ranges.absmax
     res_absmax = a["residual"] * RESIDUAL_HEADROOM
     s_res = res_absmax / 2**RESIDUAL_BITS

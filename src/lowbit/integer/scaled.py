@@ -46,7 +46,12 @@ class Dyadic:
         """The nearest dyadic with a MULT_BITS-bit multiplier: |mult·2^-shift − r| ≤ 2^-(shift+1)."""
         r = torch.as_tensor(ratio, dtype=torch.float64)
         if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
-            raise ValueError(f"a dyadic ratio must be finite and >= 0, got {r}")
+            n_nan, n_inf = int(torch.isnan(r).sum()), int(torch.isinf(r).sum())
+            n_neg = int((r < 0).sum())
+            raise ValueError(
+                f"a dyadic ratio must be finite and >= 0; {n_nan} NaN, {n_inf} infinite and {n_neg} negative "
+                f"of {r.numel()} ratios (a scale of the model or its calibration is not finite)"
+            )
         safe = torch.where(r > 0, r, torch.ones_like(r))
         exp = torch.floor(torch.log2(safe)).to(torch.int64)  # r in [2^e, 2^(e+1))
         shift = (MULT_BITS - 1) - exp
