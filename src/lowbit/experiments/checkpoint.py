@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import re
@@ -126,72 +125,95 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     return removed
 
 
-def digest_trailer(data: bytes) -> bytes:
-    """The 80-byte trailer that follows ``data`` in a verified file: tag, SHA-256 hex, newline."""
-    return DIGEST_TAG + hashlib.sha256(data).hexdigest().encode() + b"\n"
+class _HashingWriter:
+    """A binary file wrapper feeding everything written through SHA-256 (``torch.save`` streams into it)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _trailer(hexdigest: str) -> bytes:
+    return DIGEST_TAG + hexdigest.encode() + b"\n"
 
 
 def atomic_torch_save_verified(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` plus its SHA-256 trailer, written atomically (see ``read_verified``)."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    data = buffer.getvalue()
-    trailer = digest_trailer(data)
+    """``torch.save(obj)`` followed by the SHA-256 trailer of its bytes, written atomically and streamed (no
+    second copy in memory); ``load_verified`` checks it."""
 
     def write(f: BinaryIO) -> None:
-        f.write(data)
-        f.write(trailer)
+        hashing = _HashingWriter(f)
+        torch.save(obj, hashing)
+        f.write(_trailer(hashing.sha.hexdigest()))
 
     atomic_write(path, write)
 
 
-def foreign_file_kind(data: bytes) -> str | None:
-    """What a file that is not a lowbit training checkpoint is, when recognisable (else None)."""
-    if len(data) >= 10 and data[8:9] == b"{":
-        header = int.from_bytes(data[:8], "little")
-        if 2 <= header <= len(data) - 8:
+def foreign_file_kind(head: bytes, size: int) -> str | None:
+    """What a file that is not a lowbit checkpoint is, from its first bytes and size (None: unrecognised)."""
+    if len(head) >= 10 and head[8:9] == b"{":
+        header = int.from_bytes(head[:8], "little")
+        if 2 <= header <= size - 8:
             return "a safetensors file (e.g. a quantized model from lowbit ptq --save / save_quantized)"
-    if data[:4] == b"\x7fELF":
+    if head[:4] == b"\x7fELF":
         return "an executable"
-    if data[:2] == b"\x1f\x8b":
+    if head[:2] == b"\x1f\x8b":
         return "a gzip file"
     return None
 
 
-def read_verified(path: str | Path, what: str = "checkpoint") -> tuple[bytes, bool]:
-    """(payload bytes, whether a digest trailer was present and matched); CheckpointError on a mismatch."""
+def load_verified(path: str | Path, what: str = "checkpoint") -> tuple[Any, bool]:
+    """``torch.load(weights_only=True)`` of ``path`` after checking its SHA-256 trailer when it has one:
+    (the object, whether a trailer was present). CheckpointError, in one line, for a digest mismatch, a
+    recognisable foreign file (e.g. safetensors) or anything torch cannot load (no pickle advice echoed)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")  # noqa: SIM115 - one open file, hashed then loaded: a replace cannot interleave
     except OSError as err:
         raise CheckpointError(f"cannot read {what} {path}: {err.strerror or err}") from None
-    tail = data[-DIGEST_TRAILER_BYTES:]
-    if len(data) > DIGEST_TRAILER_BYTES and tail.startswith(DIGEST_TAG) and tail.endswith(b"\n"):
-        payload = data[:-DIGEST_TRAILER_BYTES]
-        if digest_trailer(payload) != tail:
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(16)
+        kind = foreign_file_kind(head, size)
+        if kind is not None:
+            raise CheckpointError(f"{path} is {kind}, not a lowbit training {what}")
+        verified = False
+        if size > DIGEST_TRAILER_BYTES:
+            f.seek(size - DIGEST_TRAILER_BYTES)
+            tail = f.read(DIGEST_TRAILER_BYTES)
+            if tail.startswith(DIGEST_TAG) and tail.endswith(b"\n"):
+                sha, remaining = hashlib.sha256(), size - DIGEST_TRAILER_BYTES
+                f.seek(0)
+                while remaining:
+                    chunk = f.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        break
+                    sha.update(chunk)
+                    remaining -= len(chunk)
+                if _trailer(sha.hexdigest()) != tail:
+                    raise CheckpointError(
+                        f"{what} {path} is damaged: its SHA-256 digest does not match its content (a disk or "
+                        "copy error changed it); restore an intact copy, or start again without --resume"
+                    )
+                verified = True
+        f.seek(0)
+        try:  # the zip reader finds its directory before the trailer
+            return torch.load(f, map_location="cpu", weights_only=True), verified
+        except Exception as err:  # torch raises several types (pickle, zip, EOF, RuntimeError) for a bad file
+            text = str(err).strip()
+            first = text.splitlines()[0][:160] if text else ""
+            if "weights_only" in text or "Weights only load failed" in text:
+                first = "it holds Python objects other than tensors and plain containers"
             raise CheckpointError(
-                f"{what} {path} is damaged: its SHA-256 digest does not match its content (a disk or copy "
-                "error changed it); restore an intact copy, or start again without --resume"
-            )
-        return payload, True
-    return data, False
-
-
-def torch_load_bytes(data: bytes, path: Path, what: str = "checkpoint") -> Any:
-    """``torch.load(weights_only=True)`` of ``data``; CheckpointError in one line when it is not loadable."""
-    kind = foreign_file_kind(data)
-    if kind is not None:
-        raise CheckpointError(f"{path} is {kind}, not a lowbit training {what}")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types (pickle, zip, EOF, RuntimeError) for a damaged file
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        if "weights_only" in str(err) or "Weights only load failed" in str(err):
-            first = "it holds Python objects other than tensors and plain containers"
-        raise CheckpointError(
-            f"{what} {path} is corrupt or not a lowbit {what} ({type(err).__name__}: {first}); "
-            "pass the right file, or delete it and start again without --resume"
-        ) from None
+                f"{what} {path} is corrupt or not a lowbit {what} ({type(err).__name__}: {first}); "
+                "pass the right file, or delete it and start again without --resume"
+            ) from None
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -212,8 +234,7 @@ def load_checkpoint(path: str | Path, identity: dict[str, Any]) -> dict[str, Any
             f"--resume: no checkpoint at {path}; run without --resume first (or pass the --out folder of the "
             "run to continue)"
         )
-    data, verified = read_verified(path)
-    payload = torch_load_bytes(data, path)
+    payload, verified = load_verified(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a lowbit training checkpoint (format tag missing)")
     if payload.get("version") not in READABLE_VERSIONS:

@@ -27,8 +27,7 @@ from lowbit.experiments.checkpoint import (
     CheckpointError,
     atomic_torch_save_verified,
     atomic_write_text,
-    read_verified,
-    torch_load_bytes,
+    load_verified,
 )
 from lowbit.experiments.guard import UserError, check_output_file
 
@@ -132,8 +131,7 @@ def sample_prompt(held_out_text: str, prompt: str | None = None) -> str:
 def _load_checkpoint(path: Path, model: torch.nn.Module, vocab: str) -> None:
     """Load the FP32 GPT from ``path`` (digest verified; bare state dicts too); UserError if unusable."""
     try:
-        data, _ = read_verified(path, "GPT checkpoint")
-        payload = torch_load_bytes(data, path, "GPT checkpoint")
+        payload, _ = load_verified(path, "GPT checkpoint")
     except CheckpointError as err:
         raise UserError(f"--checkpoint: {err}") from None
     if isinstance(payload, dict) and payload.get("format") == INFER_CHECKPOINT_FORMAT:
