@@ -71,6 +71,30 @@ def test_stale_temp_files_are_removed_on_the_next_run(tmp_path, text_file, tiny)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and p not in (live, other)]
 
 
+def test_temp_file_of_a_save_killed_mid_write_is_cleaned(tmp_path, text_file, tiny):
+    out = tmp_path / "run"
+    out.mkdir()
+    code = (
+        "import sys, time\n"
+        "from lowbit.experiments.checkpoint import atomic_write\n"
+        "def slow(f):\n"
+        "    f.write(b'x' * 4096); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+        f"atomic_write({str(out / CHECKPOINT_NAME)!r}, slow)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"writing"
+        left = [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        assert len(left) == 1 and str(proc.pid) in left[0].name
+    finally:
+        proc.kill()  # SIGKILL: no cleanup in the writer
+        proc.wait()
+        proc.stdout.close()
+    assert left[0].exists() and not (out / CHECKPOINT_NAME).exists()  # nothing half-written was published
+    train(tiny("gpt-shakespeare", out, text_file, steps=2))
+    assert not left[0].exists()
+
+
 def test_resume_after_editing_the_data_is_refused(tmp_path, text_file, tiny):
     _run(tiny, tmp_path, text_file)
     lines = text_file.read_text().splitlines()

@@ -119,6 +119,9 @@ def locked_output(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+        from lowbit.experiments.checkpoint import remove_stale_temps
+
+        remove_stale_temps(folder)  # leftovers of a save killed mid-write (results.json, report.md, ...)
         try:
             yield folder
         finally:
