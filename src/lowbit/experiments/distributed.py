@@ -221,7 +221,9 @@ class DistributedRun(Run):
         if not self.par.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.train_model = DistributedDataParallel(self.model, forward_sync_buffers=False)
+            # static graph: a model may hold parameters no step uses (e.g. a pooler), found once
+            ddp = DistributedDataParallel
+            self.train_model = ddp(self.model, forward_sync_buffers=False, static_graph=True)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         from torch.distributed.fsdp import fully_shard
