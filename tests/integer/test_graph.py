@@ -227,3 +227,21 @@ def test_dyadic_error_counts_instead_of_dumping() -> None:
     with pytest.raises(ValueError, match="1 NaN, 0 infinite and 0 negative of 10000 ratios") as info:
         Dyadic.from_ratio(r)
     assert len(str(info.value)) < 200
+
+
+def test_forward_takes_uint8_ids(tiny_gpt: GPT) -> None:
+    """Found by the fuzz suite: uint8 ids indexed the embedding as a boolean mask (IndexError)."""
+    im = convert(tiny_gpt, [x for x, _ in _batches(1, 1)])
+    x = _batches(1, 4)[0][0][:, :8]
+    torch.testing.assert_close(im(x.to(torch.uint8)), im(x), rtol=0, atol=0)
+    torch.testing.assert_close(tiny_gpt(x.to(torch.uint8))[0], tiny_gpt(x)[0])
+
+
+def test_dyadic_out_of_range_message_is_short() -> None:
+    """Found by the fuzz suite: the out-of-range error printed the whole ratio tensor."""
+    from lowbit.integer import Dyadic
+
+    r = torch.full((5000,), 2.0**24, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"5000 of 5000 ratios are outside the dyadic range") as info:
+        Dyadic.from_ratio(r)
+    assert "tensor(" not in str(info.value)

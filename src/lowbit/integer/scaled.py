@@ -63,7 +63,11 @@ class Dyadic:
         mult = torch.where(r > 0, mult, torch.zeros_like(mult))
         shift = torch.where(r > 0, shift, torch.zeros_like(shift))
         if bool((shift < 0).any()) or bool((shift > 62).any()):
-            raise ValueError(f"ratio {r} is outside the dyadic range 2^-39 .. 2^23")
+            bad = r[(shift < 0) | (shift > 62)]
+            raise ValueError(
+                f"{bad.numel()} of {r.numel()} ratios are outside the dyadic range 2^-39 .. 2^23 (from "
+                f"{float(bad.min()):.3g} to {float(bad.max()):.3g}): a scale ratio too large or too small"
+            )
         return cls(mult, shift)
 
     def value(self) -> torch.Tensor:

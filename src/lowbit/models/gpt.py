@@ -56,7 +56,7 @@ class GPTConfig:
 
 
 def check_token_ids(idx: object, vocab_size: int, block_size: int, name: str = "idx") -> torch.Tensor:
-    """Validate a (batch, seq) token-id tensor; return it contiguous.
+    """Validate a (batch, seq) token-id tensor; return it as a contiguous int64 tensor.
 
     Raises ``TypeError`` for a non-tensor or a non-integer dtype and ``ValueError`` for another shape than
     (batch, seq), an empty batch or sequence, a sequence longer than ``block_size``, a meta tensor, or an id
@@ -82,7 +82,7 @@ def check_token_ids(idx: object, vocab_size: int, block_size: int, name: str = "
             f"{name} holds token ids outside [0, {vocab_size}): min {lo}, max {hi}; "
             f"ids must index the vocabulary of {vocab_size} tokens"
         )
-    return idx.contiguous()
+    return idx.to(torch.int64).contiguous()  # uint8/bool-like dtypes would index as masks
 
 
 class GPT(nn.Module):

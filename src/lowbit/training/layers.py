@@ -136,8 +136,16 @@ class QuantLinear(nn.Linear):
         return block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"input last dim {x.shape[-1]} != in_features {self.in_features}")
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(
+                f"QuantLinear input must be a floating-point tensor (..., {self.in_features}), got {got}"
+            )
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"QuantLinear input must have shape (..., {self.in_features}) (last dim = in_features), got "
+                f"shape {tuple(x.shape)}"
+            )
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features).float()  # (N, D)
         kind = self.recipe.kind

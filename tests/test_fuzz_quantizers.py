@@ -1,0 +1,125 @@
+"""Fuzz ``lowbit.quantize``, ``lowbit.rounding.round_to_format`` and ``lowbit.formats.get_format`` (issue 14):
+random shapes, dtypes, strides, values and arguments give a documented result or a ValueError/TypeError
+naming the problem — never another exception or a silently non-finite result."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lowbit
+import lowbit.formats as F
+from fuzz_util import documented_errors, fuzz_settings, tensors
+from lowbit.quantizers import QTensor
+from lowbit.rounding import round_to_format
+
+FORMAT_NAMES = [f.name for f in F.ALL_FORMATS] + [
+    "mxint4",
+    "e3m4",
+    "fp8-e4m3-b8-ieee",
+    "int3-narrow",
+    "mxe2m1-block16",
+]
+BAD_FORMATS = ["fp3", "int9", "e0m3", "mxuint8", "", "int8 ", 8, None, 3.5, ("int", 8)]
+
+formats = st.one_of(
+    st.sampled_from(FORMAT_NAMES),
+    st.sampled_from(F.ALL_FORMATS),
+    st.builds(F.float_format, st.integers(1, 6), st.integers(0, 5)),
+    st.builds(F.int_format, st.integers(2, 8), st.just(True), st.booleans()),
+    st.sampled_from(BAD_FORMATS),
+    st.text(max_size=12),
+)
+granularities = st.one_of(
+    st.none(),
+    st.sampled_from(["tensor", "row", "column", "block", "group", "channel", 3, ("group",), ["group", 4]]),
+    st.tuples(st.just("group"), st.integers(-2, 40)),
+    st.tuples(st.just("group"), st.integers(-1, 9), st.integers(-4, 4)),
+    st.tuples(st.just("group"), st.sampled_from([2.0, True, "4"])),
+)
+scales = st.one_of(
+    st.sampled_from(["absmax", "mse", "pow2", "percentile", "bogus", None, True]),
+    st.tuples(
+        st.just("percentile"), st.one_of(st.floats(allow_nan=True), st.sampled_from([99.9, 100, 0, "x"]))
+    ),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(1e-30, 1e30),
+    st.integers(-3, 5),
+)
+roundings = st.sampled_from(["nearest", "nearest-away", "stochastic", "down", None])
+generators = st.sampled_from([None, "gen", 7])
+
+
+def _generator(kind: object) -> object:
+    return torch.Generator().manual_seed(0) if kind == "gen" else kind
+
+
+def _bound(elem: F.IntFormat | F.FloatFormat) -> float:
+    """The largest magnitude on the element grid (an integer format's qmin can exceed qmax)."""
+    return float(max(-elem.qmin, elem.qmax)) if isinstance(elem, F.IntFormat) else elem.max
+
+
+def _check_qtensor(q: QTensor, x: torch.Tensor) -> None:
+    assert isinstance(q, QTensor) and tuple(q.codes.shape) == tuple(x.shape)
+    assert (
+        q.scale.dtype == torch.float32 and bool(torch.isfinite(q.scale).all()) and bool((q.scale > 0).all())
+    )
+    d = q.dequantize()
+    assert d.dtype == torch.float32 and tuple(d.shape) == tuple(x.shape)
+    assert bool(torch.isfinite(d).all()), "silently non-finite dequantized values"
+    elem = q.fmt.element if isinstance(q.fmt, F.MXFormat) else q.fmt
+    if isinstance(elem, F.IntFormat) and q.codes.numel():
+        assert elem.qmin <= int(q.codes.min()) and int(q.codes.max()) <= elem.qmax
+    if x.is_floating_point() and x.numel():  # |x̂| never exceeds the largest grid value of its group
+        assert bool((d.abs() <= _bound(elem) * q.scale.max() * (1 + 1e-6)).all())
+
+
+@fuzz_settings(400)
+@given(x=tensors(last=(32, 64, 16)), fmt=formats, gran=granularities, scale=scales, rounding=roundings,
+       gen=generators)  # fmt: skip
+def test_fuzz_quantize(x, fmt, gran, scale, rounding, gen) -> None:
+    kwargs = {} if rounding is None else {"rounding": rounding}
+    with documented_errors():
+        q = lowbit.quantize(x, fmt, gran, scale, generator=_generator(gen), **kwargs)
+        _check_qtensor(q, x)
+        if bool(torch.isnan(x).any()) if x.is_floating_point() else False:
+            raise AssertionError("NaN input quantized silently")
+
+
+@fuzz_settings(150)
+@given(x=tensors(last=(32,)), fmt=st.sampled_from(F.ALL_FORMATS))
+def test_fuzz_quantize_defaults(x, fmt) -> None:
+    """Default arguments over every named format: finite inputs (within float32) always quantize."""
+    finite = bool(torch.isfinite(x).all()) and (x.numel() == 0 or float(x.double().abs().max()) <= 3.4e38)
+    ok_shape = not isinstance(fmt, F.MXFormat) or (x.dim() >= 1 and x.shape[-1] % fmt.block == 0)
+    try:
+        q = lowbit.quantize(x, fmt)
+    except (ValueError, TypeError) as err:
+        assert not (finite and ok_shape), f"finite input refused: {err}"
+        return
+    _check_qtensor(q, x)
+
+
+@fuzz_settings(300)
+@given(x=tensors(), fmt=formats, rounding=roundings, gen=generators)
+def test_fuzz_round_to_format(x, fmt, rounding, gen) -> None:
+    kwargs = {} if rounding is None else {"rounding": rounding}
+    with documented_errors():
+        y = round_to_format(x, fmt, generator=_generator(gen), **kwargs)
+        f = F.get_format(fmt)
+        elem = f.element if isinstance(f, F.MXFormat) else f
+        assert tuple(y.shape) == tuple(x.shape)
+        assert bool(torch.isfinite(y).all()), "silently non-finite rounding"
+        assert y.numel() == 0 or float(y.double().abs().max()) <= _bound(elem)
+        assert not bool(torch.isnan(x).any())
+
+
+@fuzz_settings(200)
+@given(name=st.one_of(st.text(max_size=24), st.sampled_from(FORMAT_NAMES + BAD_FORMATS)))
+def test_fuzz_get_format(name) -> None:
+    with documented_errors():
+        fmt = F.get_format(name)
+        assert F.get_format(fmt.name) == fmt and math.isfinite(fmt.max) and fmt.max > 0
