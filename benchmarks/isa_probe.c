@@ -22,7 +22,7 @@
 
 static float fa[6 * STEPS] __attribute__((aligned(64)));
 static float fb[16 * STEPS] __attribute__((aligned(64)));
-static uint8_t ia[24 * STEPS] __attribute__((aligned(64)));
+uint8_t lowbit_probe_ia[24 * STEPS] __attribute__((aligned(64)));
 static int8_t ib[64 * STEPS] __attribute__((aligned(64)));
 static const int16_t ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
 
@@ -42,8 +42,9 @@ static const int16_t ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 
 #define LOOP(LOADB, ROW, ASTEP, BSTEP)                                                          \
     "1:\n\t" LOADB SIX(ROW) "add $" #BSTEP ",%[b]\n\t add $" #ASTEP ",%[a]\n\t dec %[n]\n\t jnz 1b\n\t"
 
-static int8_t vb[4 * 64 * STEPS] __attribute__((aligned(64)));
+int8_t lowbit_probe_vb[4 * 64 * STEPS] __attribute__((aligned(64)));
 static volatile int sink;
+int32_t lowbit_probe_vout[24 * 16] __attribute__((aligned(64)));
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 AVX512 static void fma512(long n) {
@@ -71,8 +72,8 @@ AVX512 static void vnni_loop(long n) {  // the 6 x 64 tile loop of csrc/gemm_vnn
     __m512i c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z, c20 = z, c21 = z, c22 = z;
     __m512i c23 = z, c30 = z, c31 = z, c32 = z, c33 = z, c40 = z, c41 = z, c42 = z, c43 = z, c50 = z, c51 = z;
     __m512i c52 = z, c53 = z;
-    const uint8_t *as = ia;
-    const int8_t *bp = vb;
+    const uint8_t *as = lowbit_probe_ia;
+    const int8_t *bp = lowbit_probe_vb;
     for (long s = 0; s < n; s++, bp += 64, as += 24) {
         const __m512i b0 = _mm512_load_si512(bp), b1 = _mm512_load_si512(bp + 64 * STEPS);
         const __m512i b2 = _mm512_load_si512(bp + 128 * STEPS), b3 = _mm512_load_si512(bp + 192 * STEPS);
@@ -86,9 +87,10 @@ AVX512 static void vnni_loop(long n) {  // the 6 x 64 tile loop of csrc/gemm_vnn
     }
         V6(0) V6(1) V6(2) V6(3) V6(4) V6(5)
     }
-    __m512i t = c00 + c01 + c02 + c03 + c10 + c11 + c12 + c13 + c20 + c21 + c22 + c23;
-    t += c30 + c31 + c32 + c33 + c40 + c41 + c42 + c43 + c50 + c51 + c52 + c53;
-    sink = _mm512_reduce_add_epi32(t);
+    __m512i *o = (__m512i *)lowbit_probe_vout;  // stored like the kernel's tiles (a reduction here made GCC spill)
+    o[0] = c00, o[1] = c01, o[2] = c02, o[3] = c03, o[4] = c10, o[5] = c11, o[6] = c12, o[7] = c13;
+    o[8] = c20, o[9] = c21, o[10] = c22, o[11] = c23, o[12] = c30, o[13] = c31, o[14] = c32, o[15] = c33;
+    o[16] = c40, o[17] = c41, o[18] = c42, o[19] = c43, o[20] = c50, o[21] = c51, o[22] = c52, o[23] = c53;
 }
 
 double probe(int kind, long reps) {
@@ -108,7 +110,7 @@ double probe(int kind, long reps) {
             __asm__ volatile(LOOP("vmovups (%[b]),%%ymm12\n\t vmovups 32(%[b]),%%ymm13\n\t", F_ROW, 24, 64)
                              : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n)::CLOB);
         } else if (kind == 1 || kind == 2) {
-            const uint8_t *a = ia;
+            const uint8_t *a = lowbit_probe_ia;
             const int8_t *b = ib;
             if (kind == 1)
                 __asm__ volatile(LOOP("vmovdqu (%[b]),%%ymm12\n\t vmovdqu 32(%[b]),%%ymm13\n\t", I4_ROW, 24, 64)

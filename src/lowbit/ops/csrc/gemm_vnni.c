@@ -64,7 +64,43 @@ LB_VNNI_TARGET static inline __attribute__((always_inline)) void vnni_block(cons
 LB_VNNI_KERNEL(1)
 LB_VNNI_KERNEL(2)
 LB_VNNI_KERNEL(3)
-LB_VNNI_KERNEL(4)
+
+// The full-width case (NB = 4, every B panel group but the last of a row) in inline assembly: GCC's code for
+// the intrinsics above ran at half the rate of the same instruction sequence written by hand (measured in a
+// throw-away harness on Zen 4: 13.8 vs 6.5 ns per 24 vpdpbusd with operands in L1). Accumulators zmm0-23
+// (row r, panel j: zmm(4r + j)), B panels zmm28-31, the broadcast A group zmm27.
+#define LB_VROW(r, c0, c1, c2, c3)                                                                          \
+    "vpbroadcastd " #r "*4(%[a]),%%zmm27\n\t"                                                                \
+    "vpdpbusd %%zmm28,%%zmm27,%%zmm" #c0 "\n\t vpdpbusd %%zmm29,%%zmm27,%%zmm" #c1 "\n\t"                      \
+    "vpdpbusd %%zmm30,%%zmm27,%%zmm" #c2 "\n\t vpdpbusd %%zmm31,%%zmm27,%%zmm" #c3 "\n\t"
+// row r of the tile in memory: tile j of the group at byte j * 384, its row r at r * 64 (6 x 16 int32 tiles)
+#define LB_VADD(r, j, c) "vpaddd (" #j "*384+" #r "*64)(%[t]),%%zmm" #c ",%%zmm" #c "\n\t"
+#define LB_VSTORE(r, j, c) "vmovdqa64 %%zmm" #c ",(" #j "*384+" #r "*64)(%[t])\n\t"
+#define LB_VZERO4(c0, c1, c2, c3)                                                                           \
+    "vpxord %%zmm" #c0 ",%%zmm" #c0 ",%%zmm" #c0 "\n\t vpxord %%zmm" #c1 ",%%zmm" #c1 ",%%zmm" #c1 "\n\t"     \
+    "vpxord %%zmm" #c2 ",%%zmm" #c2 ",%%zmm" #c2 "\n\t vpxord %%zmm" #c3 ",%%zmm" #c3 ",%%zmm" #c3 "\n\t"
+#define LB_VROWS(M) M(0, 0, 1, 2, 3) M(1, 4, 5, 6, 7) M(2, 8, 9, 10, 11) M(3, 12, 13, 14, 15) M(4, 16, 17, 18, 19) \
+    M(5, 20, 21, 22, 23)
+#define LB_VZERO_ROW(r, c0, c1, c2, c3) LB_VZERO4(c0, c1, c2, c3)
+#define LB_VADD_ROW(r, c0, c1, c2, c3) LB_VADD(r, 0, c0) LB_VADD(r, 1, c1) LB_VADD(r, 2, c2) LB_VADD(r, 3, c3)
+#define LB_VSTORE_ROW(r, c0, c1, c2, c3) \
+    LB_VSTORE(r, 0, c0) LB_VSTORE(r, 1, c1) LB_VSTORE(r, 2, c2) LB_VSTORE(r, 3, c3)
+#define LB_VCLOBBER "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",   \
+    "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",  \
+    "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "memory", "cc"
+LB_VNNI_TARGET static void vnni_nb4_asm(const uint8_t *a, const int8_t *b, long bstride, long steps,
+                                        int32_t *tile, int first) {
+    const long s3 = 3 * bstride, f = first;
+    __asm__ volatile(LB_VROWS(LB_VZERO_ROW) "test %[n],%[n]\n\t jz 2f\n\t"
+                     "1:\n\t vmovdqu64 (%[b]),%%zmm28\n\t vmovdqu64 (%[b],%[s]),%%zmm29\n\t"
+                     "vmovdqu64 (%[b],%[s],2),%%zmm30\n\t vmovdqu64 (%[b],%[s3]),%%zmm31\n\t"
+                     LB_VROWS(LB_VROW) "add $64,%[b]\n\t add $24,%[a]\n\t dec %[n]\n\t jnz 1b\n\t"
+                     "2:\n\t test %[f],%[f]\n\t jnz 3f\n\t" LB_VROWS(LB_VADD_ROW) "3:\n\t"
+                     LB_VROWS(LB_VSTORE_ROW)
+                     : [a] "+r"(a), [b] "+r"(b), [n] "+r"(steps)
+                     : [s] "r"(bstride), [s3] "r"(s3), [t] "r"(tile), [f] "r"(f)
+                     : LB_VCLOBBER);
+}
 
 void lowbit_vnni_tiles(const void *a, const void *b, long bstride, long steps, int nb, int32_t *tile, int first) {
     const uint8_t *a8 = (const uint8_t *)a;
@@ -73,7 +109,7 @@ void lowbit_vnni_tiles(const void *a, const void *b, long bstride, long steps, i
         case 1: vnni_nb1(a8, b8, bstride, steps, tile, first); break;
         case 2: vnni_nb2(a8, b8, bstride, steps, tile, first); break;
         case 3: vnni_nb3(a8, b8, bstride, steps, tile, first); break;
-        default: vnni_nb4(a8, b8, bstride, steps, tile, first); break;
+        default: vnni_nb4_asm(a8, b8, bstride, steps, tile, first); break;
     }
 }
 
