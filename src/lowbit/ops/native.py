@@ -23,6 +23,7 @@ _c_float = ctypes.c_float
 _SIGNATURES: dict[str, tuple[list, object]] = {
     "lowbit_cpu_has_avx2": ([], _c_int),
     "lowbit_cpu_has_avx512vnni": ([], _c_int),
+    "lowbit_vnni_probe": ([_c_long], ctypes.c_double),
     "lowbit_minmax_i8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_int], None),
     "lowbit_pack_u8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_int], None),
     "lowbit_pack_s8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),

@@ -113,6 +113,18 @@ void lowbit_vnni_tiles(const void *a, const void *b, long bstride, long steps, i
     }
 }
 
+// Instruction-ceiling probe of `lowbit bench ceiling`: `reps` calls of the full-width micro-kernel on 64 k-groups
+// of operands that stay in L1 (1.5 KB of A, 16 KB of B); returns the multiply-accumulates done.
+double lowbit_vnni_probe(long reps) {
+    static uint8_t a[LOWBIT_MR * 4 * 64] __attribute__((aligned(64)));
+    static int8_t b[LOWBIT_VNNI_NB * 64 * 64] __attribute__((aligned(64)));
+    static int32_t tile[LOWBIT_VNNI_NB * LOWBIT_MR * LOWBIT_NR] __attribute__((aligned(64)));
+    for (long i = 0; i < (long)sizeof a; i++) a[i] = (uint8_t)(i * 7);
+    for (long i = 0; i < (long)sizeof b; i++) b[i] = (int8_t)(i * 13);
+    for (long r = 0; r < reps; r++) vnni_nb4_asm(a, b, 64L * 64, 64, tile, 1);
+    return (double)reps * 64 * LOWBIT_MR * LOWBIT_VNNI_NB * LOWBIT_NR * 4;
+}
+
 // 1 when this CPU (and the OS, which must save the zmm state) can run the AVX-512 VNNI kernels, else 0.
 int lowbit_cpu_has_avx512vnni(void) {
 #if defined(__x86_64__)
