@@ -98,7 +98,7 @@ def _paper_step(x: torch.Tensor, group: Any) -> torch.Tensor:
     """``2·mean|x|/√7`` over every shard (float32; 1 for an all-zero tensor), as ``lsq.lsq_init``."""
     v = x.detach().float()
     total, count = all_sum([float(v.abs().sum(dtype=torch.float64)), float(v.numel())], group).tolist()
-    mean = torch.tensor(total / count if count else math.nan, dtype=torch.float32)
+    mean = torch.tensor(total / count if count else math.nan, dtype=torch.float32)  # as lsq.lsq_init
     s = 2.0 * mean / math.sqrt(LSQ_QPOS)
     return torch.where(s > 0, s, torch.ones_like(s))
 

@@ -19,8 +19,15 @@ LSQ_QPOS = 7  # the positive level count in the init and gradient-scale formulas
 
 
 def lsq_init(x: torch.Tensor) -> torch.Tensor:
-    """The paper's step-size initialisation ``2·mean|x| / √7`` (float32 scalar; 1 for an all-zero tensor)."""
-    s = 2.0 * x.detach().abs().mean().float() / math.sqrt(LSQ_QPOS)
+    """The paper's step-size initialisation ``2·mean|x| / √7`` (float32 scalar; 1 for an all-zero tensor).
+
+    The mean is summed in float64 and rounded once to float32, so it does not depend on the summation order:
+    N data-parallel processes summing their shards get the same step (``lowbit.training.distributed``).
+    """
+    v = x.detach()
+    total = float(v.abs().sum(dtype=torch.float64))
+    mean = torch.tensor(total / v.numel() if v.numel() else math.nan, dtype=torch.float32)
+    s = 2.0 * mean / math.sqrt(LSQ_QPOS)
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
