@@ -25,32 +25,44 @@ FORMAT_NAMES = [f.name for f in F.ALL_FORMATS] + [
 ]
 BAD_FORMATS = ["fp3", "int9", "e0m3", "mxuint8", "", "int8 ", 8, None, 3.5, ("int", 8)]
 
-formats = st.one_of(
+valid_formats = st.one_of(
     st.sampled_from(FORMAT_NAMES),
     st.sampled_from(F.ALL_FORMATS),
     st.builds(F.float_format, st.integers(1, 6), st.integers(0, 5)),
     st.builds(F.int_format, st.integers(2, 8), st.just(True), st.booleans()),
-    st.sampled_from(BAD_FORMATS),
-    st.text(max_size=12),
+)
+formats = st.one_of(
+    valid_formats, valid_formats, valid_formats, st.sampled_from(BAD_FORMATS), st.text(max_size=12)
+)
+valid_granularities = st.one_of(
+    st.sampled_from([None, "tensor", "row", "column", "block"]),
+    st.tuples(st.just("group"), st.sampled_from([1, 2, 4, 8, 32])),
+    st.tuples(st.just("group"), st.sampled_from([1, 2, 3]), st.integers(-2, 1)),
 )
 granularities = st.one_of(
-    st.none(),
-    st.sampled_from(["tensor", "row", "column", "block", "group", "channel", 3, ("group",), ["group", 4]]),
+    valid_granularities,
+    valid_granularities,
+    st.sampled_from(["group", "channel", 3, ("group",), ["group", 4]]),
     st.tuples(st.just("group"), st.integers(-2, 40)),
     st.tuples(st.just("group"), st.integers(-1, 9), st.integers(-4, 4)),
     st.tuples(st.just("group"), st.sampled_from([2.0, True, "4"])),
 )
+valid_scales = st.one_of(
+    st.sampled_from(["absmax", "mse", "pow2"]),
+    st.tuples(st.just("percentile"), st.floats(1, 100)),
+    st.floats(1e-6, 1e6),
+)
 scales = st.one_of(
-    st.sampled_from(["absmax", "mse", "pow2", "percentile", "bogus", None, True]),
-    st.tuples(
-        st.just("percentile"), st.one_of(st.floats(allow_nan=True), st.sampled_from([99.9, 100, 0, "x"]))
-    ),
+    valid_scales,
+    valid_scales,
+    valid_scales,
+    st.sampled_from(["percentile", "bogus", None, True]),
+    st.tuples(st.just("percentile"), st.one_of(st.floats(allow_nan=True), st.sampled_from([0, "x", 101]))),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.floats(1e-30, 1e30),
     st.integers(-3, 5),
 )
-roundings = st.sampled_from(["nearest", "nearest-away", "stochastic", "down", None])
-generators = st.sampled_from([None, "gen", 7])
+roundings = st.sampled_from(["nearest", "nearest-away", "stochastic", None, None, "down"])
+generators = st.sampled_from([None, None, "gen", "gen", "gen", 7])
 
 
 def _generator(kind: object) -> object:

@@ -36,11 +36,12 @@ def _integer():
 def id_tensors(draw: st.DrawFn) -> object:
     if draw(st.integers(0, 9)) == 0:
         return draw(st.sampled_from([[1, 2, 3], [[1, 2]], None, 3, "ab"]))
-    nd = draw(st.integers(0, 3))
-    shape = [draw(st.integers(0, 10)) for _ in range(nd)]
-    dtypes = [torch.int64, torch.int64, torch.int32, torch.uint8, torch.int8, torch.float32, torch.bool]
+    nd = draw(st.sampled_from([2, 2, 2, 2, 0, 1, 3]))
+    sides = st.integers(1, BLOCK)
+    shape = [draw(st.integers(0, 10) if draw(st.integers(0, 4)) == 0 else sides) for _ in range(nd)]
+    dtypes = [torch.int64] * 4 + [torch.int32, torch.uint8, torch.int8, torch.float32, torch.bool]
     dtype = draw(st.sampled_from(dtypes))
-    lo, hi = draw(st.sampled_from([(0, VOCAB), (0, VOCAB), (-2, VOCAB), (0, VOCAB + 3)]))
+    lo, hi = draw(st.sampled_from([(0, VOCAB)] * 4 + [(-2, VOCAB), (0, VOCAB + 3)]))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     x = torch.randint(lo, hi, shape, generator=g)
     if nd == 2 and draw(st.booleans()):  # non-contiguous views of valid ids
@@ -80,10 +81,10 @@ def test_fuzz_integer_gpt_forward(idx) -> None:
             "blocks.0.attn.poly_b",
         ]
     ),  # fmt: skip
-    value=st.sampled_from([float("nan"), float("inf"), 0.0, 1e30, -1e-30, 3e38, 1.0]),
+    value=st.sampled_from([float("nan"), float("inf"), 0.0, 1e30, -1e-30, 3e38, 1.0, 0.5, -2.0, 1e-3]),
     whole=st.booleans(),
-    qmax=st.sampled_from([127, 63, 1, 0, 128, 127.0, True, -5]),
-    calib=st.sampled_from(["ok", "empty", "float", "out_of_range", "long", "1d"]),
+    qmax=st.sampled_from([127, 127, 63, 63, 1, 0, 128, 127.0, True]),
+    calib=st.sampled_from(["ok"] * 5 + ["empty", "float", "out_of_range", "long", "1d"]),
 )
 def test_fuzz_integer_convert(param, value, whole, qmax, calib) -> None:
     import copy
@@ -111,7 +112,8 @@ def test_fuzz_integer_convert(param, value, whole, qmax, calib) -> None:
         assert bool(torch.isfinite(logits).all()), "silently non-finite logits"
 
 
-finite_or_not = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(1e-12, 1e6))
+positive = st.floats(1e-12, 1e6)
+finite_or_not = st.one_of(positive, positive, st.floats(allow_nan=True, allow_infinity=True))
 
 
 @fuzz_settings(150)

@@ -154,3 +154,14 @@ def test_nan_after_initialisation_is_named() -> None:
     x[0, 0] = float("nan")
     with pytest.raises(ValueError, match="input holds 1 NaN and 0 infinite values"):
         layer(x)
+
+
+def test_input_type_and_shape_errors() -> None:
+    """Found by the fuzz suite: a 0-d input raised IndexError (x.shape[-1]); a non-float one reached torch."""
+    layer = QuantLinear(32, 8, recipe="int4")
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 32\)"):
+        layer(torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 32\)"):
+        layer(torch.zeros(4, 31))
+    with pytest.raises(TypeError, match="floating-point tensor"):
+        layer(torch.zeros(4, 32, dtype=torch.int64))
