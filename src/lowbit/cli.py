@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.system_malloc:
         keep_freed_memory()
     forget_checkpoints()
+    if not getattr(sys.stderr, "isatty", lambda: False)():
+        # progress bars only on a terminal: also Hugging Face's (model loading), read when transformers loads
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         module = importlib.import_module(f"lowbit.experiments.{args._module}")
         return int(module.run(args) or 0)

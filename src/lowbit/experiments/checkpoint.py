@@ -168,6 +168,19 @@ def foreign_file_kind(head: bytes, size: int) -> str | None:
     return None
 
 
+def _load_error_detail(text: str) -> str:
+    """One short clause from torch's load error: for a refused unpickle, what was refused (torch's advice to
+    pass ``weights_only=False`` is dropped: lowbit never unpickles arbitrary objects)."""
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    if match:
+        detail = match.group(1).strip().splitlines()[0].split(". ")[0]
+        if detail.startswith("Unsupported global"):
+            return f"it pickles Python objects, not only tensors: {detail[:140]}"
+        return f"not a torch tensor file: {detail[:140]}"
+    text = text.strip()
+    return text.splitlines()[0][:160] if text else ""
+
+
 def load_verified(path: str | Path, what: str = "checkpoint") -> tuple[Any, bool]:
     """``torch.load(weights_only=True)`` of ``path`` after checking its SHA-256 trailer when it has one:
     (the object, whether a trailer was present). CheckpointError, in one line, for a digest mismatch, a
@@ -206,10 +219,7 @@ def load_verified(path: str | Path, what: str = "checkpoint") -> tuple[Any, bool
         try:  # the zip reader finds its directory before the trailer
             return torch.load(f, map_location="cpu", weights_only=True), verified
         except Exception as err:  # torch raises several types (pickle, zip, EOF, RuntimeError) for a bad file
-            text = str(err).strip()
-            first = text.splitlines()[0][:160] if text else ""
-            if "weights_only" in text or "Weights only load failed" in text:
-                first = "it holds Python objects other than tensors and plain containers"
+            first = _load_error_detail(str(err))
             raise CheckpointError(
                 f"{what} {path} is corrupt or not a lowbit {what} ({type(err).__name__}: {first}); "
                 "pass the right file, or delete it and start again without --resume"
