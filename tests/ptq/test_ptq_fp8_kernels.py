@@ -9,7 +9,7 @@ import torch
 
 from lowbit import ptq
 from lowbit.formats import FP8_E4M3, FP8_E5M2, get_format
-from lowbit.ops import native
+from lowbit.ops import native, native_gemm, reference
 from lowbit.ptq import fp8_kernels as K
 from lowbit.quantizers import quantize
 
@@ -93,7 +93,8 @@ def test_round_rejects_bad_input(backend) -> None:
 def test_fp8_layer_outputs_equal_the_unfused_definition(tiny_bert, batches, act_gran) -> None:
     """The emulated FP8 layer gives exactly the old six-pass arithmetic's outputs (same GEMM inputs)."""
     model = copy.deepcopy(tiny_bert)
-    ptq.quantize(model, ptq.PTQConfig(activation_granularity=act_gran), ptq.calibrate(model, batches[:2]))
+    cfg = ptq.PTQConfig(activation_granularity=act_gran, fp8_compute="emulated")
+    ptq.quantize(model, cfg, ptq.calibrate(model, batches[:2]))
     layer = model.encoder.layer[0].attention.self.query
     x = torch.randn(3, 5, layer.in_features)
     x2 = x.reshape(-1, layer.in_features)
@@ -121,3 +122,63 @@ def test_mx_fake_quantize_matches_quantize_dequantize(name) -> None:
     want = quantize(x, fmt).dequantize()
     got = K.mx_fake_quantize(x, fmt)
     assert torch.equal(_bits(got), _bits(want))
+
+
+needs_bf16 = pytest.mark.skipif(
+    not native_gemm.has_bf16_dot(), reason=native.why_not_native() or "this CPU lacks avx512_bf16 (vdpbf16ps)"
+)
+
+
+@needs_bf16
+@pytest.mark.parametrize("act_gran", ["tensor", "token"])
+def test_fp8_layer_on_bf16_dot_is_exact_products_with_float32_sums(tiny_bert, batches, act_gran) -> None:
+    """bf16_dot: the products of the FP8 grid values are exact; the float32 sums run in the order of
+    ``reference.bf16_dot_matmul`` bit for bit, and stay within the float32 accumulation bound of float64."""
+    model = copy.deepcopy(tiny_bert)
+    cfg = ptq.PTQConfig(activation_granularity=act_gran, fp8_compute="bf16_dot")
+    ptq.quantize(model, cfg, ptq.calibrate(model, batches[:2]))
+    layer = model.encoder.layer[0].attention.self.query
+    assert "vdpbf16ps" in layer.compute_path()
+    x2 = torch.randn(15, layer.in_features)
+    if act_gran == "tensor":
+        a, sa = ptq.modules.quantize_static(x2, FP8_E4M3, layer.act_scale).float(), layer.act_scale
+    else:
+        q = quantize(x2, FP8_E4M3, "row")
+        a, sa = q.codes.float(), q.scale
+    w = layer.w_codes.float()
+    got = layer(x2)
+    acc = reference.bf16_dot_matmul(a, w)
+    want = acc * sa.reshape(-1, 1).expand(15, 1) * layer.w_scale.reshape(1, -1) + layer.bias
+    assert torch.equal(got, want)
+    scale = sa.double().reshape(-1, 1) * layer.w_scale.double()
+    exact = (a.double() @ w.double().t()) * scale + layer.bias.double()
+    magnitude = (a.double().abs() @ w.double().abs().t()) * scale
+    bound = layer.in_features * 2**-23 * magnitude + 1e-6 * exact.abs() + 1e-7
+    assert bool(((got.double() - exact).abs() <= bound).all())
+
+
+@needs_bf16
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (7, 17, 3), (13, 70, 33), (50, 130, 769), (6, 64, 2)])
+def test_bf16_kernel_matches_its_reference_order(m, n, k) -> None:
+    gen = torch.Generator().manual_seed(m * 1000 + n + k)
+    a = (torch.randn(m, k, generator=gen) * 8).to(torch.float8_e4m3fn).float()
+    w = (torch.randn(n, k, generator=gen) * 8).to(torch.float8_e5m2).float()
+    a[0, 0], w[0, 0] = 448.0, 57344.0  # extreme E4M3 / E5M2 values
+    sa, sb = torch.rand(m, generator=gen) + 0.5, torch.rand(n, generator=gen) + 0.5
+    bias = torch.randn(n, generator=gen)
+    out = torch.empty(m, n)
+    native_gemm.bf16_matmul_scaled(a, native_gemm.pack_bf16(w, native_gemm.NR), n, sa, sb, bias, out)
+    want = reference.bf16_dot_matmul(a, w) * sa.reshape(-1, 1) * sb.reshape(1, -1) + bias
+    assert torch.equal(out, want)
+
+
+def test_bf16_dot_refused_where_unavailable(monkeypatch, tiny_bert, batches) -> None:
+    model = copy.deepcopy(tiny_bert)
+    monkeypatch.setattr(native_gemm, "has_bf16_dot", lambda: False)
+    ptq.quantize(model, ptq.PTQConfig(fp8_compute="bf16_dot"), ptq.calibrate(model, batches[:2]))
+    layer = model.encoder.layer[0].attention.self.query
+    with pytest.raises(RuntimeError, match="avx512_bf16|AVX512-BF16"):
+        layer(torch.randn(2, layer.in_features))
+    model2 = copy.deepcopy(tiny_bert)
+    ptq.quantize(model2, ptq.PTQConfig(), ptq.calibrate(model2, batches[:2]))
+    assert "emulated" in model2.encoder.layer[0].attention.self.query.compute_path()  # auto falls back

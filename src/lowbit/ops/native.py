@@ -24,6 +24,9 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "lowbit_cpu_has_avx2": ([], _c_int),
     "lowbit_cpu_has_avx512vnni": ([], _c_int),
     "lowbit_vnni_probe": ([_c_long], ctypes.c_double),
+    "lowbit_cpu_has_avx512bf16": ([], _c_int),
+    # float32 src, s_row, s_k, R, K, P, bf16 dst, threads
+    "lowbit_pack_bf16": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_int], None),
     "lowbit_minmax_i8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_int], None),
     "lowbit_pack_u8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int, _c_i8p, _c_int], None),
     "lowbit_pack_s8": ([_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_i8p, _c_i8p, _c_int], None),

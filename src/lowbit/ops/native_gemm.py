@@ -22,7 +22,7 @@ import torch
 from lowbit.ops import native
 
 MR, NR = 6, 16  # micro-tile rows (A panel) and columns (B panel); must match csrc/gemm.h
-KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI = 0, 1, 2, 3, 4
+KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI, KIND_BF16 = 0, 1, 2, 3, 4, 5
 ISAS = ("avx512-vnni", "avx2")  # the native backends this module serves (lowbit.ops.backends)
 FOUR_BIT = (-8, 7)
 SEVEN_BIT = (-64, 64)  # |pair sum| of u8 (<= 255) x these stays below 2**15
@@ -227,13 +227,13 @@ def gemm(
 
 def packed_nbytes(kind: int, rows: int, k: int, panel: int) -> int:
     """Bytes of one operand packed for ``kind`` with ``panel`` rows per panel (MR for A, NR for B)."""
-    group, size = (2, 2) if kind == KIND_S16 else (4, 1)
+    group, size = (2, 2) if kind in (KIND_S16, KIND_BF16) else (4, 1)
     return -(-rows // panel) * panel * (-(-k // group) * group) * size
 
 
 def _check_packed(kind, a_packed, b_packed, colsum, m, n, k, off, out) -> None:
     """Guard the native call against mismatched buffers (a wrong size would read out of bounds)."""
-    if kind not in (KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI):
+    if kind not in (KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI, KIND_BF16):
         raise ValueError(f"unknown kernel kind {kind}")
     for name, t, rows, panel in (("A", a_packed, m, MR), ("B", b_packed, n, NR)):
         want = packed_nbytes(kind, rows, k, panel)
@@ -292,6 +292,41 @@ def int_matmul_scaled(
     """Fused GEMM + dequantization epilogue into ``out`` (float32 (M, N), contiguous)."""
     kind, off, ap, bp, colsum, m, n, k = _prepare(a8, b8, bits, layout, isa)
     gemm(kind, off, ap, bp, colsum, m, n, k, Epilogue(out_f32=out, a_scale=sa, b_scale=sb, bias=bias))
+
+
+def has_bf16_dot() -> bool:
+    """Whether kind 5 (``vdpbf16ps``, AVX512-BF16) can run here: the library loads and the CPU has it."""
+    return native.available() and bool(native.lib().lowbit_cpu_has_avx512bf16())
+
+
+def pack_bf16(t: torch.Tensor, panel: int, scratch: str | None = None) -> torch.Tensor:
+    """Kind 5 operand: float32 rows (R, K) whose values are bf16-exact (FP8 grid values are) -> bf16 panels of
+    ``panel`` rows (MR for A, NR for B), as int16 storage of the bf16 bits."""
+    if t.dtype != torch.float32 or t.dim() != 2:
+        raise ValueError(f"pack_bf16 takes a 2-D float32 tensor, got {t.dim()}-D {t.dtype}")
+    rows, k = t.shape
+    dst = _empty(scratch, -(-rows // panel) * panel * (-(-k // 2) * 2), torch.int16)
+    lib = native.lib()
+    lib.lowbit_pack_bf16(t.data_ptr(), t.stride(0), t.stride(1), rows, k, panel, dst.data_ptr(), threads())
+    return dst
+
+
+def bf16_matmul_scaled(
+    a_vals: torch.Tensor,
+    b_packed: torch.Tensor,
+    n: int,
+    a_scale: torch.Tensor,
+    b_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    """``out = (a_vals · Bᵀ) * a_scale[i] * b_scale[j] (+ bias[j])`` with the products on ``vdpbf16ps``:
+    ``a_vals`` float32 (M, K) of bf16-exact values, ``b_packed`` from ``pack_bf16(w_vals, NR)``; each sum is
+    float32, sequential over k in pairs. ``out`` float32 (M, N) contiguous."""
+    m, k = a_vals.shape
+    a_packed = pack_bf16(a_vals, MR, scratch="a-bf16")
+    epi = Epilogue(out_f32=out, a_scale=a_scale, b_scale=b_scale, bias=bias)
+    gemm(KIND_BF16, 0, a_packed, b_packed, None, m, n, k, epi)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:

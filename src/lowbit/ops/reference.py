@@ -78,3 +78,18 @@ def quantize_rows(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tenso
     scale = torch.where(amax == 0, torch.ones_like(scale), scale)
     codes = torch.clamp(torch.round(x / scale.reshape(-1, 1)), -qmax, qmax).to(torch.int8)
     return codes, scale
+
+
+def bf16_dot_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` (float32 (M, K) x (N, K) of bf16-exact values) summed as ``vdpbf16ps`` sums: per output,
+    one float32 chain over k in pairs, each pair adding its odd element's product, then its even element's
+    (exact products, a float32 rounding after each add; the order Intel documents and Zen 4 follows)."""
+    m, k = a.shape
+    kp = k + k % 2
+    a2 = torch.nn.functional.pad(a, (0, kp - k))
+    b2 = torch.nn.functional.pad(b, (0, kp - k))
+    acc = torch.zeros(m, b.shape[0], dtype=torch.float32)
+    for i in range(0, kp, 2):
+        acc = acc + a2[:, i + 1 : i + 2] * b2[:, i + 1].reshape(1, -1)
+        acc = acc + a2[:, i : i + 1] * b2[:, i].reshape(1, -1)
+    return acc

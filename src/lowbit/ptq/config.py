@@ -24,7 +24,7 @@ from lowbit.ptq.observers import ObserverSpec
 WEIGHT_GRANULARITIES = ("tensor", "channel", "group")
 ACTIVATION_GRANULARITIES = ("tensor", "token")
 WEIGHT_SCALE_RULES = ("absmax", "mse")
-FP8_COMPUTE = ("emulated", "scaled_mm")
+FP8_COMPUTE = ("auto", "bf16_dot", "emulated", "scaled_mm")
 INT8_KERNELS = ("w7", "a7", "exact")  # see lowbit.ptq.modules.Int8Linear; "auto" resolves to one of them
 WEIGHT_ROUNDINGS = ("nearest", "gptq", "gptq-seq", "gptq-asym")  # see lowbit.ptq.gptq / .sequential
 # The formats each recipe accepts (by kind); anything else raises ValueError naming the recipe to use.
@@ -79,9 +79,10 @@ class PTQConfig:
     observer: the calibration rule for static activation scales — ``"max"`` (the paper), ``"percentile"``
     / ``("percentile", p)``, ``"mse"`` or an :class:`~lowbit.ptq.observers.ObserverSpec`; None uses the rule
     given to :func:`~lowbit.ptq.calibrate` (the statistics serve every rule, so one calibration is enough).
-    fp8_compute: ``"emulated"`` (FP8 codes upcast exactly to FP32, one FP32 GEMM, scales in the epilogue)
-    or ``"scaled_mm"`` (``torch._scaled_mm`` on float8 operands); see :mod:`lowbit.ptq.modules` for the
-    measurement behind the default.
+    fp8_compute: ``"auto"`` (default: ``"bf16_dot"`` on CPUs with AVX512-BF16 when no gradient is needed, else
+    ``"emulated"``), ``"bf16_dot"`` (FP8 x FP8 products on ``vdpbf16ps``: exact products, float32 sums),
+    ``"emulated"`` (FP8 codes upcast exactly to FP32, one FP32 GEMM, scales in the epilogue) or
+    ``"scaled_mm"`` (``torch._scaled_mm`` on float8 operands); see :mod:`lowbit.ptq.modules`.
     int8_kernel (INT8 recipes): which code ranges, hence which integer-engine kernel — ``"w7"`` (weight codes
     in [-63, 63], 8-bit activations: the fast u8 x s8 kernel), ``"a7"`` (8-bit weights, activation codes in
     [-64, 63]: also u8 x s8) or ``"exact"`` (full int8 range on both sides, the paper's INT8, exact int16
@@ -107,7 +108,7 @@ class PTQConfig:
     group_size: int | None = None
     modules: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
-    fp8_compute: str = "emulated"
+    fp8_compute: str = "auto"
     observer: object = None
     int8_kernel: str = "auto"
     weight_rounding: str = "nearest"

@@ -41,6 +41,7 @@ from torch import nn
 
 from lowbit import ops
 from lowbit.formats import INT7, Format, IntFormat, get_format
+from lowbit.ops import native_gemm
 from lowbit.ops.native_gemm import scratch
 from lowbit.ptq import fp8_kernels
 from lowbit.ptq.weights import code_values, decode_weight, nbytes
@@ -223,12 +224,53 @@ class Int8Linear(QuantLinear):
 
 
 class FP8Linear(QuantLinear):
-    """FP8 weights × FP8 activations, product emulated exactly in float32 or by ``torch._scaled_mm``."""
+    """FP8 weights × FP8 activations: products on the CPU's bf16 dot-product instruction (``"bf16_dot"``,
+    AVX512-BF16: every FP8 value is an exact bf16 value, so products are exact and sums float32), emulated
+    exactly in float32 (``"emulated"``) or by ``torch._scaled_mm``; ``"auto"`` takes ``bf16_dot`` where the
+    CPU has it and no gradient is needed, else ``emulated``."""
+
+    def compute(self, x2: torch.Tensor | None = None, strict: bool = True) -> str:
+        """The compute path a call on ``x2`` takes (``spec.fp8_compute``, ``"auto"`` resolved); ``strict``:
+        raise when an explicit ``"bf16_dot"`` cannot run here."""
+        mode = self.spec.fp8_compute
+        if mode == "bf16_dot" and strict and not native_gemm.has_bf16_dot():
+            raise RuntimeError(
+                "fp8_compute='bf16_dot' needs AVX512-BF16 and lowbit's native kernels "
+                f"({ops.why_not_native() or 'this CPU lacks avx512_bf16'}); use fp8_compute='auto'"
+            )
+        if mode == "auto":
+            grad = x2 is not None and x2.requires_grad and torch.is_grad_enabled()
+            fast = native_gemm.has_bf16_dot() and ops.api.backends.is_native(ops.backend().chosen)
+            return "bf16_dot" if fast and not grad else "emulated"
+        return mode
+
+    def _bf16_weight(self) -> torch.Tensor:
+        """The weight codes' values as bf16 panels for ``vdpbf16ps`` (cached; keyed on the buffer)."""
+        w = self.w_codes
+        key = (w.data_ptr(), w._version)
+        if getattr(self, "_bf16_key", None) != key:
+            self._bf16_packed = native_gemm.pack_bf16(code_values(w), native_gemm.NR)
+            self._bf16_key = key
+        return self._bf16_packed
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         w_fp8 = self.w_codes  # (N, K) float8
         w_scale = self.w_scale  # (1,) or (N,)
-        if self.spec.fp8_compute == "emulated":
+        mode = self.compute(x2)
+        if mode == "bf16_dot":
+            m = x2.shape[0]
+            a_out = scratch("fp8-activations", x2.numel(), torch.float32).view(x2.shape)
+            a_scale = self.act_scale if self.act_scale is not None else compute_scale(
+                x2.detach(), (1,), self.act_format, "absmax"
+            )
+            a_vals = fp8_kernels.round_to_grid(x2.detach(), self.act_format, a_scale, out=a_out)
+            y = torch.empty(m, self.out_features)
+            sa = a_scale.reshape(-1).expand(m).contiguous()
+            sb = w_scale.reshape(-1).expand(self.out_features).contiguous()
+            bias = None if self.bias is None else self.bias.detach().contiguous()
+            native_gemm.bf16_matmul_scaled(a_vals, self._bf16_weight(), self.out_features, sa, sb, bias, y)
+            return y
+        if mode == "emulated":
             # activations straight to the float32 values of their FP8 codes, weight codes decoded by table
             # (fused kernels: the same values as quantize_static / quantize(..., "row") + .float()), both
             # into per-thread workspaces: they live only until the GEMM below has read them, and fresh
@@ -268,8 +310,13 @@ class FP8Linear(QuantLinear):
         return y
 
     def compute_path(self) -> str:
-        if self.spec.fp8_compute == "scaled_mm":
+        mode = self.compute(strict=False)
+        if mode == "bf16_dot" and not native_gemm.has_bf16_dot():
+            return "FP8 bf16_dot requested, unavailable on this CPU (calls raise; use fp8_compute='auto')"
+        if mode == "scaled_mm":
             return "FP8 torch._scaled_mm"
+        if mode == "bf16_dot":
+            return "FP8 x FP8 on vdpbf16ps (AVX512-BF16): exact products, float32 sums"
         return "FP8 emulated (exact upcast, float32 GEMM)"
 
 

@@ -22,7 +22,10 @@
 //   4: u8 x s8 -> vpdpbusd -> int32 (AVX-512 VNNI, gemm_vnni.c): the kind 0 layouts, exact for every int8 code
 //      with A shifted by off 128 (vpdpbusd sums four exact u8 x s8 products into int32 without saturating);
 //      the micro-kernel covers LOWBIT_VNNI_NB B panels per call.
+//   5: bf16 x bf16 -> vdpbf16ps -> float32 (AVX512-BF16, gemm_bf16.c): the kind 2 panel layout with bf16 bits
+//      (lowbit_pack_bf16), float output only; exact products of FP8 values, float32 sums in k order.
 #define LOWBIT_KIND_VNNI 4
+#define LOWBIT_KIND_BF16 5
 #define LOWBIT_VNNI_NB 4
 #define LOWBIT_I4_KC 512
 #define LOWBIT_S8U4_KC 32
@@ -45,5 +48,7 @@ long lowbit_quant_panel(const float *x, long ldx, int r0, int rows, int K, const
 
 // MR x (nb * NR) block of kind 4 into nb consecutive 6 x 16 tiles (gemm_vnni.c); first: store, else add.
 void lowbit_vnni_tiles(const void *a, const void *b, long bstride, long steps, int nb, int32_t *tile, int first);
+// MR x (nb * NR) block of kind 5 into nb consecutive 6 x 16 float32 tiles (gemm_bf16.c), stored.
+void lowbit_bf16_tiles(const void *a, const void *b, long bstride, long steps, int nb, float *tile);
 
 #endif

@@ -153,6 +153,7 @@ typedef struct {
     int M, N, off;
     const int32_t *colsum;  // (N,) or NULL when off == 0; kind 3: A's row sums (M,), off = B's shift
     int rowcorr;            // kind 3: subtract off * colsum[i] per row instead of per column
+    int float_acc;          // kind 5: the tile holds float32 sums (no offset); float output only
     int32_t *out_i32;       // one of out_i32 / out_f32
     float *out_f32;
     long ldc;
@@ -163,6 +164,27 @@ typedef struct {
 static void store_tile(const lb_epilogue *e, const int32_t *tile, int i0, int j0) {
     int rows = e->M - i0 < LOWBIT_MR ? e->M - i0 : LOWBIT_MR;
     int cols = e->N - j0 < LOWBIT_NR ? e->N - j0 : LOWBIT_NR;
+    if (e->float_acc) {  // out = acc * sa[i] * sb[j] (+ bias[j]) in float32, two roundings, no FMA
+        const float *ft = (const float *)tile;
+        for (int r = 0; r < rows; r++) {
+            long base = (long)(i0 + r) * e->ldc + j0;
+            if (cols == LOWBIT_NR) {  // this file has no FMA target: mul and add stay two roundings
+                for (int h = 0; h < LOWBIT_NR; h += 8) {
+                    __m256 f = _mm256_mul_ps(_mm256_load_ps(ft + r * LOWBIT_NR + h), _mm256_set1_ps(e->sa[i0 + r]));
+                    f = _mm256_mul_ps(f, _mm256_loadu_ps(e->sb + j0 + h));
+                    if (e->bias) f = _mm256_add_ps(f, _mm256_loadu_ps(e->bias + j0 + h));
+                    _mm256_storeu_ps(e->out_f32 + base + h, f);
+                }
+                continue;
+            }
+            for (int c = 0; c < cols; c++) {
+                volatile float f = ft[r * LOWBIT_NR + c] * e->sa[i0 + r];
+                f = f * e->sb[j0 + c];
+                e->out_f32[base + c] = e->bias ? f + e->bias[j0 + c] : f;
+            }
+        }
+        return;
+    }
     int32_t corr[LOWBIT_NR] __attribute__((aligned(32)));
     if (cols == LOWBIT_NR && e->off && !e->rowcorr) {  // vpmulld wraps like uint32 math: exact modulo 2**32
         const __m256i voff = _mm256_set1_epi32(e->off);
@@ -217,10 +239,14 @@ static void store_tile(const lb_epilogue *e, const int32_t *tile, int i0, int j0
 // quantized twice. Returns 0, or -1 when a buffer cannot be allocated.
 static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, const lb_actq *q, float *sa_out, long *bad,
                        const void *Bp, int M, int N, int K, const lb_epilogue *e, int nthreads) {
-    const int kg = kind == 2 ? 2 : 4, esz = kind == 2 ? 2 : 1;
+    const int wide = kind == 2 || kind == LOWBIT_KIND_BF16;  // 16-bit elements, 2 k per 32-bit group
+    const int kg = wide ? 2 : 4, esz = wide ? 2 : 1;
     const int Kp = LOWBIT_ROUND_UP(K, kg);
-    const int nks = LOWBIT_CEIL_DIV(Kp, kind == LOWBIT_KIND_VNNI ? LB_VNNI_KC_MAX : LB_KC_MAX);
-    const int qstep = kind == LOWBIT_KIND_VNNI ? LOWBIT_VNNI_NB : 1;  // B panels per micro-kernel call
+    // kind 5 keeps one K slice: each float32 output is one sequential chain over k (the order the tests emulate)
+    const int nks = kind == LOWBIT_KIND_BF16
+                        ? 1
+                        : LOWBIT_CEIL_DIV(Kp, kind == LOWBIT_KIND_VNNI ? LB_VNNI_KC_MAX : LB_KC_MAX);
+    const int qstep = kind >= LOWBIT_KIND_VNNI ? LOWBIT_VNNI_NB : 1;  // B panels per micro-kernel call
     const int kc = LOWBIT_ROUND_UP(LOWBIT_CEIL_DIV(Kp, nks), kg);
     const int mpan = LOWBIT_CEIL_DIV(M, LOWBIT_MR), npan = LOWBIT_CEIL_DIV(N, LOWBIT_NR);
     const int nmb = LOWBIT_CEIL_DIV(mpan, LB_MCP), nnb = x ? 1 : LOWBIT_CEIL_DIV(npan, LB_NCP);
@@ -264,7 +290,12 @@ static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, const
                             const int nb = q1 - q < qstep ? q1 - q : qstep;
                             for (int p = p0; p < p1; p++) {
                                 const char *apan = ablock + ((long)(p - p0) * LOWBIT_MR * Kp + (long)k0 * LOWBIT_MR) * esz;
-                                if (kind == LOWBIT_KIND_VNNI) {  // nb consecutive tiles, contiguous in one / cbuf
+                                if (kind == LOWBIT_KIND_BF16) {  // one K slice: straight to the epilogue
+                                    lowbit_bf16_tiles(apan, bpan, (long)LOWBIT_NR * Kp * esz, steps, nb,
+                                                      (float *)one);
+                                    for (int j = 0; j < nb; j++)
+                                        store_tile(e, one + j * LB_TILE, p * LOWBIT_MR, (q + j) * LOWBIT_NR);
+                                } else if (kind == LOWBIT_KIND_VNNI) {  // nb consecutive tiles in one / cbuf
                                     int32_t *tile =
                                         nks == 1 ? one : cbuf + ((long)(p - p0) * LB_NCP + (q - q0)) * LB_TILE;
                                     lowbit_vnni_tiles(apan, bpan, (long)LOWBIT_NR * Kp, steps, nb, tile,
@@ -303,7 +334,9 @@ static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, const
 int lowbit_gemm(int kind, const void *Ap, const void *Bp, int M, int N, int K, int off, const int32_t *colsum,
                 int32_t *out_i32, float *out_f32, long ldc, const float *sa, const float *sb, const float *bias,
                 int nthreads) {
-    const lb_epilogue e = {M, N, off, colsum, kind == 3, out_i32, out_f32, ldc, sa, sb, bias};
+    const lb_epilogue e = {M, N, off, colsum, kind == 3, kind == LOWBIT_KIND_BF16, out_i32, out_f32, ldc, sa, sb,
+                           bias};
+    if (kind == LOWBIT_KIND_BF16 && !out_f32) return -1;  // float sums have no int32 form
     return gemm_driver(kind, Ap, NULL, 0, NULL, NULL, NULL, Bp, M, N, K, &e, nthreads);
 }
 
@@ -315,7 +348,7 @@ int lowbit_gemm(int kind, const void *Ap, const void *Bp, int M, int N, int K, i
 long lowbit_gemm_quant(int kind, const float *x, long ldx, int qmax, int qlo, float sstat, const void *Bp, int M,
                        int N, int K, int off, const int32_t *colsum, float *out_f32, long ldc, float *sa_out,
                        const float *sb, const float *bias, int nthreads) {
-    const lb_epilogue e = {M, N, off, colsum, 0, NULL, out_f32, ldc, sa_out, sb, bias};
+    const lb_epilogue e = {M, N, off, colsum, 0, 0, NULL, out_f32, ldc, sa_out, sb, bias};
     const lb_actq q = {qmax, qlo, sstat};
     long bad = 0;
     if (gemm_driver(kind, NULL, x, ldx, &q, sa_out, &bad, Bp, M, N, K, &e, nthreads)) return -1;
