@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import lowbit
 import lowbit.formats as F
-from fuzz_util import documented_errors, fuzz_settings, tensors
+from fuzz_util import documented_errors, fuzz_settings, tensors, warnings_off
 from lowbit.quantizers import QTensor
 from lowbit.rounding import round_to_format
 
@@ -135,3 +135,50 @@ def test_fuzz_get_format(name) -> None:
     with documented_errors():
         fmt = F.get_format(name)
         assert F.get_format(fmt.name) == fmt and math.isfinite(fmt.max) and fmt.max > 0
+
+
+EXTREMES = (
+    0.0,
+    -0.0,
+    1e-45,
+    1e-40,
+    7e-37,
+    1e-30,
+    1.0,
+    1.999,
+    2.0,
+    448.0,
+    57344.0,
+    1e30,
+    3.3e38,
+    3.4e38,
+    1e39,
+    1e300,
+)
+
+
+@fuzz_settings(250)
+@given(
+    values=st.lists(st.one_of(st.sampled_from(EXTREMES), st.floats(-1e6, 1e6)), min_size=1, max_size=64),
+    signs=st.integers(0, 2**64 - 1),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    fmt=st.sampled_from(F.ALL_FORMATS),
+)
+def test_fuzz_quantize_extremes_symmetric(values, signs, dtype, fmt) -> None:
+    """Extreme magnitudes (subnormal to beyond float32) with the default scale: finite dequantized values,
+    and nearest rounding is sign-symmetric (``codes(-x) == -codes(x)``): no format saturates one side
+    differently (the old MXINT8 code -128 did)."""
+    v = torch.tensor(values, dtype=torch.float64)
+    v = torch.where(torch.tensor([(signs >> i) & 1 for i in range(len(values))], dtype=torch.bool), -v, v)
+    n = len(values)
+    x = torch.nn.functional.pad(v, (0, (-n) % 32)).reshape(-1, 32) if isinstance(fmt, F.MXFormat) else v
+    with warnings_off():
+        x = x.to(dtype)  # float32: beyond-range values become ±Inf
+    with documented_errors():
+        q = lowbit.quantize(x, fmt)
+        _check_qtensor(q, x)
+        if isinstance(fmt, F.IntFormat) and not fmt.signed:
+            return  # unsigned: negative values clamp to 0, nothing to mirror
+        neg = lowbit.quantize(-x, fmt)
+        assert torch.equal(neg.scale, q.scale)
+        assert torch.equal(neg.codes.float(), -q.codes.float()), "asymmetric saturation"
