@@ -22,110 +22,20 @@ is resolved by ``lowbit.ops.backends`` like every other product's (``"auto"``, `
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 
 from lowbit.integer import kernels
 from lowbit.ops import backends, native, native_gemm
 
-_P = ctypes.c_void_p
-_L = ctypes.c_long
-_I = ctypes.c_int
-_Q = ctypes.c_int64
 
 #: Elements below which a native call runs single-threaded.
 SMALL_WORK = 1 << 16
 
 
-@functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL:
-    lib = native.lib()
-    lib.lowbit_int_requant.argtypes = [_P, _L, _L, _L, _P, _P, _P, _I, _I, _P, _L, _I]
-    lib.lowbit_int_requant.restype = None
-    lib.lowbit_int_requant_rows.argtypes = [_P, _L, _L, _L, _P, _I, _P, _L, _I]
-    lib.lowbit_int_requant_rows.restype = None
-    lib.lowbit_int_norm.argtypes = [_P, _L, _L, _I, _I, _Q, _P, _I, _P, _P, _I, _I]
-    lib.lowbit_int_norm.restype = None
-    lib.lowbit_int_attn_rows.argtypes = [
-        _P,
-        _L,
-        _L,
-        _L,
-        _L,
-        _I,
-        _P,
-        _I,
-        _P,
-        _Q,
-        _Q,
-        _Q,
-        _Q,
-        _I,
-        _I,
-        _Q,
-        _P,
-        _P,
-        _I,
-    ]
-    lib.lowbit_int_attn_rows.restype = None
-    lib.lowbit_int_attention.argtypes = [
-        _P,
-        _P,
-        _P,
-        _L,
-        _L,
-        _L,
-        _L,
-        _L,
-        _I,
-        _P,
-        _I,
-        _P,
-        _Q,
-        _Q,
-        _Q,
-        _Q,
-        _I,
-        _I,
-        _Q,
-        _I,
-    ]
-    lib.lowbit_int_attention.argtypes += [_P, _L, _I, _I]
-    lib.lowbit_int_attention.restype = None
-    lib.lowbit_int_attention_blocked.argtypes = lib.lowbit_int_attention.argtypes
-    lib.lowbit_int_attention_blocked.restype = None
-    lib.lowbit_int_gelu_rq.argtypes = [_P, _L, _L, _L, _Q, _Q, _Q, _I, _P, _P, _P, _L, _I, _I, _I]
-    lib.lowbit_int_gelu_rq.restype = None
-    lib.lowbit_int_pack_w16.argtypes = [_P, _L, _L, _P]
-    lib.lowbit_int_pack_w16.restype = None
-    lib.lowbit_int_pack_w.argtypes = [_P, _L, _L, _P, _P]
-    lib.lowbit_int_pack_w.restype = None
-    lib.lowbit_int_gemm_rq.argtypes = [
-        _I,
-        _P,
-        _L,
-        _L,
-        _L,
-        _P,
-        _L,
-        _P,
-        _P,
-        _P,
-        _P,
-        _P,
-        _P,
-        _P,
-        _I,
-        _I,
-        _I,
-        _I,
-        _P,
-        _L,
-        _I,
-    ]
-    lib.lowbit_int_gemm_rq.restype = None
-    return lib
+    """The native library (its signatures are declared once, in ``lowbit.ops.native``)."""
+    return native.lib()
 
 
 def _threads(work: int) -> int:

@@ -15,28 +15,11 @@ import torch
 from lowbit.ops.native import lib as _ops_lib
 from lowbit.ops.native import why_not_native
 
-_P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
-_SIGNATURES = {
-    "lowbit_train_hq_quant": ([_P, _L, _L, _I, _F, _P, _P, _I], _I),
-    "lowbit_train_hq_grad_x": ([_P, _P, _F, _L, _L, _I, _P, _I], _I),
-    "lowbit_train_absmax": ([_P, _L, _P, _I], _L),
-    "lowbit_train_split_merged": ([_P, _L, _F, ctypes.c_uint32, _I, _P, _I], None),
-    "lowbit_train_transpose_i8": ([_P, _L, _L, _P, _I], None),
-}
 
-
-@functools.cache
 def _lib() -> tuple[ctypes.CDLL | None, str]:
+    """(library, "") or (None, why not); the signatures are declared once, in ``lowbit.ops.native``."""
     reason = why_not_native()
-    if reason:
-        return None, reason
-    lib = _ops_lib()
-    for name, (argtypes, restype) in _SIGNATURES.items():
-        if not hasattr(lib, name):
-            return None, f"the native library lacks {name} (rebuild: python setup.py build_ext --inplace)"
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, restype
-    return lib, ""
+    return (None, reason) if reason else (_ops_lib(), "")
 
 
 def _profiled(fn):
