@@ -28,7 +28,6 @@ import torch
 from lowbit.integer import kernels
 from lowbit.ops import backends, native, native_gemm
 
-
 #: Elements below which a native call runs single-threaded.
 SMALL_WORK = 1 << 16
 
