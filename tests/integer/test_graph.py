@@ -245,3 +245,10 @@ def test_dyadic_out_of_range_message_is_short() -> None:
     with pytest.raises(ValueError, match=r"5000 of 5000 ratios are outside the dyadic range") as info:
         Dyadic.from_ratio(r)
     assert "tensor(" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", [True, 127.0, "127"])
+def test_convert_config_takes_ints_only(value: object) -> None:
+    """Found by the fuzz suite: ConvertConfig(act_qmax=True) / 127.0 were accepted (bool, float)."""
+    with pytest.raises(TypeError, match="act_qmax must be an int"):
+        ConvertConfig(act_qmax=value)

@@ -120,3 +120,41 @@ def test_evaluate_lm_loss_is_the_token_weighted_mean() -> None:
     assert model.training  # restored
     with pytest.raises(ValueError, match="no batches"):
         evaluate_lm_loss(model, [])
+
+
+def _tiny() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+
+
+def test_targets_are_checked() -> None:
+    """Issue 14: targets of another shape or outside the vocabulary reached cross_entropy (raw errors)."""
+    model = _tiny()
+    idx = torch.randint(0, 11, (2, 5))
+    with pytest.raises(ValueError, match="idx's shape"):
+        model(idx, idx[:, :4])
+    with pytest.raises(ValueError, match=r"outside \[0, 11\)"):
+        model(idx, torch.full((2, 5), 11))
+    with pytest.raises(TypeError, match="integer"):
+        model(idx, idx.float())
+    ignore = idx.clone()
+    ignore[0, 0] = -100  # cross_entropy's ignore_index stays allowed
+    _, loss = model(idx, ignore)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": float("nan")},
+        {"temperature": -1.0},
+        {"top_k": 0},
+        {"max_new_tokens": -1},
+        {"top_k": 2.5},
+    ],
+)
+def test_generate_argument_errors(kwargs: dict) -> None:
+    """Issue 14: top_k=0 raised an IndexError, temperature NaN a multinomial RuntimeError."""
+    args = {"max_new_tokens": 2, **kwargs}
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        _tiny().generate(torch.zeros(1, 1, dtype=torch.long), **args)

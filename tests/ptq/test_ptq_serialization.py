@@ -191,3 +191,10 @@ def test_version_1_files_are_refused_with_the_fix(tiny_bert, batches, tmp_path: 
     _rewrite_header(path, lambda h: h["__metadata__"].update(lowbit_format_version="1"))
     with pytest.raises(CheckpointError, match="version 1.*re-quantize"):
         ptq.load_quantized(copy.deepcopy(tiny_bert), path)
+
+
+def test_save_and_load_name_a_non_module(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="nn.Module"):
+        ptq.save_quantized({"w": torch.zeros(2)}, tmp_path / "q.safetensors")
+    with pytest.raises(TypeError, match="nn.Module"):
+        ptq.load_quantized("bert", tmp_path / "q.safetensors")

@@ -38,7 +38,10 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         for name in ("act_qmax", "weight_qmax"):
-            if not 1 <= getattr(self, name) <= 127:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"ConvertConfig.{name} must be an int in [1, 127], got {v!r}")
+            if not 1 <= v <= 127:
                 raise ValueError(f"ConvertConfig.{name} must be in [1, 127], got {getattr(self, name)}")
 
 

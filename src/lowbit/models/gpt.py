@@ -85,6 +85,21 @@ def check_token_ids(idx: object, vocab_size: int, block_size: int, name: str = "
     return idx.to(torch.int64).contiguous()  # uint8/bool-like dtypes would index as masks
 
 
+def _check_targets(targets: object, shape: tuple[int, ...], vocab_size: int) -> torch.Tensor:
+    """Targets of idx's shape, integer ids in [0, vocab_size) or -100 (cross_entropy's ignore_index)."""
+    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int64, torch.int32):
+        got = targets.dtype if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise TypeError(f"targets must be an integer (torch.long) tensor of idx's shape {shape}, got {got}")
+    if tuple(targets.shape) != shape:
+        raise ValueError(f"targets must have idx's shape {shape}, got {tuple(targets.shape)}")
+    bad = ((targets < 0) & (targets != -100)) | (targets >= vocab_size)
+    if bool(bad.any()):
+        raise ValueError(
+            f"targets hold {int(bad.sum())} ids outside [0, {vocab_size}) (and not the ignore index -100)"
+        )
+    return targets.long()
+
+
 class GPT(nn.Module):
     """Decoder-only Transformer language model; ``forward(idx, targets)`` → (logits, loss)."""
 
@@ -130,6 +145,8 @@ class GPT(nn.Module):
         if not (isinstance(idx, torch.Tensor) and idx.is_meta):  # meta: shapes only, nothing to check
             idx = check_token_ids(idx, self.config.vocab_size, self.config.block_size)
         seq_len = idx.shape[1]
+        if targets is not None and not idx.is_meta:
+            targets = _check_targets(targets, tuple(idx.shape), self.config.vocab_size)
         pos = torch.arange(seq_len, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
@@ -150,8 +167,12 @@ class GPT(nn.Module):
         top_k: int | None = None,
     ) -> torch.Tensor:
         """Append ``max_new_tokens`` sampled tokens to idx (B, T); temperature 0 means greedy decoding."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not (isinstance(temperature, int | float) and 0 <= temperature < float("inf")):
+            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.config.block_size :])
             logits = logits[:, -1, :]  # (B, V)

@@ -67,6 +67,8 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
 
     import lowbit
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module quantized by lowbit.ptq, got {type(model).__name__}")
     layers = {name: m.spec for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not layers:
         raise ValueError("model holds no quantized layers; run lowbit.ptq.quantize(model, config) first")
@@ -238,6 +240,8 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
     """Rebuild the quantized layers recorded in ``path`` inside ``model`` (a fresh FP32 model of the same
     architecture, e.g. from ``load_minilm`` or ``from_config``) and load every tensor; returns ``model``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a fresh FP32 model), got {type(model).__name__}")
     path = Path(path)
     tensors, meta = _read(path)
     if meta.get("lowbit_format") != FORMAT_NAME:
