@@ -14,17 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "int_common.h"
 #define IA_MR 6
 
-int64_t lowbit_int_attn_row(const int32_t *s, long t, long valid, const uint8_t *km, int kind, int64_t bias,
-                            int64_t delta, int64_t ln2, int64_t eb, int64_t ec, int max_shift, int frac_bits,
-                            int64_t row_const, int64_t *w, int8_t *o);
 
-static inline int ia_bits(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
-static inline int64_t ia_floordiv(int64_t a, int64_t b) {
-    int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
-}
 
 /* Row codes and multiplier from weights w[0 .. valid) (w >= 0, masked entries 0), wmax/wsum their max and sum:
  * codes = floor((254 w + wmax) / (2 wmax)) in [0, 127] by a 7-step restoring division; 0 when wmax > 2^52. */
@@ -32,7 +25,7 @@ static int ia_codes(const int64_t *w, long t, long valid, int64_t wmax, int64_t 
                     int64_t row_const, uint8_t *o, int64_t *rm) {
     if (wmax < 1) wmax = 1;
     if (wsum < 1) wsum = 1;
-    if (ia_bits((uint64_t)wmax) > 52) return 0; /* 254 w + wmax and 2 wmax << 6 must stay below 2^63 */
+    if (lb_bits((uint64_t)wmax) > 52) return 0; /* 254 w + wmax and 2 wmax << 6 must stay below 2^63 */
     const __m256i d2 = _mm256_set1_epi64x(2 * wmax), wm = _mm256_set1_epi64x(wmax), zero = _mm256_setzero_si256();
     const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     long j = 0;
@@ -55,9 +48,9 @@ static int ia_codes(const int64_t *w, long t, long valid, int64_t wmax, int64_t 
         __m128i q16 = _mm_packs_epi32(a, b);
         _mm_storel_epi64((__m128i *)(o + j), _mm_packus_epi16(q16, q16));
     }
-    for (; j < valid; ++j) o[j] = (uint8_t)ia_floordiv(254 * w[j] + wmax, 2 * wmax);
+    for (; j < valid; ++j) o[j] = (uint8_t)lb_floordiv(254 * w[j] + wmax, 2 * wmax);
     for (; j < t; ++j) o[j] = 0;
-    *rm = ia_floordiv(2 * (wmax << frac_bits) + wsum, 2 * wsum) * row_const;
+    *rm = lb_floordiv(2 * (wmax << frac_bits) + wsum, 2 * wsum) * row_const;
     return 1;
 }
 
@@ -150,7 +143,7 @@ static int ia_exp_row(const int32_t *s, long t, long valid, const uint8_t *km, i
         int64_t v = 0;
         if (!km || km[j]) {
             int64_t q = (int64_t)s[j] - smax;
-            int64_t z = ia_floordiv(-q, ln2);
+            int64_t z = lb_floordiv(-q, ln2);
             if (z > max_shift) z = max_shift;
             int64_t p = q + z * ln2;
             if (p < -ln2) p = -ln2;

@@ -9,7 +9,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-static inline int64_t ig_sat32(int64_t x) { return x > INT32_MAX ? INT32_MAX : (x < INT32_MIN ? INT32_MIN : x); }
+#include "int_common.h"
 
 static inline int64_t ig_gelu1(int64_t q, int64_t b, int64_t c, int64_t one, int pre) {
     int64_t a = q < 0 ? -q : q, nb = -b;
@@ -18,7 +18,7 @@ static inline int64_t ig_gelu1(int64_t q, int64_t b, int64_t c, int64_t one, int
     int64_t l = q > 0 ? e : (q < 0 ? -e : 0);
     int64_t g = -q * (l + one);
     if (pre) g = (g + ((int64_t)1 << (pre - 1))) >> pre;
-    return ig_sat32(g);
+    return lb_sat32(g);
 }
 
 static inline __m256i ig_clamp(__m256i x, __m256i lo, __m256i hi) {

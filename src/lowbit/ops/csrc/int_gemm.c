@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "int_common.h"
 #define IG_MR 6
 #define IG_NR 16
 #define IG_MB 48 /* rows per parallel block */
@@ -57,17 +58,13 @@ typedef struct {
     long ldo;
 } ig_epi;
 
-static inline __m256i ig_clamp64(__m256i x, __m256i lo, __m256i hi) {
-    x = _mm256_blendv_epi8(x, lo, _mm256_cmpgt_epi64(lo, x));
-    return _mm256_blendv_epi8(x, hi, _mm256_cmpgt_epi64(x, hi));
-}
 
 /* 4 channels j..j+3 of one row: int64 lanes of y (before the final clamp). */
 static inline __m256i ig_dyadic4(__m256i acc4, const ig_epi *e, long j) {
     const __m256i lo32 = _mm256_set1_epi64x(INT32_MIN), hi32 = _mm256_set1_epi64x(INT32_MAX);
     __m256i x = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc4)),
                                  _mm256_loadu_si256((const __m256i *)(e->bias + j)));
-    x = ig_clamp64(x, lo32, hi32);
+    x = lb_clamp64(x, lo32, hi32);
     if (e->relu) x = _mm256_and_si256(x, _mm256_cmpgt_epi64(x, _mm256_setzero_si256()));
     __m256i p = _mm256_add_epi64(_mm256_mul_epi32(x, _mm256_loadu_si256((const __m256i *)(e->mult + j))),
                                  _mm256_loadu_si256((const __m256i *)(e->add + j)));
@@ -82,8 +79,8 @@ static inline void ig_store8_generic(__m256i v, const ig_epi *e, long i, long j)
     __m256i y0 = ig_dyadic4(v, e, j);
     __m256i y1 = ig_dyadic4(_mm256_permute2x128_si256(v, v, 0x01), e, j + 4);
     if (e->mode == 0) {
-        y0 = ig_clamp64(y0, lo8, hi8);
-        y1 = ig_clamp64(y1, lo8, hi8);
+        y0 = lb_clamp64(y0, lo8, hi8);
+        y1 = lb_clamp64(y1, lo8, hi8);
         /* low dwords of the int64 lanes -> 8 int32 -> int8 */
         const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
         __m128i a = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(y0, idx));
@@ -95,8 +92,8 @@ static inline void ig_store8_generic(__m256i v, const ig_epi *e, long i, long j)
     } else {
         int32_t *o = (int32_t *)e->out + i * e->ldo + j;
         __m128i r = _mm_loadu_si128((const __m128i *)o), r1 = _mm_loadu_si128((const __m128i *)(o + 4));
-        y0 = ig_clamp64(_mm256_add_epi64(y0, _mm256_cvtepi32_epi64(r)), lo32, hi32);
-        y1 = ig_clamp64(_mm256_add_epi64(y1, _mm256_cvtepi32_epi64(r1)), lo32, hi32);
+        y0 = lb_clamp64(_mm256_add_epi64(y0, _mm256_cvtepi32_epi64(r)), lo32, hi32);
+        y1 = lb_clamp64(_mm256_add_epi64(y1, _mm256_cvtepi32_epi64(r1)), lo32, hi32);
         const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
         __m128i a = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(y0, idx));
         __m128i b = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(y1, idx));

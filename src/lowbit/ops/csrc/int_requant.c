@@ -4,18 +4,13 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "int_common.h"
 static inline int64_t lb_dyadic(int64_t x, int64_t m, int s) {
     int64_t half = s > 0 ? ((int64_t)1 << (s - 1)) : 0;
     return (x * m + half) >> s;
 }
 
-static inline int64_t lb_sat32(int64_t x) { return x > INT32_MAX ? INT32_MAX : (x < INT32_MIN ? INT32_MIN : x); }
 
-/* 4 lanes: clamp64(x, lo, hi) */
-static inline __m256i lb_clamp64(__m256i x, __m256i lo, __m256i hi) {
-    x = _mm256_blendv_epi8(x, lo, _mm256_cmpgt_epi64(lo, x));
-    return _mm256_blendv_epi8(x, hi, _mm256_cmpgt_epi64(x, hi));
-}
 
 /* Per output channel j: x = sat32(acc[i, j] + bias[j]) (ReLU optional), y = dyadic(x, mult[j], shift[j]).
  * mode 0: out int8 (M, N) row stride ldo, clamp [-127, 127]; mode 1: out int32 += y (saturating).

@@ -5,11 +5,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-static inline int64_t lb_floordiv(int64_t a, int64_t b) { /* b > 0 */
-    int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-static inline int64_t lb_round_div(int64_t num, int64_t den) { return lb_floordiv(2 * num + den, 2 * den); }
+#include "int_common.h"
 
 /* Exact floor division by a fixed positive divisor through a 64-bit reciprocal (no divide instruction per
  * element): the estimate floor(|n| * floor((2^64 - 1) / d) / 2^64) is at most 2 below floor(|n| / d). */
@@ -44,7 +40,6 @@ static int64_t lb_isqrt(int64_t n) {
     }
 }
 
-static inline int lb_bits(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
 
 /* 8 outputs j..j+7 of a norm row: clamp(floor(N / D2), +-127) with N = 2 (cx eg + beta den) + dsh, D2 = 2 dsh,
  * by an 8-step restoring division on u = N + 127 D2 (u < 0: -127). The caller checked |cx|, |eg| < 2^31,
