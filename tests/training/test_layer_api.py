@@ -165,3 +165,17 @@ def test_input_type_and_shape_errors() -> None:
         layer(torch.zeros(4, 31))
     with pytest.raises(TypeError, match="floating-point tensor"):
         layer(torch.zeros(4, 32, dtype=torch.int64))
+
+
+def test_layer_built_on_meta_materializes_clean() -> None:
+    """A QuantLinear constructed on the meta device keeps its quantizer state there too, runs meta inputs,
+    and after to_empty starts unset (not with uninitialised memory as its block / steps)."""
+    layer = QuantLinear(64, 16, recipe="int4", device="meta")
+    assert layer.x_step.is_meta and layer.hadamard_block.is_meta
+    assert layer(torch.empty(3, 64, device="meta")).shape == (3, 16)
+    layer.to_empty(device="cpu")
+    assert float(layer.x_step.detach()) == float(layer.w_step.detach()) == 0.0
+    assert int(layer.hadamard_block) == 0 and int(layer.steps_done) == 0
+    nn.init.normal_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    assert bool(torch.isfinite(layer(torch.randn(4, 64))).all())

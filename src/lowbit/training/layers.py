@@ -71,10 +71,12 @@ class QuantLinear(nn.Linear):
         self.generator = torch.Generator().manual_seed(seed)
         if self.recipe.kind == "int4":
             fixed = resolve_block(self.recipe.hadamard_block, in_features)
-            self.x_step = nn.Parameter(torch.tensor(float(_UNSET)))
-            self.w_step = nn.Parameter(torch.tensor(float(_UNSET)))
-            self.register_buffer("hadamard_block", torch.tensor(fixed or _UNSET, dtype=torch.int64))
-            self.register_buffer("steps_done", torch.tensor(0, dtype=torch.int64))
+            self.x_step = nn.Parameter(torch.tensor(float(_UNSET), device=device))
+            self.w_step = nn.Parameter(torch.tensor(float(_UNSET), device=device))
+            self.register_buffer(
+                "hadamard_block", torch.tensor(fixed or _UNSET, dtype=torch.int64, device=device)
+            )
+            self.register_buffer("steps_done", torch.tensor(0, dtype=torch.int64, device=device))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe: str | Recipe, seed: int = 0) -> QuantLinear:
@@ -107,9 +109,9 @@ class QuantLinear(nn.Linear):
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
         # materializing a meta layer (``to_empty``) leaves every tensor uninitialised: the weights are the
         # caller's to load, but the quantizer state must not be garbage (a random block or step size)
-        was_meta = self.recipe.kind == "int4" and self.x_step.is_meta
+        was_meta = self.recipe.kind == "int4" and (self.weight.is_meta or self.x_step.is_meta)
         out = super()._apply(fn, recurse)
-        if was_meta and not self.x_step.is_meta:
+        if was_meta and not (self.weight.is_meta or self.x_step.is_meta):
             self._reset_quant_state()
         return out
 
