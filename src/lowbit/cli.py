@@ -11,6 +11,7 @@ from; any other exception is a bug in lowbit: its traceback, a line saying where
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -20,6 +21,11 @@ import traceback
 from lowbit.experiments.guard import UserError, forget_checkpoints, interrupt_hint
 from lowbit.experiments.runtime import keep_freed_memory
 
+#: OS errors that are the machine's state, not a bug: a full disk or quota, a size limit, a read-only or
+#: forbidden folder (reported in one line like a user error).
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
 #: Where a traceback (a bug, never the user's fault) should be reported.
 REPORT_BUGS = "the lowbit issue tracker"
 
@@ -80,7 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nlowbit {args.command}: interrupted; {interrupt_hint()}", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:  # the machine's state, not a bug
+            where = f": {err.filename}" if err.filename else ""
+            print(
+                f"lowbit {args.command}: error: {err.strerror}{where}; free space or use a folder you can "
+                f"write to, then run again ({interrupt_hint()})",
+                file=sys.stderr,
+            )
+            return 2
         traceback.print_exc()
         print(
             f"lowbit {args.command}: internal error: this is a bug in lowbit, not in your input; please "

@@ -134,3 +134,34 @@ def test_pickled_object_is_refused_without_torch_advice(tmp_path, text_file, tin
     with pytest.raises(CheckpointError, match="corrupt or not a lowbit checkpoint") as err:
         prepare(tiny("gpt-shakespeare", tmp_path / "run", text_file, resume=True))
     assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_disk_full_during_a_save_loses_nothing(tmp_path, text_file):
+    """A real write failure (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC) while a replacing run saves:
+    one line naming the file, exit 2; the previous run's checkpoint is intact, still resumes; no temp file."""
+    out = tmp_path / "run"
+    argv = [
+        "train", "--task", "gpt-shakespeare", "--data", str(text_file), "--batch-size", "2", "--seq-len", "8",
+        "--layers", "1", "--dim", "32", "--heads", "2", "--eval-every", "2", "--max-eval-examples", "4",
+        "--out", str(out), "--no-progress", "--threads", "1", "--steps", "2",
+    ]  # fmt: skip
+    from lowbit import cli
+
+    assert cli.main(argv) == 0
+    before = (out / CHECKPOINT_NAME).read_bytes()
+    limit = len(before) // 2
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "from lowbit.cli import main\n"
+        f"sys.exit(main({[*argv, '--seed', '1', '--overwrite']!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "File too large" in errors[0] and str(out / CHECKPOINT_NAME) in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert (out / CHECKPOINT_NAME).read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert cli.main([*argv, "--resume"]) == 0

@@ -207,3 +207,11 @@ def test_vit_with_corrupt_gz_files(tmp_path, capsys):
             "--steps", "1", "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 2
     _one_line_error(capsys, "train", "train-images-idx3-ubyte.gz", "gzip")
+
+
+def test_hugging_face_bars_are_off_without_a_terminal(monkeypatch, capsys):
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    assert cli.main(["formats"]) == 0  # capsys: stderr is not a terminal
+    import os
+
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"

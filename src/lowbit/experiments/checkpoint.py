@@ -67,9 +67,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            # a full disk or a size limit: say which file could not be written (the old one is intact)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     _fsync_dir(path.parent)
 
@@ -130,10 +133,15 @@ class _HashingWriter:
 
     def __init__(self, f: BinaryIO) -> None:
         self.f, self.sha = f, hashlib.sha256()
+        self.error: OSError | None = None  # torch turns a failed write into "unexpected pos": keep the cause
 
     def write(self, data: bytes) -> int:
         self.sha.update(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -149,7 +157,12 @@ def atomic_torch_save_verified(obj: Any, path: str | Path) -> None:
 
     def write(f: BinaryIO) -> None:
         hashing = _HashingWriter(f)
-        torch.save(obj, hashing)
+        try:
+            torch.save(obj, hashing)
+        except Exception:
+            if hashing.error is not None:
+                raise hashing.error from None
+            raise
         f.write(_trailer(hashing.sha.hexdigest()))
 
     atomic_write(path, write)

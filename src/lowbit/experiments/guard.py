@@ -145,4 +145,4 @@ def interrupt_hint() -> str:
     if _last_checkpoint:
         path = _last_checkpoint[0]
         return f"the last checkpoint is {path}; run the same command with --resume to continue from it"
-    return "no checkpoint was written yet"
+    return "this run wrote no checkpoint yet"
