@@ -3,10 +3,11 @@ compute what one process computes on the whole batch.
 
 With ``Recipe.group`` set, the LSQ step initialisation (paper and MSE), the Hadamard block search, LSQ's
 gradient scale (global element count), the bit-split scale max|∇Y| and its stochastic-rounding noise counter,
-and the leverage-score normalisation and Bernoulli draws are those of the whole batch, so the DDP gradients
-of every int4 recipe — stochastic ones included — equal the single-process gradients up to float summation
-order (checked at ``RTOL``; without the group, ``test_ddp.py`` shows the gaps). Shards are generic (no mirror
-trick): the steps are initialised lazily inside the DDP forward, identically on both ranks.
+and the leverage-score normalisation and Bernoulli draws (and int4-naive's absmax, int8's weight-gradient
+scales) are those of the whole batch, so the DDP gradients of every recipe — stochastic ones included — equal
+the single-process gradients up to float summation order (checked at ``RTOL``; without the group,
+``test_ddp.py`` shows the gaps). Shards are generic (no mirror trick): the steps are initialised lazily inside
+the DDP forward, identically on both ranks.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from lowbit.training.distributed import world_size
 from lowbit.training.leverage import leverage_probabilities
 
 WORLD = 2
-RECIPES = ("int4", "int4-sample", "int4-mse", "int4-naive")
+RECIPES = ("int4", "int4-sample", "int4-mse", "int4-naive", "int8")
 RTOL, ATOL = 1e-4, 1e-6  # float summation order only (a sum of two halves vs one sum)
 
 

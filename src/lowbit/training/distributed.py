@@ -14,6 +14,8 @@ one process computes on the concatenated batch:
   shifted by ``o·C`` (``shifted_seed``) and draws the very numbers the single process draws for those rows;
 * leverage-score normalisation (``lowbit.training.leverage``: sums over all rows) and the Bernoulli draws (the
   uniforms of all ``2N`` global rows drawn in every process, each taking its rows' ones).
+* int4-naive's per-tensor absmax of X and ∇Y, and int8's weight-gradient scales (per channel of ∇Y and per
+  feature of X, both over the batch rows) (``lowbit.training.functional``).
 
 Every process draws the same seeds from identically seeded generators, so the integer codes agree with the
 single process wherever the float inputs do; they differ only by float summation order (a sum of shards is

@@ -278,6 +278,18 @@ class Int4NaiveLinearFn(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+def _rows_over_batch(t: torch.Tensor, group: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_rows(t, 8)`` of a (M, K) tensor whose K columns are batch rows; with ``group`` (data
+    parallelism: each process holds a shard of the columns) each row's scale is its absmax over all shards,
+    computed by the same kernel (the global absmax rides along as one extra column)."""
+    if group is None:
+        return quantize_rows(t, 8)
+    amax = t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])
+    amax = all_max(amax, group).float()
+    codes, scale = quantize_rows(torch.cat([t, amax[:, None]], 1), 8)
+    return codes[:, :-1].contiguous(), scale
+
+
 class Int8LinearFn(torch.autograd.Function):
     """INT8 baseline: per-token X / per-channel W forward; per-token ∇Y × per-feature W; per-channel ∇Yᵀ ×
     per-feature X (scales never on a reduction dim, so every product dequantizes in the epilogue)."""
@@ -290,7 +302,7 @@ class Int8LinearFn(torch.autograd.Function):
             x_int8, w_int8, sx, sw, None if bias is None else bias.detach().float(), bits=8, layout="nt"
         )
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.group = bias is not None, recipe.group
         return y
 
     @staticmethod
@@ -303,8 +315,9 @@ class Int8LinearFn(torch.autograd.Function):
             w_feat, sw_feat = quantize_rows(weight.detach().float().t().contiguous(), 8)  # (D, C), (D,)
             grad_x = int_matmul_scaled(g_tok, w_feat.t(), sg_tok, sw_feat, bits=8, layout="nn")
         if ctx.needs_input_grad[1]:  # grad_weight (C, D) = ∇Y(per channel)ᵀ · X(per input feature)
-            g_ch, sg_ch = quantize_rows(g32.t().contiguous(), 8)  # (C, N), (C,)
-            x_feat, sx_feat = quantize_rows(x.detach().float().t().contiguous(), 8)  # (D, N), (D,)
+            # scales over the batch dim N: the whole batch's under data parallelism (ctx.group)
+            g_ch, sg_ch = _rows_over_batch(g32.t().contiguous(), ctx.group)  # (C, N), (C,)
+            x_feat, sx_feat = _rows_over_batch(x.detach().float().t().contiguous(), ctx.group)  # (D, N), (D,)
             grad_w = int_matmul_scaled(g_ch.t(), x_feat.t(), sg_ch, sx_feat, bits=8, layout="tn")
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(0)
