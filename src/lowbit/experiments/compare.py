@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
             check_fresh_run(folders, args.resume, getattr(args, "overwrite", False))
             apply_threads(configs[0])
             task = setup(configs)  # the data, loaded once
-            stack.enter_context(locked_output(out))  # held until the comparison is written
+            for folder in (Path(out), *folders):  # held until the comparison is written
+                stack.enter_context(locked_output(folder))
             check_fresh_run(folders, args.resume, getattr(args, "overwrite", False))
         except USER_ERRORS as err:
             return report_user_error("compare", err)

@@ -1,5 +1,11 @@
 """The training loop behind ``lowbit train`` and ``lowbit compare``: seeded build, recipe conversion, AdamW
 with warmup + cosine, progress bar, periodic evaluation, metrics.json, atomic checkpoints and exact resume.
+
+Divergence is handled alike for every recipe: a non-finite loss, or a layer refusing non-finite activations
+(the integer kernels do), stops the run with a "training diverged" warning; metrics.json records
+``diverged_at`` and the last checkpoint before it stays. Any other exception is a bug and propagates. The
+progress bar is drawn only when stderr is a terminal; otherwise a plain line every ``PROGRESS_LOG_SECONDS``.
+Checkpoints also hold a digest of the task's data, so a resume on edited data is refused.
 """
 
 from __future__ import annotations
