@@ -173,3 +173,15 @@ def test_int8_kernels_code_ranges_and_exact_integer_products(tiny_bert, batches,
     ref = (codes @ layer.w_codes.double().t()) * s_x * layer.w_scale.double() + layer.bias.double()
     torch.testing.assert_close(layer(x).reshape(-1, layer.out_features).double(), ref, rtol=1e-5, atol=1e-5)
     assert ("u8 x s8" in layer.compute_path()) == (kernel != "exact")
+
+
+def test_meta_model_is_named(tiny_bert, batches) -> None:
+    """Issue 14 #14 (PTQ side): calibrate on a meta model failed in Tensor.item(); weight-only quantize of
+    a meta model now names the meta device too (from lowbit.quantize)."""
+    meta = copy.deepcopy(tiny_bert).to("meta")
+    with pytest.raises(ValueError, match="meta device.*to_empty"):
+        ptq.calibrate(meta, batches[:1])
+    with pytest.raises(ValueError, match="meta device"):
+        ptq.quantize(copy.deepcopy(tiny_bert).to("meta"), WeightOnlyConfig("int4", "group", group_size=32))
+    with pytest.raises(TypeError, match="nn.Module"):
+        ptq.calibrate("bert", batches[:1])

@@ -133,6 +133,15 @@ def calibrate(
     :func:`lowbit.ptq.quantize` with a config selecting the same (or fewer) modules.
     """
     spec = ObserverSpec.parse(observer)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ValueError(
+            f"model is on the meta device ({len(meta)} parameters, e.g. {meta[0]!r}: shapes only), so there "
+            "are no activations to observe; load the weights first (model.to_empty(device='cpu'), then "
+            "load_state_dict)"
+        )
     names = select_linears(model, modules, exclude)
     module_of = dict(model.named_modules())
     calib = Calibration(spec, {n: HistogramObserver(spec) for n in names})
