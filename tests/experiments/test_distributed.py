@@ -112,6 +112,17 @@ def _dying_worker(rank: int, port: int, root: str) -> None:
         checkpoint_every=CHECKPOINT_EVERY, threads=1, progress=False,
     )  # fmt: skip
     run = distributed.prepare(config, None, par)
+    if (
+        rank == 0
+    ):  # FSDP2 shards QuantLinear's weight like nn.Linear's (dim 0); the 0-dim LSQ steps stay whole
+        from torch.distributed.tensor import DTensor
+
+        found = {
+            n: [type(p).__name__, list(p.to_local().shape if isinstance(p, DTensor) else p.shape)]
+            for n, p in run.model.named_parameters()
+            if n in ("blocks.0.mlp.fc_in.weight", "blocks.0.mlp.fc_in.x_step", "lm_head.weight")
+        }
+        Path(root, "sharding.json").write_text(json.dumps(found))
 
     def on_step(step: int, loss: float) -> None:
         if step == KILL_AT and rank == 1:
@@ -133,6 +144,12 @@ def test_dead_rank_stops_the_run_and_resume_gives_the_same_losses(runs: Path) ->
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [4, 3]  # the survivor failed (no hang), the dead one died
+    sharding = json.loads((runs / "sharding.json").read_text())
+    assert sharding["blocks.0.mlp.fc_in.weight"] == ["DTensor", [64, 32]]  # 128 x 32 over 2 processes
+    assert sharding["lm_head.weight"][0] == "DTensor" and sharding["blocks.0.mlp.fc_in.x_step"] == [
+        "Parameter",
+        [],
+    ]
     message = (runs / "rank0.err").read_text()
     assert "another process died" in message and "--resume" in message
     assert _losses(runs / "killed") == _losses(runs / "ddp" / "int4")[:CHECKPOINT_EVERY]  # checkpointed
