@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from lowbit.experiments import infer
+from lowbit.ops import backends
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +119,49 @@ def profile_fp32(model: torch.nn.Module, x: torch.Tensor, top: int = 8) -> dict[
     return table
 
 
+def onnxruntime_int8(model: torch.nn.Module, example: dict[str, torch.Tensor]):
+    """ONNX Runtime's dynamically quantized INT8 copy of the model (what a CPU deployment would run instead):
+    (callable batch -> last hidden state, note), or (None, why not) when the optional ``onnxruntime`` /
+    ``onnx`` packages are missing (``pip install -e .[bench]``) or the export fails."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as err:
+        return None, f"skipped ({err.name} not installed: pip install -e .[bench])"
+    import tempfile
+
+    names = ("input_ids", "attention_mask", "token_type_ids")
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, i, a, t):  # noqa: D102
+            return self.m(input_ids=i, attention_mask=a, token_type_ids=t).last_hidden_state
+
+    tmp = Path(tempfile.mkdtemp(prefix="lowbit-ort-"))
+    axes = {n: {0: "batch", 1: "tokens"} for n in (*names, "hidden")}
+    try:
+        # a copy: the TorchScript exporter leaves the model it traced changed (its outputs moved: cosine 0.92)
+        inputs = tuple(example[n] for n in names)
+        torch.onnx.export(Hidden(copy.deepcopy(model)), inputs, str(tmp / "fp32.onnx"),
+                          input_names=list(names), output_names=["hidden"], dynamic_axes=axes, dynamo=False,
+                          opset_version=17)  # fmt: skip
+        quantize_dynamic(str(tmp / "fp32.onnx"), str(tmp / "int8.onnx"), weight_type=QuantType.QInt8)
+    except Exception as err:  # an exporter failure is a note in a benchmark, not a crash
+        return None, f"skipped (export failed: {type(err).__name__}: {err})"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(tmp / "int8.onnx"), opts, providers=["CPUExecutionProvider"])
+
+    def run(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {n: b[n].numpy() for n in names})[0])
+
+    threads = opts.intra_op_num_threads
+    return run, f"onnxruntime {ort.__version__} quantize_dynamic (QInt8 weights), {threads} threads"
+
+
 def run_minilm(args: argparse.Namespace) -> int:
     """MiniLM latency: FP32 vs integer-only on batches of 32 test snippets, interleaved; median ms/batch."""
     from lowbit.data.rotten_tomatoes import load_rotten_tomatoes
@@ -132,23 +177,34 @@ def run_minilm(args: argparse.Namespace) -> int:
     def fp32(b: dict[str, torch.Tensor]) -> torch.Tensor:
         return mean_pool(model(**b).last_hidden_state, b["attention_mask"])
 
+    def bf16(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return mean_pool(model(**b).last_hidden_state.float(), b["attention_mask"])
+
     def integer(b: dict[str, torch.Tensor]) -> torch.Tensor:
         return im(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
 
+    variants = {"fp32": fp32, "bf16-autocast": bf16, "lowbit-integer": integer}
+    ort_fn, ort_note = onnxruntime_int8(model, batches[0])
+    if ort_fn is not None:
+        variants["onnxruntime-int8"] = lambda b: mean_pool(ort_fn(b), b["attention_mask"])
+    print(f"onnxruntime: {ort_note}")
     load_before = os.getloadavg()[0]
-    times: dict[str, list[float]] = {"fp32": [], "lowbit-integer": []}
-    cos = []
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    cos: dict[str, list[torch.Tensor]] = {name: [] for name in variants if name != "fp32"}
     with torch.no_grad():
-        fp32(batches[0]), integer(batches[0])
+        for fn in variants.values():
+            fn(batches[0])
         for _ in range(args.reps):
             for b in batches:
-                for name, fn in (("fp32", fp32), ("lowbit-integer", integer)):
+                for name, fn in variants.items():
                     t0 = time.perf_counter()
                     out = fn(b)
                     times[name].append((time.perf_counter() - t0) * 1e3)
                     if name == "fp32":
                         ref = out
-                cos.append(torch.nn.functional.cosine_similarity(ref, out, dim=-1).mean())
+                    else:
+                        cos[name].append(torch.nn.functional.cosine_similarity(ref, out, dim=-1).mean())
     ms = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "task": "minilm-rt",
@@ -157,16 +213,21 @@ def run_minilm(args: argparse.Namespace) -> int:
         "tokens_per_batch": [int(b["input_ids"].numel()) for b in batches],
         "ms_per_batch": ms,
         "speedup_vs_fp32": ms["fp32"] / ms["lowbit-integer"],
-        "mean_cosine_timed_batches": float(torch.stack(cos).mean()),
+        "speedups_vs_fp32": {k: ms["fp32"] / v for k, v in ms.items()},
+        "mean_cosine_timed_batches": float(torch.stack(cos["lowbit-integer"]).mean()),
+        "mean_cosine_vs_fp32": {k: float(torch.stack(v).mean()) for k, v in cos.items()},
+        "cpu": backends.cpu_summary(),
+        "backend": str(backends.report()),
+        "onnxruntime": ort_note,
         "load_avg_1min": [load_before, os.getloadavg()[0]],
     }
+    print(f"CPU: {result['cpu']}; lowbit backend {backends.report().chosen}")
     print(
         f"MiniLM, {result['threads']} threads, batches of 32 snippets (tokens {result['tokens_per_batch']})"
     )
     for name, v in ms.items():
-        print(f"{name:<22}{v:>10.1f} ms/batch")
-    cos_mean = result["mean_cosine_timed_batches"]
-    print(f"lowbit-integer vs fp32: {result['speedup_vs_fp32']:.2f}x  (cosine {cos_mean:.4f})")
+        cosine = result["mean_cosine_vs_fp32"].get(name, 1.0)
+        print(f"{name:<22}{v:>10.1f} ms/batch {ms['fp32'] / v:>6.2f}x fp32   cosine {cosine:.4f}")
     text = json.dumps(result, indent=2) + "\n"
     for path in filter(None, (args.json,)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -196,13 +257,26 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.data.text import sequential_batches
 
     x = next(iter(sequential_batches(val, args.seq_len, args.tokens // args.seq_len, 1)))[0]  # (B, T)
-    variants = {"fp32": lambda t: model(t), "torch-dynamic-int8": lambda t: dyn(t), "lowbit-integer": im}
+
+    def bf16(t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(t)
+
+    variants = {
+        "fp32": lambda t: model(t),
+        "bf16-autocast": bf16,
+        "torch-dynamic-int8": lambda t: dyn(t),
+        "lowbit-integer": im,
+    }
     load_before = os.getloadavg()[0]
     ms = measure(variants, x, args.reps)
     load_after = os.getloadavg()[0]
     with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_loss = evaluate_lm_loss(model, batches)
         losses = {
             "fp32": evaluate_lm_loss(model, batches),
+            "bf16-autocast": bf16_loss,
             "torch-dynamic-int8": evaluate_lm_loss(dyn, batches),
             "lowbit-integer": integer_lm_loss(im, batches),
         }
@@ -217,9 +291,13 @@ def run(args: argparse.Namespace) -> int:
         "held_out_loss": losses,
         "speedup_vs_fp32": {k: ms["fp32"] / v for k, v in ms.items()},
         "integer_vs_dynamic": ms["torch-dynamic-int8"] / ms["lowbit-integer"],
+        "integer_vs_bf16": ms["bf16-autocast"] / ms["lowbit-integer"],
+        "cpu": backends.cpu_summary(),
+        "backend": str(backends.report()),
         "weight_bytes": {"fp32": fp32_bytes, "lowbit-integer": im.weight_bytes()},
         "load_avg_1min": [load_before, load_after],
     }
+    print(f"CPU: {result['cpu']}; lowbit backend {backends.report().chosen}")
     print(
         f"torch {torch.__version__}, {result['threads']} threads, batch x seq = {x.shape[0]} x {x.shape[1]}"
     )
