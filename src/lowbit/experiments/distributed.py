@@ -412,6 +412,11 @@ def prepare(config: TrainConfig, task: Task | None, par: Parallel) -> Distribute
     """Build (and with ``config.resume`` restore) this process's run, then wrap its model (DDP / FSDP2)."""
     if not par.main:  # rank 0 writes, reports and shows progress
         config = config.replace(progress=False, json=None)
+    else:
+        from lowbit.experiments.checkpoint import remove_stale_temps
+
+        for folder in {Path(config.out), *([Path(config.json).parent] if config.json else [])}:
+            remove_stale_temps(folder)  # temp files of saves killed mid-write (as runner.prepare)
     run = DistributedRun(config, task, par)
     if config.resume:
         run.restore()
