@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         module.add_arguments(subparsers.choices[command])
     args = parser.parse_args(argv)
+    if args.command not in ("train", "compare") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(  # N copies of a one-process command would race on its output
+            f"lowbit {args.command}: error: only train and compare run data-parallel under torchrun; run "
+            f"{args.command} as one process",
+            file=sys.stderr,
+        )
+        return 2
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.system_malloc:
