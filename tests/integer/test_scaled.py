@@ -87,3 +87,27 @@ def test_saturation_and_float_rejected() -> None:
     assert x.values.tolist() == [127, -127, 0]
     with pytest.raises(TypeError, match="integer tensor"):
         ScaledInt(torch.ones(2), 1.0)
+
+
+def test_shape_errors_are_value_errors() -> None:
+    """Found by the fuzz suite: mismatched shapes reached torch (RuntimeError from cat / broadcasting), a
+    per-channel scale on 0-d values and split of 0-d values raised IndexError / RuntimeError, and add of two
+    channel-less operands failed in min() of an empty tensor."""
+    from lowbit.integer import ScaledInt, add, concat, mul
+
+    a = ScaledInt(torch.zeros(0, 0, dtype=torch.int8), 1.0)
+    b = ScaledInt(torch.zeros(0, 2, dtype=torch.int8), torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="broadcastable shapes"):
+        mul(a, b)
+    with pytest.raises(ValueError, match="broadcastable shapes"):
+        add(a, b)
+    with pytest.raises(ValueError, match="cannot concatenate"):
+        concat([a, ScaledInt(torch.zeros(0, 1, dtype=torch.int8), 1.0)], 0)
+    with pytest.raises(ValueError, match="channel"):
+        ScaledInt(torch.tensor(3, dtype=torch.int8), torch.ones(7))
+    with pytest.raises(ValueError, match="cannot split"):
+        ScaledInt(torch.tensor(3, dtype=torch.int8), 1.0).split(2)
+    with pytest.raises(TypeError, match="integer tensor"):
+        ScaledInt([1, 2], 1.0)
+    empty = ScaledInt(torch.zeros(3, 0, dtype=torch.int32), torch.ones(0, dtype=torch.float64))
+    assert add(empty, empty).values.shape == (3, 0)

@@ -100,9 +100,13 @@ class ScaledInt:
     scale: float | torch.Tensor
 
     def __post_init__(self) -> None:
+        if not isinstance(self.values, torch.Tensor):
+            raise TypeError(f"ScaledInt values must be an integer tensor, got {type(self.values).__name__}")
         if self.values.dtype not in INTEGER_DTYPES:
             raise TypeError(f"ScaledInt values must be an integer tensor, got {self.values.dtype}")
         if isinstance(self.scale, torch.Tensor):
+            if self.values.dim() == 0:
+                raise ValueError("a per-channel scale needs values with a channel (last) dimension, got 0-d")
             if self.scale.dim() != 1 or self.scale.numel() != self.values.shape[-1]:
                 raise ValueError(
                     f"a per-channel scale must be 1-D of length {self.values.shape[-1]}, "
@@ -136,12 +140,16 @@ class ScaledInt:
     def transpose(self, d0: int, d1: int) -> ScaledInt:
         """Swap two dimensions; a per-channel scale requires the last dimension not to move."""
         last = self.values.dim() - 1
+        if not (-last - 1 <= d0 <= last and -last - 1 <= d1 <= last) or last < 0:
+            raise ValueError(f"transpose dims ({d0}, {d1}) out of range for shape {tuple(self.values.shape)}")
         if isinstance(self.scale, torch.Tensor) and last in (d0 % (last + 1), d1 % (last + 1)):
             raise ValueError("cannot move the channel dimension of a per-channel ScaledInt")
         return ScaledInt(self.values.transpose(d0, d1), self.scale)
 
     def split(self, size: int, dim: int = -1) -> list[ScaledInt]:
         """Split the values; a per-channel scale is split along with the last dimension."""
+        if self.values.dim() == 0 or not -self.values.dim() <= dim < self.values.dim():
+            raise ValueError(f"cannot split values of shape {tuple(self.values.shape)} along dim {dim}")
         parts = self.values.split(size, dim)
         if isinstance(self.scale, torch.Tensor) and dim % self.values.dim() == self.values.dim() - 1:
             return [ScaledInt(p, s) for p, s in zip(parts, self.scale.split(size), strict=True)]
@@ -152,7 +160,11 @@ def concat(parts: list[ScaledInt], dim: int = -1) -> ScaledInt:
     """Concatenate; per-tensor scales must be equal (else requantize first), per-channel ones concatenate."""
     if not parts:
         raise ValueError("concat needs at least one ScaledInt")
-    values = torch.cat([p.values for p in parts], dim)
+    try:
+        values = torch.cat([p.values for p in parts], dim)
+    except (RuntimeError, IndexError) as err:
+        shapes = [tuple(p.values.shape) for p in parts]
+        raise ValueError(f"cannot concatenate ScaledInts of shapes {shapes} along dim {dim}: {err}") from None
     if all(isinstance(p.scale, float) for p in parts):
         scales = {p.scale for p in parts}
         if len(scales) != 1:
@@ -191,8 +203,19 @@ def matmul(a: ScaledInt, b: ScaledInt, *, layout: str = "nt") -> ScaledInt:
     return ScaledInt(acc, _scale_product(a.scale, b.scale))
 
 
+def _check_broadcast(a: ScaledInt, b: ScaledInt, op: str) -> None:
+    try:
+        torch.broadcast_shapes(a.values.shape, b.values.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{op} needs operands of broadcastable shapes, got {tuple(a.values.shape)} and "
+            f"{tuple(b.values.shape)}"
+        ) from None
+
+
 def mul(a: ScaledInt, b: ScaledInt) -> ScaledInt:
     """Element-wise product: int32 values ``a·b`` (int8 × int8 cannot overflow), scale ``s_a · s_b``."""
+    _check_broadcast(a, b, "mul")
     return ScaledInt(a.values.to(torch.int32) * b.values.to(torch.int32), _scale_product(a.scale, b.scale))
 
 
@@ -204,8 +227,10 @@ def rescale(x: ScaledInt, new_scale: float, dtype: torch.dtype = torch.int32) ->
 
 def add(a: ScaledInt, b: ScaledInt, out_scale: float | None = None) -> ScaledInt:
     """Scale-matched addition into int32: both operands rescaled to ``out_scale`` (default: the finer)."""
-    if out_scale is None:
-        out_scale = min(float(torch.as_tensor(s, dtype=torch.float64).min()) for s in (a.scale, b.scale))
+    _check_broadcast(a, b, "add")
+    if out_scale is None:  # the finest scale of either operand (1.0 when both have no channels)
+        scales = torch.cat([torch.as_tensor(s, dtype=torch.float64).reshape(-1) for s in (a.scale, b.scale)])
+        out_scale = float(scales.min()) if scales.numel() else 1.0
     av = a.values if isinstance(a.scale, float) and a.scale == out_scale else rescale(a, out_scale).values
     bv = b.values if isinstance(b.scale, float) and b.scale == out_scale else rescale(b, out_scale).values
     return ScaledInt(saturate(av.to(torch.int64) + bv.to(torch.int64), torch.int32), out_scale)
