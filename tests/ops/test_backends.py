@@ -175,3 +175,10 @@ def test_fused_linear_bit_identical_on_every_backend(gen, backend, static):
         x, ops.pack_weight(w, sw, bits=8, backend=backend), bias, act_scale=act_scale, backend=backend
     )
     assert torch.equal(got, want)
+
+
+def test_onednn_k1_degenerate_strides_exact():
+    """torch 2.13's CPU _int_mm misreads a K = 1 right operand with degenerate strides; the backend copes."""
+    a = torch.tensor([[3], [-5]], dtype=torch.int8)
+    b = torch.tensor([[2], [-7], [11], [127], [-128]], dtype=torch.int8)  # (N, 1): its .t() has stride (1, 1)
+    assert torch.equal(ops.int_matmul(a, b, bits=8, backend="onednn"), _exact(a, b))
