@@ -490,8 +490,9 @@ def run_compare(args: argparse.Namespace) -> int:
                 configs = [config_from_args(args, r, str(Path(out) / r)) for r in recipes]
                 check_config(configs[0], par)
                 if par.main:
-                    stack.enter_context(locked_output(out))
                     folders = [Path(c.out) for c in configs]
+                    for folder in (Path(out), *folders):  # as compare.run: the comparison and each recipe
+                        stack.enter_context(locked_output(folder))
                     check_fresh_run(folders, args.resume, getattr(args, "overwrite", False))
                     for folder in folders:
                         check_output_dir(folder)
