@@ -107,3 +107,30 @@ def test_fused_quantize_gemm_matches_unfused(gen, monkeypatch, fused, bits, w_lo
     x[m - 1, k // 2] = float("inf")
     with pytest.raises(ValueError, match="1 non-finite"):
         ops.linear(x, packed, bias, act_bits=act_bits, backend="native")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 0.0, -1.0, float("inf")])
+def test_pack_weight_rejects_unusable_scales(bad):
+    """Issue 14 #10: a NaN, zero, negative or infinite w_scale made every output NaN / zero; now refused."""
+    w = torch.ones(3, 4, dtype=torch.int8)
+    with pytest.raises(ValueError, match="w_scale"):
+        ops.pack_weight(w, bad, bits=8)
+    with pytest.raises(ValueError, match="w_scale"):
+        ops.pack_weight(w, torch.tensor([1.0, bad, 1.0]), bits=8)
+
+
+@pytest.mark.parametrize("name", ["a_scale", "b_scale", "bias"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_int_matmul_scaled_rejects_non_finite_scales(name, bad):
+    """Issue 14 #10: non-finite scales or bias returned NaN/Inf silently; zero and negative stay allowed
+    (an all-zero gradient's scale in training can be 0)."""
+    a = torch.ones(2, 4, dtype=torch.int8)
+    args = {"a_scale": torch.ones(2), "b_scale": torch.ones(3), "bias": torch.zeros(3)}
+    args[name] = args[name].clone()
+    args[name][1] = bad
+    with pytest.raises(ValueError, match=f"{name} holds 1 NaN/Inf"):
+        ops.int_matmul_scaled(
+            a, torch.ones(3, 4, dtype=torch.int8), args["a_scale"], args["b_scale"], args["bias"], bits=8
+        )
+    out = ops.int_matmul_scaled(a, torch.ones(3, 4, dtype=torch.int8), 0.0, -2.0, bits=8)
+    assert torch.equal(out, torch.zeros(2, 3))

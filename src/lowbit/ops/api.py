@@ -92,8 +92,24 @@ def _check_codes_in_range(a8: torch.Tensor, b8: torch.Tensor, bits: int) -> None
             )
 
 
-def _scale_vector(name: str, s: object, length: int) -> torch.Tensor:
-    """A scalar or (length,) scale as a contiguous float32 (length,) tensor."""
+def _scale_vector(name: str, s: object, length: int, positive: bool = False) -> torch.Tensor:
+    """A scalar or (length,) scale (or bias) as a contiguous float32 (length,) tensor; every entry must be
+    finite (a NaN or Inf scale would make every output it touches NaN/Inf), and > 0 with ``positive``."""
+    out = _as_vector(name, s, length)
+    bad = int((~torch.isfinite(out)).sum())
+    if bad:
+        raise ValueError(f"{name} holds {bad} NaN/Inf values; scales and biases must be finite")
+    if positive and bool((out <= 0).any()):
+        raise ValueError(
+            f"{name} must be > 0 everywhere, got min {float(out.min())}; an all-zero channel takes scale 1"
+        )
+    return out
+
+
+def _as_vector(name: str, s: object, length: int) -> torch.Tensor:
+    """A scalar or (length,) float32 tensor as a contiguous (length,) tensor (no value checks)."""
+    if isinstance(s, bool):
+        raise TypeError(f"{name} must be a float or a float32 tensor, got bool")
     if isinstance(s, (int, float)):
         return torch.full((length,), float(s), dtype=torch.float32)
     if not isinstance(s, torch.Tensor):

@@ -91,7 +91,7 @@ def pack_weight(
     _, codes = api.check_matmul_args(dummy, w_codes, bits, layout)
     codes_nk = codes.t() if transposed else codes
     n = codes_nk.shape[0]
-    scale = api._scale_vector("w_scale", w_scale, n)
+    scale = api._scale_vector("w_scale", w_scale, n, positive=True)
     chosen = api.resolve_backend(backend)
     use_native = backends.is_native(chosen)
     if use_native:
