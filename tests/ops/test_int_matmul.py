@@ -281,3 +281,21 @@ def test_unavailable_native_is_reported_not_hidden(gen, monkeypatch):
             ops.int_matmul(a, b, bits=4, backend="avx2")
     finally:
         backends._auto.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("call", "err", "match"),
+    [
+        (lambda a: ops.int_matmul(a, a, bits=8.0), ValueError, "bits must be the int 4 or 8, got 8.0"),
+        (lambda a: ops.int_matmul(a, a, bits=True), ValueError, "bits must be the int 4 or 8"),
+        (lambda a: ops.int_matmul(a, a, bits=8, layout="tt"), ValueError, "layout must be one of"),
+        (lambda a: ops.int_matmul_scaled(a, a, 1.0, 1.0, bits=4.0), ValueError, "bits must be the int"),
+        (lambda a: ops.quantize_rows(a.float(), 8.0), ValueError, "bits must be an int in"),
+        (lambda a: ops.pack_weight(a[0], 1.0, bits=8), TypeError, "2-D tensor of codes"),
+        (lambda a: ops.pack_weight([[1, 2]], 1.0, bits=8), TypeError, "got a list"),
+    ],
+)
+def test_argument_errors_name_the_argument(call, err, match):
+    """Issue 14: these reached torch's schema (a pybind cast error) or an IndexError before."""
+    with pytest.raises(err, match=match):
+        call(torch.zeros(2, 2, dtype=torch.int8))

@@ -251,18 +251,27 @@ def int_matmul(
     ``out`` (int32 (M, N), contiguous) is written in place and returned: reusing it avoids the page faults of
     a fresh output (~20 ms for 4096 x 3072).
     """
-    _check_types(a=a, b=b, out=out)
+    _check_types(bits, layout, backend, a=a, b=b, out=out)
     if out is None:
         return torch.ops.lowbit.int_matmul(a, b, bits, layout, backend)
     torch.ops.lowbit.int_matmul_out(a, b, bits, layout, backend, out)
     return out
 
 
-def _check_types(**tensors: object) -> None:
-    """TypeError naming the argument before the op's schema would reject it with a less helpful message."""
+def _check_types(
+    bits: object = 8, layout: object = "nt", backend: object = "auto", **tensors: object
+) -> None:
+    """TypeError / ValueError naming the argument before the op's schema would reject it with a less helpful
+    message (the schema wants exact Python types)."""
     for name, t in tensors.items():
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (4, 8):
+        raise ValueError(f"bits must be the int 4 or 8, got {bits!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not isinstance(backend, str) or backend not in backends.BACKENDS:
+        raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
 
 
 def int_matmul_scaled(
@@ -284,7 +293,7 @@ def int_matmul_scaled(
     ``out`` (float32 (M, N), contiguous) is written in place and returned: reuse it across calls to avoid page
     faults on fresh outputs (~25 ms for 50 MB).
     """
-    _check_types(a=a, b=b, bias=bias, out=out)
+    _check_types(bits, layout, backend, a=a, b=b, bias=bias, out=out)
     if out is None:
         return torch.ops.lowbit.int_matmul_scaled(
             a, b, _as_tensor(a_scale), _as_tensor(b_scale), bias, bits, layout, backend
@@ -309,6 +318,8 @@ def quantize_rows(x: torch.Tensor, bits: int, *, backend: str = "auto") -> tuple
     native path) and float32 scale (M,) = max(absmax / qmax, 2**-126), 1 for an all-zero row. Rounding is
     half-to-even of ``x / scale``. Non-finite input raises ``ValueError``.
     """
-    _check_types(x=x)
+    _check_types(backend=backend, x=x)
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
     codes, scale = torch.ops.lowbit.quantize_rows(x, bits, backend)
     return codes, scale

@@ -86,6 +86,9 @@ def pack_weight(
     or float32 (N,). Packing costs about one pass over the weight; the packed copy is ~1x (u8 paths) or 3x
     (8-bit codes outside [-64, 64], which also keep an int16 copy) the size of the codes.
     """
+    if not isinstance(w_codes, torch.Tensor) or w_codes.dim() != 2:
+        got = f"{w_codes.dim()}-D tensor" if isinstance(w_codes, torch.Tensor) else type(w_codes).__name__
+        raise TypeError(f"w_codes must be a 2-D tensor of codes (N, K), got a {got}; quantize the weight")
     layout = "nn" if transposed else "nt"
     dummy = torch.zeros(1, w_codes.shape[1] if not transposed else w_codes.shape[0], dtype=torch.int8)
     _, codes = api.check_matmul_args(dummy, w_codes, bits, layout)
