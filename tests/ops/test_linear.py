@@ -109,7 +109,7 @@ def test_fused_quantize_gemm_matches_unfused(gen, monkeypatch, fused, bits, w_lo
         ops.linear(x, packed, bias, act_bits=act_bits, backend="native")
 
 
-@pytest.mark.parametrize("bad", [float("nan"), 0.0, -1.0, float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), 0.0, -1.0, float("inf"), 1e39])
 def test_pack_weight_rejects_unusable_scales(bad):
     """Issue 14 #10: a NaN, zero, negative or infinite w_scale made every output NaN / zero; now refused."""
     w = torch.ones(3, 4, dtype=torch.int8)

@@ -110,8 +110,8 @@ def _as_vector(name: str, s: object, length: int) -> torch.Tensor:
     """A scalar or (length,) float32 tensor as a contiguous (length,) tensor (no value checks)."""
     if isinstance(s, bool):
         raise TypeError(f"{name} must be a float or a float32 tensor, got bool")
-    if isinstance(s, (int, float)):
-        return torch.full((length,), float(s), dtype=torch.float32)
+    if isinstance(s, (int, float)):  # beyond float32's range becomes Inf, refused by the caller
+        return torch.tensor(float(s), dtype=torch.float64).to(torch.float32).expand(length).contiguous()
     if not isinstance(s, torch.Tensor):
         raise TypeError(f"{name} must be a float or a float32 tensor, got {type(s).__name__}")
     if s.device.type != "cpu":
