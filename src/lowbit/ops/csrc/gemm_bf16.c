@@ -88,6 +88,24 @@ void lowbit_pack_bf16(const float *src, long s_row, long s_k, int R, int K, int 
 #pragma omp parallel for num_threads(nthreads) schedule(static) if ((long)R * K > LOWBIT_PAR_BYTES)
     for (int p = 0; p < npan; p++) {
         uint16_t *d = dst + (long)p * P * Kp;
+        if (s_k == 1 && (p + 1) * P <= R) {  // full panel of contiguous rows: one k-pair (2 floats) at a time
+            const int kend = K / 2 * 2;
+            for (int r = 0; r < P; r++) {
+                const float *row = src + (long)(p * P + r) * s_row;
+                uint32_t *d32 = (uint32_t *)d + r;
+                for (int kb = 0; kb < kend; kb += 2) {
+                    uint64_t v;
+                    memcpy(&v, row + kb, 8);
+                    d32[(long)(kb / 2) * P] = (uint32_t)((v >> 16) & 0xFFFFu) | (uint32_t)((v >> 48) << 16);
+                }
+                if (kend < K) {  // odd K: the last pair is (x, 0)
+                    uint32_t bits;
+                    memcpy(&bits, row + kend, 4);
+                    d32[(long)(kend / 2) * P] = bits >> 16;
+                }
+            }
+            continue;
+        }
         for (int kb = 0; kb < Kp; kb += 2)
             for (int r = 0; r < P; r++)
                 for (int g = 0; g < 2; g++) {
