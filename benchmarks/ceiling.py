@@ -55,9 +55,14 @@ PROBES = {  # probe kind -> (name, what it is)
         "lowbit VNNI loop",
         "lowbit's avx512-vnni loop: 4 zmm B loads, 6 vpbroadcastd, 24 vpdpbusd per 4 k",
     ),
+    8: (
+        "bare vdpbf16ps",
+        "12 independent zmm vdpbf16ps, no loads: the ceiling of a BF16 (and FP8-on-BF16) GEMM",
+    ),
     7: ("bare vpdpbusd", "12 independent zmm vpdpbusd, no loads: the ceiling of any VNNI GEMM"),
 }
 AVX512_PROBES = (5, 6, 7)
+BF16_PROBES = (8,)
 METHODS = ("fp32", "int4", "int4:gemm", "int8", "int8:gemm")
 
 
@@ -66,7 +71,12 @@ def available_probes() -> list[int]:
     flags = backends.cpu()[1]
     avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= flags
     vnni = backends.available("avx512-vnni")  # kind 6 runs the shipped kernel
-    return [k for k in PROBES if (avx512 or k not in AVX512_PROBES) and (vnni or k != 6)]
+    bf16 = avx512 and "avx512_bf16" in flags
+    return [
+        k
+        for k in PROBES
+        if (avx512 or k not in AVX512_PROBES) and (vnni or k != 6) and (bf16 or k not in BF16_PROBES)
+    ]
 
 
 def peak_of(method: str, probes: dict[int, float], backend: str) -> int:
