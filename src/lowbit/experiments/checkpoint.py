@@ -25,12 +25,12 @@ import hashlib
 import logging
 import os
 import re
-import secrets
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+
+from lowbit.files import atomic_write, atomic_write_text  # noqa: F401 (re-exported: the writers' one home)
 
 logger = logging.getLogger(__name__)
 
@@ -51,48 +51,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or belongs to a different run."""
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Create ``path`` atomically: ``write`` fills a temp file in the same folder, fsync, then ``os.replace``.
-
-    A crash at any point leaves either the old file or the new one, never a partial file; the temp file is
-    removed when ``write`` (or anything after it) fails.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened with "xb" (not mkstemp, which makes the file 0600): permissions follow the umask.
-    tmp_name = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp_name, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
-            # a full disk or a size limit: say which file could not be written (the old one is intact)
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Flush the directory entry of a replaced file (POSIX); skipped where a folder cannot be opened."""
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError as err:
-        logger.debug("cannot fsync directory %s: %s", folder, err)
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically (see ``atomic_write``)."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from lowbit.experiments.checkpoint import atomic_write_text
 from lowbit.experiments.runner import RunResult
+from lowbit.files import atomic_savefig
 
 LOSS_PNG = "loss.png"
 EVAL_PNG = "eval.png"
@@ -92,7 +93,7 @@ def plot_curves(out: Path, task: str, eval_name: str, histories: dict[str, dict[
         ax.legend()
         fig.tight_layout()
         path = out / filename
-        fig.savefig(path)
+        atomic_savefig(fig, path)
         paths.append(path)
     return paths
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.files import atomic_savefig
 from lowbit.models.bert import encode_sentences, tokenize
 from lowbit.ptq.modules import QuantLinear
 
@@ -139,6 +140,5 @@ def plot_sqnr(
     axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: no data hidden
     axes[1].set_xticks(range(len(names)), [_short(n) for n in names], rotation=90, fontsize=7)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     return path

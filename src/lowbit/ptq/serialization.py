@@ -23,12 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from lowbit.files import atomic_write_bytes
 from lowbit.formats import FloatFormat, IntFormat, MXFormat, get_format
 from lowbit.ptq.config import FP8_COMPUTE
 from lowbit.ptq.modules import LayerSpec, QuantLinear, build_layer
@@ -84,32 +84,9 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     metadata["sha256"] = _digest(tensors, metadata)
     data = save(tensors, metadata=metadata)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _open_temp(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     logger.info("saved %d quantized layers to %s (%d bytes)", len(layers), path, len(data))
     return path
-
-
-def _open_temp(path: Path) -> Path:
-    """Create a unique empty temporary file next to ``path`` with the umask's permissions (``mkstemp`` would
-    make it ``0600``, and ``os.replace`` keeps the mode)."""
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
-        try:
-            with open(tmp, "xb"):
-                return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file next to {path}")
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
