@@ -208,15 +208,15 @@ def _quantize_rows_cpu(x: torch.Tensor, bits: int, backend: str) -> tuple[torch.
         raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
         raise ValueError(f"x must be a 2-D float32 CPU tensor, got {x.dim()}-D {x.dtype} on {x.device}")
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
     qmax = 2 ** (bits - 1) - 1
     chosen = resolve_backend(backend)
     if backends.is_native(chosen) or (chosen == "onednn" and native.available()):  # same codes, faster
         from lowbit.ops import native_gemm
 
-        return native_gemm.quantize_rows(x.contiguous(), qmax)
+        return native_gemm.quantize_rows(x.contiguous(), qmax)  # counts NaN/Inf itself and raises the same
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
     return reference.quantize_rows(x, qmax)
 
 
