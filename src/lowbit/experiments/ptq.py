@@ -39,6 +39,7 @@ import torch
 from lowbit.experiments.checkpoint import atomic_write_text
 from lowbit.experiments.guard import UserError, check_output_dir, check_output_file
 from lowbit.ptq import ObserverSpec, PTQConfig, WeightOnlyConfig, calibrate, quantize, save_quantized
+from lowbit.ptq.config import FP8_COMPUTE
 from lowbit.ptq.fidelity import embed_sorted, embedding_cosine, layer_sqnr, plot_sqnr
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("tensor", "token"),
         help="activation scales: static per tensor (default) or dynamic per token",
     )
-    parser.add_argument("--fp8-compute", default="emulated", choices=("emulated", "scaled_mm"))
+    parser.add_argument(
+        "--fp8-compute",
+        default="auto",
+        choices=FP8_COMPUTE,
+        help="FP8 products: auto (bf16_dot where the CPU has AVX512-BF16, else emulated), bf16_dot, "
+        "emulated, scaled_mm",
+    )
     parser.add_argument("--texts", help="a UTF-8 file of sentences, one per line, for the embedding cosine")
     parser.add_argument(
         "--max-test", type=int, default=1200, help="held-out snippets embedded (default 1200)"
