@@ -170,51 +170,40 @@ static void ig_tile16(const int16_t *a0, long lda, long i0, int rows, const int1
     ig_epilogue(c, rows, i0, n, j0, e, b32, m32);
 }
 
-/* One 6 x 16 tile: rows i0.. (rows valid), channels 16q.. ; full K. */
-static void ig_tile(const uint8_t *a, long lda, long i0, int rows, const int8_t *bp, long k, long n, long j0,
-                    const ig_epi *e, const int32_t *b32, const int32_t *m32) {
-    const uint8_t *a0 = a + i0 * lda;
-    const uint8_t *a1 = rows > 1 ? a0 + lda : a0, *a2 = rows > 2 ? a0 + 2 * lda : a0;
-    const uint8_t *a3 = rows > 3 ? a0 + 3 * lda : a0, *a4 = rows > 4 ? a0 + 4 * lda : a0;
-    const uint8_t *a5 = rows > 5 ? a0 + 5 * lda : a0;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    for (long kk = 0; kk < k; kk += 4) {
-        __m256i b0 = _mm256_loadu_si256((const __m256i *)bp), b1 = _mm256_loadu_si256((const __m256i *)(bp + 32));
-        bp += 64;
-        IG_ROW(0) IG_ROW(1) IG_ROW(2) IG_ROW(3) IG_ROW(4) IG_ROW(5)
-    }
-    __m256i c[IG_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-    ig_epilogue(c, rows, i0, n, j0, e, b32, m32);
-}
-
-/* Kind 4: ig_tile with AVX-512 VNNI: vpdpbusd adds the four u8 x s8 products of a lane into int32 exactly, so
- * one instruction replaces vpmaddubsw + vpmaddwd + vpaddd (the same integers; any int8 weight would be exact,
- * the caller keeps the 7-bit packing rule of kind 0). Called only when lowbit.ops.backends chose avx512-vnni. */
-__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"))) static void ig_tile_vnni(
-    const uint8_t *a, long lda, long i0, int rows, const int8_t *bp, long k, long n, long j0, const ig_epi *e,
-    const int32_t *b32, const int32_t *m32) {
-    const uint8_t *a0 = a + i0 * lda;
-    const uint8_t *a1 = rows > 1 ? a0 + lda : a0, *a2 = rows > 2 ? a0 + 2 * lda : a0;
-    const uint8_t *a3 = rows > 3 ? a0 + 3 * lda : a0, *a4 = rows > 4 ? a0 + 4 * lda : a0;
-    const uint8_t *a5 = rows > 5 ? a0 + 5 * lda : a0;
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    for (long kk = 0; kk < k; kk += 4) {
-        __m256i b0 = _mm256_loadu_si256((const __m256i *)bp), b1 = _mm256_loadu_si256((const __m256i *)(bp + 32));
-        bp += 64;
 #define IG_ROW_VNNI(r)                                                          \
     {                                                                           \
         __m256i av = _mm256_set1_epi32(*(const int32_t *)(a##r + kk));         \
         c##r##0 = _mm256_dpbusd_epi32(c##r##0, av, b0);                         \
         c##r##1 = _mm256_dpbusd_epi32(c##r##1, av, b1);                         \
     }
-        IG_ROW_VNNI(0) IG_ROW_VNNI(1) IG_ROW_VNNI(2) IG_ROW_VNNI(3) IG_ROW_VNNI(4) IG_ROW_VNNI(5)
+
+/* One 6 x 16 tile: rows i0.. (rows valid), channels 16q.. ; full K; ROW: the k-step of one row. */
+#define IG_TILE_U8(NAME, ATTR, ROW)                                                                          \
+    ATTR static void NAME(const uint8_t *a, long lda, long i0, int rows, const int8_t *bp, long k, long n,     \
+                          long j0, const ig_epi *e, const int32_t *b32, const int32_t *m32) {                 \
+        const uint8_t *a0 = a + i0 * lda;                                                                    \
+        const uint8_t *a1 = rows > 1 ? a0 + lda : a0, *a2 = rows > 2 ? a0 + 2 * lda : a0;                    \
+        const uint8_t *a3 = rows > 3 ? a0 + 3 * lda : a0, *a4 = rows > 4 ? a0 + 4 * lda : a0;                \
+        const uint8_t *a5 = rows > 5 ? a0 + 5 * lda : a0;                                                    \
+        const __m256i ones = _mm256_set1_epi16(1);                                                           \
+        (void)ones;                                                                                          \
+        __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;         \
+        __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                            \
+        for (long kk = 0; kk < k; kk += 4) {                                                                 \
+            __m256i b0 = _mm256_loadu_si256((const __m256i *)bp);                                            \
+            __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + 32));                                     \
+            bp += 64;                                                                                        \
+            ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)                                                        \
+        }                                                                                                    \
+        __m256i c[IG_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};      \
+        ig_epilogue(c, rows, i0, n, j0, e, b32, m32);                                                        \
     }
-    __m256i c[IG_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-    ig_epilogue(c, rows, i0, n, j0, e, b32, m32);
-}
+
+IG_TILE_U8(ig_tile, , IG_ROW)
+/* Kind 4: the same tile with AVX-512 VNNI: vpdpbusd adds the four u8 x s8 products of a lane into int32
+ * exactly, one instruction for vpmaddubsw + vpmaddwd + vpaddd (the same integers; the caller keeps kind 0's
+ * 7-bit packing rule). Called only when lowbit.ops.backends chose avx512-vnni. */
+IG_TILE_U8(ig_tile_vnni, __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"))), IG_ROW_VNNI)
 
 static void ig_epilogue(__m256i c[IG_MR][2], int rows, long i0, long n, long j0, const ig_epi *e,
                         const int32_t *b32, const int32_t *m32) {
