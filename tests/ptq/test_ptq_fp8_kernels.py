@@ -182,3 +182,33 @@ def test_bf16_dot_refused_where_unavailable(monkeypatch, tiny_bert, batches) -> 
     model2 = copy.deepcopy(tiny_bert)
     ptq.quantize(model2, ptq.PTQConfig(), ptq.calibrate(model2, batches[:2]))
     assert "emulated" in model2.encoder.layer[0].attention.self.query.compute_path()  # auto falls back
+
+
+@needs_bf16
+@pytest.mark.parametrize("fmt_name", ["mxfp8-e4m3", "mxfp8-e5m2", "mxfp4", "mxint8"])  # storable MX weights
+def test_mx_layer_on_bf16_dot_is_exact_products_with_float32_sums(fmt_name) -> None:
+    """MX W+A layers multiply on vdpbf16ps: their dequantized values (element x 2^scale) are exact bf16, so
+    the output is reference.bf16_dot_matmul of those values bit for bit, within float32's bound of float64."""
+    from lowbit.ptq.modules import LayerSpec, build_layer
+    from lowbit.ptq.weights import decode_weight, encode_weight
+
+    gen = torch.Generator().manual_seed(7)
+    k, n, m = 96, 40, 13
+    fmt = get_format(fmt_name)
+    w = torch.randn(n, k, generator=gen) * 0.05
+    b = torch.randn(n, generator=gen)
+    bufs = encode_weight(w, fmt)
+    layer = build_layer(LayerSpec("emulated", k, n, fmt.name, "tensor", None, fmt.name, "block"), bufs, b)
+    assert "vdpbf16ps" in layer.compute_path()
+    x = torch.randn(m, k, generator=gen)
+    xq = K.mx_fake_quantize(x, fmt)
+    wq = decode_weight(bufs, fmt, (n, k))
+    for t in (xq, wq):  # the premise: every operand value is an exact bf16 value
+        assert torch.equal(t, t.bfloat16().float())
+    got = layer(x)
+    assert torch.equal(got, reference.bf16_dot_matmul(xq, wq) + b)
+    exact = xq.double() @ wq.double().t() + b.double()
+    bound = k * 2**-23 * (xq.double().abs() @ wq.double().abs().t()) + 1e-6 * exact.abs() + 1e-7
+    assert bool(((got.double() - exact).abs() <= bound).all())
+    with torch.enable_grad():  # where a gradient is needed the layer keeps the differentiable float32 GEMM
+        assert not layer.uses_bf16_dot(x.clone().requires_grad_())

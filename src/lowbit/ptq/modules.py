@@ -260,8 +260,10 @@ class FP8Linear(QuantLinear):
         if mode == "bf16_dot":
             m = x2.shape[0]
             a_out = scratch("fp8-activations", x2.numel(), torch.float32).view(x2.shape)
-            a_scale = self.act_scale if self.act_scale is not None else compute_scale(
-                x2.detach(), (1,), self.act_format, "absmax"
+            a_scale = (
+                self.act_scale
+                if self.act_scale is not None
+                else compute_scale(x2.detach(), (1,), self.act_format, "absmax")
             )
             a_vals = fp8_kernels.round_to_grid(x2.detach(), self.act_format, a_scale, out=a_out)
             y = torch.empty(m, self.out_features)
@@ -324,9 +326,43 @@ class EmulatedLinear(QuantLinear):
     """Weight decoded to float32 per call (natively for INT8/INT4/FP8 codes: one pass, bit-identical); MX
     activations (if any) quantized per block; float32 GEMM."""
 
+    def uses_bf16_dot(self, x2: torch.Tensor | None = None) -> bool:
+        """MX weights and activations multiply on ``vdpbf16ps`` where the CPU has AVX512-BF16 and no gradient
+        is needed: every MX value (element x power-of-two block scale) is an exact bf16 value, so the products
+        are exact and the sums float32 (inputs below bf16's normal range, 2**-126, are flushed by the
+        instruction — an absolute error far below the float32 rounding of any sum they join)."""
+        grad = x2 is not None and x2.requires_grad and torch.is_grad_enabled()
+        return (
+            self.act_format is not None
+            and not grad
+            and native_gemm.has_bf16_dot()
+            and ops.api.backends.is_native(ops.backend().chosen)
+        )
+
+    def _bf16_weight(self) -> torch.Tensor:
+        """The decoded MX weight as bf16 panels (cached; keyed on the weight buffers' storage and version)."""
+        buffers = self.weight_buffers()
+        key = tuple((t.data_ptr(), t._version) for t in buffers.values())
+        if getattr(self, "_bf16_key", None) != key:
+            shape = (self.out_features, self.in_features)
+            self._bf16_packed = native_gemm.pack_bf16(
+                decode_weight(buffers, self.weight_format, shape), native_gemm.NR
+            )
+            self._bf16_key = key
+        return self._bf16_packed
+
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         if self.act_format is not None:  # MX: dynamic per-block scale (the element rounding fused in C)
             x2 = fp8_kernels.mx_fake_quantize(x2, self.act_format)
+        if self.uses_bf16_dot(x2):
+            m, n = x2.shape[0], self.out_features
+            y = torch.empty(m, n)
+            bias = None if self.bias is None else self.bias.detach().contiguous()
+            ones_m, ones_n = torch.ones(m), torch.ones(n)
+            native_gemm.bf16_matmul_scaled(
+                x2.detach().contiguous(), self._bf16_weight(), n, ones_m, ones_n, bias, y
+            )
+            return y
         # The decoded weight goes to a per-thread workspace (it lives until the GEMM has read it) unless
         # autograd would keep it for the input's gradient.
         shape = (self.out_features, self.in_features)
@@ -339,6 +375,8 @@ class EmulatedLinear(QuantLinear):
         return F.linear(x2, w, self.bias)
 
     def compute_path(self) -> str:
+        if self.uses_bf16_dot():
+            return "MX x MX on vdpbf16ps (AVX512-BF16): exact products, float32 sums"
         return "decode to float32, float32 GEMM"
 
 
