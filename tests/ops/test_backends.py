@@ -182,3 +182,13 @@ def test_onednn_k1_degenerate_strides_exact():
     a = torch.tensor([[3], [-5]], dtype=torch.int8)
     b = torch.tensor([[2], [-7], [11], [127], [-128]], dtype=torch.int8)  # (N, 1): its .t() has stride (1, 1)
     assert torch.equal(ops.int_matmul(a, b, bits=8, backend="onednn"), _exact(a, b))
+
+
+def test_use_backend_and_report_are_public_in_lowbit_ops(gen):
+    """The README's example: ``lowbit.ops.use_backend`` / ``lowbit.ops.BackendReport``."""
+    w = torch.randint(-127, 128, (8, 16), generator=gen, dtype=torch.int8)
+    x = torch.randn(4, 16, generator=gen)
+    want = ops.linear(x, ops.pack_weight(w, 0.1, bits=8, backend="reference"), backend="reference")
+    with ops.use_backend("reference") as chosen:
+        assert chosen == "reference" and isinstance(ops.backend(), ops.BackendReport)
+        assert torch.equal(ops.linear(x, ops.pack_weight(w, 0.1, bits=8)), want)

@@ -1,7 +1,8 @@
 """Every ``lowbit::`` op schema and its fake (meta) implementation, in one place.
 
-The CPU kernels are registered in ``lowbit.ops.api`` (native AVX2 or the pure-PyTorch reference, chosen by
-the op's ``backend`` argument: ``"auto"``, ``"native"`` or ``"reference"``). The fake implementations only
+The CPU kernels are registered in ``lowbit.ops.api``; the op's ``backend`` argument picks the backend
+(``lowbit.ops.backends``: ``"auto"``, ``"native"``, ``"avx512-vnni"``, ``"avx2"``, ``"onednn"``,
+``"reference"``). The fake implementations only
 compute output shapes and dtypes, so the ops trace under ``torch.compile`` and FakeTensor mode.
 
 Ops (``layout``: ``"nt"`` a (M,K) @ b (N,K)ᵀ; ``"nn"`` a (M,K) @ b (K,N); ``"tn"`` a (K,M)ᵀ @ b (K,N)):
