@@ -96,8 +96,8 @@ def _scale_vector(name: str, s: object, length: int, positive: bool = False) -> 
     """A scalar or (length,) scale (or bias) as a contiguous float32 (length,) tensor; every entry must be
     finite (a NaN or Inf scale would make every output it touches NaN/Inf), and > 0 with ``positive``."""
     out = _as_vector(name, s, length)
-    bad = int((~torch.isfinite(out)).sum())
-    if bad:
+    if not bool(torch.isfinite(out).all()):  # one reduction on the hot path; the count only when raising
+        bad = int((~torch.isfinite(out)).sum())
         raise ValueError(f"{name} holds {bad} NaN/Inf values; scales and biases must be finite")
     if positive and bool((out <= 0).any()):
         raise ValueError(
