@@ -34,7 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "main": ("main_job", "the main job: format table, numerics self-check, INT4 training comparison"),
     "formats": ("formats_table", "print every number format with its range and step sizes"),
     "selfcheck": ("selfcheck", "check the numerics (quantizers, Hadamard, integer GEMM) against references"),
-    "bench": ("bench", "run a benchmark from benchmarks/ (gemm, ceiling, train-step, inference, ptq)"),
+    "bench": ("bench", "run a benchmark of lowbit.bench (gemm, ceiling, train-step, inference, ptq)"),
     "train": ("train", "train one task with one recipe"),
     "compare": ("compare", "train one task with several recipes and write report.md with curves"),
     "ptq": ("ptq", "post-training quantization of a BERT-family model: FP8 vs INT8 fidelity"),

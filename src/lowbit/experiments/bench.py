@@ -1,32 +1,25 @@
-"""``lowbit bench {gemm,ceiling,train-step,inference,ptq} [options]``: run one module from benchmarks/.
+"""``lowbit bench {gemm,ceiling,train-step,inference,ptq} [options]``: run one module of ``lowbit.bench``.
 
-Each benchmark module (``benchmarks/gemm.py``, ``ceiling.py``, ``train_step.py``, ``inference.py``,
+Each benchmark module (``lowbit/bench/gemm.py``, ``ceiling.py``, ``train_step.py``, ``inference.py``,
 ``ptq.py``) defines ``add_arguments(parser)`` and ``run(args) -> int``; the options after the benchmark's name
-are parsed by it (``lowbit bench gemm --help`` lists them).
+are parsed by it (``lowbit bench gemm --help`` lists them). The modules ship inside the package, so this works
+from any install (editable or not).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
+import importlib
 from types import ModuleType
 
-import lowbit
-
-# benchmark name -> file under benchmarks/
+# benchmark name -> module of lowbit.bench
 BENCHMARKS = {
-    "gemm": "gemm.py",
-    "ceiling": "ceiling.py",
-    "train-step": "train_step.py",
-    "inference": "inference.py",
-    "ptq": "ptq.py",
+    "gemm": "gemm",
+    "ceiling": "ceiling",
+    "train-step": "train_step",
+    "inference": "inference",
+    "ptq": "ptq",
 }
-
-
-def benchmarks_dir() -> Path:
-    """The repository's benchmarks/ folder (the package is installed editable from src/lowbit)."""
-    return Path(lowbit.__file__).resolve().parents[2] / "benchmarks"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,17 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load(name: str) -> ModuleType:
-    """Import benchmarks/<file>.py for ``name``; FileNotFoundError names the path when it is absent."""
-    path = benchmarks_dir() / BENCHMARKS[name]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"benchmark {name!r} needs {path}, which does not exist (benchmarks/ ships with the source "
-            "checkout: install lowbit editable from the repository)"
-        )
-    spec = importlib.util.spec_from_file_location(f"lowbit_benchmarks_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The ``lowbit.bench`` module of benchmark ``name``; ValueError names the known benchmarks."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    return importlib.import_module(f"lowbit.bench.{BENCHMARKS[name]}")
 
 
 def run(args: argparse.Namespace) -> int:

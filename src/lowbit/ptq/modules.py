@@ -9,12 +9,12 @@
   float32, so this is an FP8 GEMM with float32 accumulation; the scales are applied afterwards. The
   activations go to the float32 values of their FP8 codes in one fused pass (:mod:`lowbit.ptq.fp8_kernels`)
   and the weight codes are decoded by a table (:func:`lowbit.ptq.weights.code_values`; torch's float8 casts
-  cost ~2 ns per value), into per-thread workspaces: the layer runs at 0.59–0.93x FP32 (``benchmarks/ptq.py``,
+  cost ~2 ns per value), into per-thread workspaces: the layer runs at 0.59–0.93x FP32 (``lowbit bench ptq``,
   two quiet runs, 2026-11-30; it was 0.37–0.64x with torch's casts) — the float32 GEMM plus ~10–30 % for the
   rounding and decoding.
   ``fp8_compute="scaled_mm"`` calls ``torch._scaled_mm`` on the float8 tensors instead.
   Measured on this machine (AMD EPYC, AVX2, no AVX-512/AMX; torch 2.13 CPU; 2 cores shared with other
-  jobs; ``python benchmarks/ptq.py``, M=2048 tokens, MiniLM's K×N ∈ {384×384, 384×1536, 1536×384}, variants
+  jobs; ``lowbit bench ptq``, M=2048 tokens, MiniLM's K×N ∈ {384×384, 384×1536, 1536×384}, variants
   interleaved in one process, three runs): the bare ``torch._scaled_mm`` FP8 GEMM runs at 0.39–0.58× the
   speed of the FP32 GEMM, the bare emulated product (upcasts + FP32 GEMM) at 0.54–0.76×; end to end the
   layer is 0.3–0.55× FP32 emulated and 0.2–0.54× with ``_scaled_mm``. Both give the same values up to

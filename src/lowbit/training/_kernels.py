@@ -23,7 +23,7 @@ def _lib() -> tuple[ctypes.CDLL | None, str]:
 
 
 def _profiled(fn):
-    """Label the kernel call ``lowbit_train::<name>`` in torch.profiler traces (benchmarks/train_step.py)."""
+    """Label the kernel call ``lowbit_train::<name>`` in torch.profiler traces (lowbit bench train-step)."""
     label = f"lowbit_train::{fn.__name__.strip('_')}"
 
     @functools.wraps(fn)

@@ -18,7 +18,7 @@ ratios of one run rather than absolute times across runs. ``--clock cpu --thread
 time instead of elapsed time: on a loaded machine that removes most of the waiting for a core (2-thread
 OpenMP regions wait for both threads to be scheduled), but it is not the target's measure.
 
-Usage: ``python benchmarks/train_step.py [--tokens 4096] [--hidden 768] [--ffn 3072] [--layers 2]
+Usage: ``python -m lowbit.bench.train_step [--tokens 4096] [--hidden 768] [--ffn 3072] [--layers 2]
 [--recipe int4] [--repeats 5] [--threads 2] [--clock wall|cpu] [--json FILE]``; results also go to
 ``results/train_step.json`` and the table to ``results/train_step.md``.
 """
@@ -45,7 +45,7 @@ from lowbit.ops import backends
 from lowbit.training import QuantLinear, convert
 from lowbit.training._kernels import native_reason
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+RESULTS_DIR = Path("results")  # relative to the working directory, like every lowbit output
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

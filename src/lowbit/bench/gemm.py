@@ -26,7 +26,7 @@ all run the ``vpdpbusd`` kernel.
 Each lowbit row's pieces are also timed alone: quantization + packing of x (``quant_ms``) and the GEMM with
 its epilogue on prepacked operands (``gemm_ms``); the full row runs them fused. Methods are interleaved
 within each repeat and medians are reported; run on a quiet machine and compare ratios from one run.
-Usage: ``python benchmarks/gemm.py [--json FILE]`` or ``lowbit bench gemm [--json FILE]``.
+Usage: ``python -m lowbit.bench.gemm [--json FILE]`` or ``lowbit bench gemm [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 TRANSFORMER_SHAPES = [(4096, 768, 768), (4096, 768, 3072), (4096, 3072, 768)]  # tokens x (K -> N)
 SQUARE_SHAPES = [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096)]
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+RESULTS_DIR = Path("results")  # relative to the working directory, like every lowbit output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ Times, interleaved round-robin in one process so that load from other jobs hits 
 * ``mxfp8`` / ``mxfp4`` — MX weights and activations (``EmulatedLinear``): activations rounded per 32-value
   block each call, weight decoded, FP32 GEMM.
 
-Run ``python benchmarks/ptq.py [--tokens 2048] [--reps 15] [--threads N] [--json FILE]``; prints medians and
+Run ``python -m lowbit.bench.ptq [--tokens 2048] [--reps 15] [--threads N] [--json FILE]``; prints medians and
 speed relative to fp32 (above 1 is faster).
 """
 

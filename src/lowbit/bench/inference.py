@@ -5,14 +5,14 @@ lowbit's integer-only graph and to ``torch.ao.quantization.quantize_dynamic`` (i
 a user would pick instead), then times one forward of a batch × sequence = ``--tokens`` (default 4096) batch,
 the three variants interleaved round-robin so that load from other jobs hits each alike, and reports the
 held-out loss of each. Prints a table with speed ratios; ``--json FILE`` writes the figures (and
-``--results FILE``, default benchmarks/results/inference.json, keeps the last run).
+``--results FILE``, default results/inference/latest.json, keeps the last run).
 
 ``--profile`` adds a per-op time table of one integer forward (fused GEMMs by shape, attention, norms, the
 rest) and of one FP32 forward (torch profiler, top ops). ``--task minilm-rt`` times all-MiniLM-L6-v2 FP32 vs
 integer-only on ``--minilm-batches`` batches of 32 Rotten Tomatoes test snippets instead (fidelity: ``lowbit
 infer --task minilm-rt``). The JSON records the 1-minute load average before and after the timing.
 
-Run ``python benchmarks/inference.py [--train-steps 300] [--reps 5] [--threads 1]`` or
+Run ``python -m lowbit.bench.inference [--train-steps 300] [--reps 5] [--threads 1]`` or
 ``lowbit bench inference ...``.
 """
 
@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     infer.add_arguments(parser)
     parser.add_argument("--tokens", type=int, default=4096, help="batch x sequence tokens per forward")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per variant")
-    parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "inference.json"))
+    parser.add_argument(
+        "--results", default="results/inference/latest.json", help="also keep the last run's figures here"
+    )
     parser.add_argument(
         "--profile", action="store_true", help="per-op times of the integer and FP32 forwards"
     )

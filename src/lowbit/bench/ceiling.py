@@ -8,14 +8,14 @@ script measures both in one run:
    system C compiler), on one core: the bare FMA rate (the ceiling of any FP32 GEMM), a textbook 6 x 16 sgemm
    loop, lowbit's u4 x s4 loop (``vpmaddubsw`` + ``vpaddw``, int16 accumulation) and u8 x s7 loop
    (``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd``), and the bare ``vpmaddubsw`` rate;
-2. the transformer shapes of ``benchmarks/gemm.py`` (same methods, same interleaved medians);
+2. the transformer shapes of ``lowbit.bench.gemm`` (same methods, same interleaved medians);
 3. each GEMM's share of its ceiling = its GOP/s over (threads x the one-core peak of its loop; for FP32 the
    bare FMA rate, since MKL's kernel is not public), and the ceiling ratios the targets amount to.
 
 The ceilings are one-core rates times the thread count: on this (virtual, shared-host) machine the all-core
 rates of the integer loops vary by +-20 % from run to run, the one-core rates by a few percent.
 
-Usage: ``python benchmarks/ceiling.py`` or ``lowbit bench ceiling [--repeats N]``; writes
+Usage: ``python -m lowbit.bench.ceiling`` or ``lowbit bench ceiling [--repeats N]``; writes
 ``results/gemm_ceiling.{md,json}`` unless ``--no-results-file``.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
+import importlib.resources
 import json
 import logging
 import os
@@ -39,8 +39,7 @@ import torch
 
 from lowbit.ops import backends, native
 
-HERE = Path(__file__).resolve().parent
-RESULTS_DIR = HERE.parent / "results"
+RESULTS_DIR = Path("results")  # relative to the working directory, like every lowbit output
 PROBES = {  # probe kind -> (name, what it is)
     3: ("fp32 FMA peak", "12 independent vfmadd231ps, no loads: the ceiling of any FP32 GEMM"),
     0: ("fp32 6x16 loop", "a textbook sgemm loop: 2 B loads, 6 vbroadcastss, 12 vfmadd231ps per k"),
@@ -113,6 +112,8 @@ def build_probe(workdir: Path) -> _Probes:
     if shutil.which(cc) is None:
         raise RuntimeError(f"C compiler {cc!r} not found; install gcc or set CC")
     out = workdir / "isa_probe.so"
+    probe_source = workdir / "isa_probe.c"  # shipped inside the package (package data)
+    probe_source.write_bytes(importlib.resources.files("lowbit.bench").joinpath("isa_probe.c").read_bytes())
     cmd = [
         cc,
         "-O2",
@@ -120,7 +121,7 @@ def build_probe(workdir: Path) -> _Probes:
         "-mfma",
         "-shared",
         "-fPIC",
-        str(HERE / "isa_probe.c"),
+        str(probe_source),
         "-o",
         str(out),
     ]
@@ -162,13 +163,6 @@ def probe_rate(lib, kind: int, seconds: float) -> float:
     return macs / (time.perf_counter() - t0)
 
 
-def _gemm_module():
-    spec = importlib.util.spec_from_file_location("lowbit_benchmarks_gemm", HERE / "gemm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def measure_probes(lib: _Probes, seconds: float, runs: int = 5) -> dict[int, list[float]]:
     """GOP/s (2 ops per MAC) of every probe on one core, `runs` times each."""
     return {
@@ -178,7 +172,7 @@ def measure_probes(lib: _Probes, seconds: float, runs: int = 5) -> dict[int, lis
 
 def measure_gemms(repeats: int, backend: str) -> list[dict]:
     """The gemm.py methods on the transformer shapes: GOP/s of fp32, int4 and int8, full and GEMM-only."""
-    gemm = _gemm_module()
+    from lowbit.bench import gemm
     records = []
     names = list(METHODS)
     for m, k, n in gemm.TRANSFORMER_SHAPES:

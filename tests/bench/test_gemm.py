@@ -34,10 +34,20 @@ def test_records_on_each_backend(backend):
     assert {r["backend"] for r in records if r["dtype"] == "int8"} == {backend}
 
 
-def test_unknown_file_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "benchmarks_dir", lambda: tmp_path)
-    with pytest.raises(FileNotFoundError, match="train_step.py"):
-        bench.load("train-step")
+def test_unknown_benchmark_is_named():
+    with pytest.raises(ValueError, match="unknown benchmark 'nope'; known: ceiling, gemm"):
+        bench.load("nope")
+
+
+def test_benchmarks_ship_inside_the_package():
+    """lowbit bench works from a plain install: every benchmark is a module of lowbit.bench, and the ceiling
+    probe's C source is package data."""
+    import importlib.resources
+
+    for name in bench.BENCHMARKS:
+        module = bench.load(name)
+        assert module.__name__.startswith("lowbit.bench.") and callable(module.run)
+    assert importlib.resources.files("lowbit.bench").joinpath("isa_probe.c").is_file()
 
 
 def test_train_step_benchmark_runs_from_the_cli_registry(tmp_path):

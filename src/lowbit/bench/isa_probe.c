@@ -1,4 +1,4 @@
-// Instruction-throughput probes for benchmarks/ceiling.py: the inner loop of a 6 x 16 GEMM micro-kernel of each
+// Instruction-throughput probes for lowbit.bench.ceiling: the inner loop of a 6 x 16 GEMM micro-kernel of each
 // kind, run over operands that stay in L1, so the loop's rate is the most a GEMM built on it can reach on one
 // core. Built by ceiling.py with the system C compiler (gcc -O2 -mavx2 -mfma -shared -fPIC); not part of
 // lowbit.
