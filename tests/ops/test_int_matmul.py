@@ -258,8 +258,7 @@ def test_backend_reports():
 
 @needs_native
 def test_native_is_used_when_available():
-    assert backends.is_native(ops.backend().chosen) or ops.backend().chosen == "onednn"
-    assert "avx2" not in ops.backend().reasons or ops.backend().reasons["avx2"]
+    assert ops.backend().chosen != "reference"  # a native ISA, or onednn where it measured faster
 
 
 def test_unavailable_native_is_reported_not_hidden(gen, monkeypatch):

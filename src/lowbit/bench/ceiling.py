@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit.files import atomic_write_text
 from lowbit.ops import backends, native
 
 RESULTS_DIR = Path("results")  # relative to the working directory, like every lowbit output
@@ -173,6 +174,7 @@ def measure_probes(lib: _Probes, seconds: float, runs: int = 5) -> dict[int, lis
 def measure_gemms(repeats: int, backend: str) -> list[dict]:
     """The gemm.py methods on the transformer shapes: GOP/s of fp32, int4 and int8, full and GEMM-only."""
     from lowbit.bench import gemm
+
     records = []
     names = list(METHODS)
     for m, k, n in gemm.TRANSFORMER_SHAPES:
@@ -271,10 +273,10 @@ def run(args: argparse.Namespace) -> int:
     print(header + "\n\n" + table)  # noqa: T201 - the benchmark's report
     if not args.no_results_file:
         out_dir = RESULTS_DIR / "gemm_ceiling"  # one file pair per CPU
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{backends.cpu_slug()}.json").write_text(json.dumps(payload, indent=1))
-        (out_dir / f"{backends.cpu_slug()}.md").write_text(
-            f"# GEMM efficiency vs instruction ceilings\n\n{header}\n\n{table}\n"
+        atomic_write_text(out_dir / f"{backends.cpu_slug()}.json", json.dumps(payload, indent=1))
+        atomic_write_text(
+            out_dir / f"{backends.cpu_slug()}.md",
+            f"# GEMM efficiency vs instruction ceilings\n\n{header}\n\n{table}\n",
         )
     return 0
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 import lowbit.ops as ops
+from lowbit.files import atomic_write_text
 from lowbit.ops import backends, native_gemm
 
 logger = logging.getLogger(__name__)
@@ -280,14 +281,12 @@ def run(args: argparse.Namespace) -> int:
     print(header + "\n\n" + table)  # noqa: T201 - the benchmark's report
     payload = json.dumps(records, indent=1)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(payload)
+        atomic_write_text(args.json, payload)
     if not args.no_results_file:
         out_dir = RESULTS_DIR / "gemm"  # one file pair per CPU: figures of other CPUs stay as measured there
-        out_dir.mkdir(parents=True, exist_ok=True)
         stem = backends.cpu_slug()
-        (out_dir / f"{stem}.json").write_text(payload)
-        (out_dir / f"{stem}.md").write_text(f"# GEMM benchmark\n\n{header}\n\n{table}\n\n{NOTES}\n")
+        atomic_write_text(out_dir / f"{stem}.json", payload)
+        atomic_write_text(out_dir / f"{stem}.md", f"# GEMM benchmark\n\n{header}\n\n{table}\n\n{NOTES}\n")
     return 0
 
 

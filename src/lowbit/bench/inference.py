@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from lowbit.experiments import infer
+from lowbit.files import atomic_write_text
 from lowbit.ops import backends
 
 logger = logging.getLogger(__name__)
@@ -232,8 +233,7 @@ def run_minilm(args: argparse.Namespace) -> int:
         print(f"{name:<22}{v:>10.1f} ms/batch {ms['fp32'] / v:>6.2f}x fp32   cosine {cosine:.4f}")
     text = json.dumps(result, indent=2) + "\n"
     for path in filter(None, (args.json,)):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
+        atomic_write_text(path, text)
     return 0
 
 
@@ -317,8 +317,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {op:<58}{v:>9.1f}")
     text = json.dumps(result, indent=2) + "\n"
     for path in filter(None, (args.json, args.results)):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
+        atomic_write_text(path, text)
     return 0
 
 

@@ -29,12 +29,12 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import lowbit.formats as fmts
+from lowbit.files import atomic_write_text
 from lowbit.ops import backends, native_gemm
 from lowbit.ptq.modules import LayerSpec, build_layer
 from lowbit.ptq.weights import encode_weight
@@ -153,10 +153,9 @@ def run(args: argparse.Namespace) -> int:
                         "speed_vs_fp32": {a: ref / t for a, t in med.items()}})  # fmt: skip
     print("(Nx) = speed relative to fp32: above 1 is faster than FP32")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         meta = {"header": header, "backend": ops.backend().chosen, "cpu": str(ops.backend().cpu),
                 "threads": torch.get_num_threads()}
-        Path(args.json).write_text(json.dumps({"meta": meta, "shapes": records}, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps({"meta": meta, "shapes": records}, indent=2) + "\n")
         print(f"records: {args.json}")
     return 0
 

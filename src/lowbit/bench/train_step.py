@@ -40,6 +40,7 @@ from torch import nn
 
 import lowbit.ops
 from lowbit.experiments.runtime import keep_freed_memory
+from lowbit.files import atomic_write_text
 from lowbit.models.layers import Block
 from lowbit.ops import backends
 from lowbit.training import QuantLinear, convert
@@ -266,11 +267,10 @@ def run(args: argparse.Namespace) -> int:
     paths = [args.json] if args.json else []
     if not args.no_results_file:
         out_dir = RESULTS_DIR / "train_step"  # one file pair per CPU
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{backends.cpu_slug()}.md").write_text("```\n" + table + "\n```\n")
+        atomic_write_text(out_dir / f"{backends.cpu_slug()}.md", "```\n" + table + "\n```\n")
         paths.append(out_dir / f"{backends.cpu_slug()}.json")
     for path in paths:
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -14,6 +14,7 @@ the ``avx2`` ISA; on ``avx512-vnni`` every product is kind 4 (kind 0 layouts, ``
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -296,7 +297,13 @@ def int_matmul_scaled(
 
 def has_bf16_dot() -> bool:
     """Whether kind 5 (``vdpbf16ps``, AVX512-BF16) can run here: the library loads and the CPU has it."""
-    return native.available() and bool(native.lib().lowbit_cpu_has_avx512bf16())
+    return native.available() and _cpu_has_bf16_dot()
+
+
+@functools.cache
+def _cpu_has_bf16_dot() -> bool:
+    """CPUID (and the OS's zmm state) for AVX512-BF16, asked once per process."""
+    return bool(native.lib().lowbit_cpu_has_avx512bf16())
 
 
 def pack_bf16(t: torch.Tensor, panel: int, scratch: str | None = None) -> torch.Tensor:

@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import torch
 
-
-def _as_mk_kn(a: torch.Tensor, b: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Views (no copies) so that the product is ``a2 @ b2`` with a2: (M, K), b2: (K, N)."""
-    if layout == "nt":
-        return a, b.t()
-    if layout == "nn":
-        return a, b
-    return a.t(), b  # "tn"
+from lowbit.ops import reference
 
 
 def int_matmul(a8: torch.Tensor, b8: torch.Tensor, layout: str, out: torch.Tensor) -> None:
     """Exact int32 ``a8 ∘ b8`` (layout as in ``lowbit.ops.int_matmul``) into ``out`` (int32 (M, N))."""
-    a2, b2 = _as_mk_kn(a8, b8, layout)
+    a2, b_nk = reference.as_nt(a8, b8, layout)  # views: a2 (M, K), b_nk (N, K)
+    b2 = b_nk.t()
     if 0 in (a2.shape[0], a2.shape[1], b2.shape[1]):
         out.zero_()
         return
@@ -47,7 +41,4 @@ def int_matmul_scaled(
     """``float32(acc) * sa[i] * sb[j] (+ bias[j])`` into ``out`` (float32 (M, N)), as the reference does."""
     acc = torch.empty(out.shape, dtype=torch.int32)
     int_matmul(a8, b8, layout, acc)
-    torch.mul(acc, sa.reshape(-1, 1), out=out)  # int32 * float32 -> float32(acc) * sa, one rounding
-    out.mul_(sb.reshape(1, -1))
-    if bias is not None:
-        out.add_(bias.reshape(1, -1))
+    reference.dequantize(acc, sa, sb, bias, out=out)

@@ -38,7 +38,7 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     return (lo | (hi << 4)).to(torch.uint8)
 
 
-def _as_nt(a: torch.Tensor, b: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+def as_nt(a: torch.Tensor, b: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Views (no copies) so that the product is ``a2 @ b2.T`` with a2: (M, K), b2: (N, K)."""
     if layout == "nt":
         return a, b
@@ -49,7 +49,7 @@ def _as_nt(a: torch.Tensor, b: torch.Tensor, layout: str) -> tuple[torch.Tensor,
 
 def int_matmul(a: torch.Tensor, b: torch.Tensor, layout: str = "nt") -> torch.Tensor:
     """Exact int32 product of int8 code matrices (see module docstring for why float64 is exact)."""
-    a2, b2 = _as_nt(a, b, layout)
+    a2, b2 = as_nt(a, b, layout)
     acc = a2.to(torch.float64) @ b2.to(torch.float64).t()
     return acc.to(torch.int32)
 
@@ -63,11 +63,24 @@ def int_matmul_scaled(
     layout: str = "nt",
 ) -> torch.Tensor:
     """``float32(acc) * a_scale[i] * b_scale[j] + bias[j]`` with a_scale: (M,), b_scale: (N,) float32."""
-    acc = int_matmul(a, b, layout).to(torch.float32)
-    out = acc * a_scale.reshape(-1, 1)
-    out = out * b_scale.reshape(1, -1)
+    return dequantize(int_matmul(a, b, layout), a_scale, b_scale, bias)
+
+
+def dequantize(
+    acc: torch.Tensor,
+    a_scale: torch.Tensor,
+    b_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The epilogue every backend matches: ``float32(acc) * a_scale[i] * b_scale[j] (+ bias[j])``, one float32
+    rounding per operation, in that order (into ``out`` when given: float32, acc's shape)."""
+    out = torch.mul(
+        acc, a_scale.reshape(-1, 1), out=out
+    )  # int32 * float32: float32(acc) * a_scale, rounded once
+    out.mul_(b_scale.reshape(1, -1))
     if bias is not None:
-        out = out + bias.reshape(1, -1)
+        out.add_(bias.reshape(1, -1))
     return out
 
 

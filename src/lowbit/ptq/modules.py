@@ -33,6 +33,7 @@ carries a :class:`LayerSpec` from which :mod:`lowbit.ptq.serialization` rebuilds
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -41,7 +42,7 @@ from torch import nn
 
 from lowbit import ops
 from lowbit.formats import INT7, Format, IntFormat, get_format
-from lowbit.ops import native_gemm
+from lowbit.ops import backends, native_gemm
 from lowbit.ops.native_gemm import scratch
 from lowbit.ptq import fp8_kernels
 from lowbit.ptq.weights import code_values, decode_weight, nbytes
@@ -135,6 +136,15 @@ class QuantLinear(nn.Module):
         """The low-precision weight buffers (codes and scales)."""
         return {n: getattr(self, n) for n in self._weight_names}
 
+    def bf16_weight(self, values: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The weight's ``values()`` (float32 (N, K), bf16-exact) as bf16 panels for ``vdpbf16ps``, cached and
+        rebuilt when a weight buffer changes (keyed on the buffers' storage and version)."""
+        key = tuple((t.data_ptr(), t._version) for t in self.weight_buffers().values())
+        if getattr(self, "_bf16_key", None) != key:
+            self._bf16_packed = native_gemm.pack_bf16(values(), native_gemm.NR)
+            self._bf16_key = key
+        return self._bf16_packed
+
     def weight_nbytes(self) -> int:
         """Bytes of weight codes + weight scales + the static activation scale (bias not included)."""
         extra = 4 if self.act_scale is not None else 0
@@ -223,6 +233,13 @@ class Int8Linear(QuantLinear):
         return f"int8 GEMM ({kernel}), int32 accumulate ({ops.backend().chosen})"
 
 
+def bf16_dot_usable(x2: torch.Tensor | None) -> bool:
+    """Whether a call on ``x2`` can multiply on ``vdpbf16ps``: the CPU has AVX512-BF16, ``backend="auto"``
+    resolves to lowbit's native kernels, and no gradient is needed (the float32 GEMM stays differentiable)."""
+    grad = x2 is not None and x2.requires_grad and torch.is_grad_enabled()
+    return not grad and native_gemm.has_bf16_dot() and backends.is_native(backends.resolve("auto"))
+
+
 class FP8Linear(QuantLinear):
     """FP8 weights × FP8 activations: products on the CPU's bf16 dot-product instruction (``"bf16_dot"``,
     AVX512-BF16: every FP8 value is an exact bf16 value, so products are exact and sums float32), emulated
@@ -239,19 +256,8 @@ class FP8Linear(QuantLinear):
                 f"({ops.why_not_native() or 'this CPU lacks avx512_bf16'}); use fp8_compute='auto'"
             )
         if mode == "auto":
-            grad = x2 is not None and x2.requires_grad and torch.is_grad_enabled()
-            fast = native_gemm.has_bf16_dot() and ops.api.backends.is_native(ops.backend().chosen)
-            return "bf16_dot" if fast and not grad else "emulated"
+            return "bf16_dot" if bf16_dot_usable(x2) else "emulated"
         return mode
-
-    def _bf16_weight(self) -> torch.Tensor:
-        """The weight codes' values as bf16 panels for ``vdpbf16ps`` (cached; keyed on the buffer)."""
-        w = self.w_codes
-        key = (w.data_ptr(), w._version)
-        if getattr(self, "_bf16_key", None) != key:
-            self._bf16_packed = native_gemm.pack_bf16(code_values(w), native_gemm.NR)
-            self._bf16_key = key
-        return self._bf16_packed
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         w_fp8 = self.w_codes  # (N, K) float8
@@ -270,7 +276,8 @@ class FP8Linear(QuantLinear):
             sa = a_scale.reshape(-1).expand(m).contiguous()
             sb = w_scale.reshape(-1).expand(self.out_features).contiguous()
             bias = None if self.bias is None else self.bias.detach().contiguous()
-            native_gemm.bf16_matmul_scaled(a_vals, self._bf16_weight(), self.out_features, sa, sb, bias, y)
+            w_panels = self.bf16_weight(lambda: code_values(w_fp8))
+            native_gemm.bf16_matmul_scaled(a_vals, w_panels, self.out_features, sa, sb, bias, y)
             return y
         if mode == "emulated":
             # activations straight to the float32 values of their FP8 codes, weight codes decoded by table
@@ -331,25 +338,7 @@ class EmulatedLinear(QuantLinear):
         is needed: every MX value (element x power-of-two block scale) is an exact bf16 value, so the products
         are exact and the sums float32 (inputs below bf16's normal range, 2**-126, are flushed by the
         instruction — an absolute error far below the float32 rounding of any sum they join)."""
-        grad = x2 is not None and x2.requires_grad and torch.is_grad_enabled()
-        return (
-            self.act_format is not None
-            and not grad
-            and native_gemm.has_bf16_dot()
-            and ops.api.backends.is_native(ops.backend().chosen)
-        )
-
-    def _bf16_weight(self) -> torch.Tensor:
-        """The decoded MX weight as bf16 panels (cached; keyed on the weight buffers' storage and version)."""
-        buffers = self.weight_buffers()
-        key = tuple((t.data_ptr(), t._version) for t in buffers.values())
-        if getattr(self, "_bf16_key", None) != key:
-            shape = (self.out_features, self.in_features)
-            self._bf16_packed = native_gemm.pack_bf16(
-                decode_weight(buffers, self.weight_format, shape), native_gemm.NR
-            )
-            self._bf16_key = key
-        return self._bf16_packed
+        return self.act_format is not None and bf16_dot_usable(x2)
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         if self.act_format is not None:  # MX: dynamic per-block scale (the element rounding fused in C)
@@ -359,9 +348,11 @@ class EmulatedLinear(QuantLinear):
             y = torch.empty(m, n)
             bias = None if self.bias is None else self.bias.detach().contiguous()
             ones_m, ones_n = torch.ones(m), torch.ones(n)
-            native_gemm.bf16_matmul_scaled(
-                x2.detach().contiguous(), self._bf16_weight(), n, ones_m, ones_n, bias, y
+            shape = (self.out_features, self.in_features)
+            w_panels = self.bf16_weight(
+                lambda: decode_weight(self.weight_buffers(), self.weight_format, shape)
             )
+            native_gemm.bf16_matmul_scaled(x2.detach().contiguous(), w_panels, n, ones_m, ones_n, bias, y)
             return y
         # The decoded weight goes to a per-thread workspace (it lives until the GEMM has read it) unless
         # autograd would keep it for the input's gradient.

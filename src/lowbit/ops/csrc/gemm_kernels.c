@@ -26,9 +26,6 @@
 #ifndef LB_NCP
 #define LB_NCP 32  // B panels (of NR columns) per block: 512 columns
 #endif
-#ifndef LB_VNNI_KC_MAX
-#define LB_VNNI_KC_MAX 1024  // k per slice of kind 4
-#endif
 #ifndef LB_KC_MAX
 #define LB_KC_MAX 1024  // k per slice (kind 1 widens its int16 sums every LOWBIT_I4_KC k inside a slice)
 #endif
@@ -243,9 +240,7 @@ static int gemm_driver(int kind, const void *Ap, const float *x, long ldx, const
     const int kg = wide ? 2 : 4, esz = wide ? 2 : 1;
     const int Kp = LOWBIT_ROUND_UP(K, kg);
     // kind 5 keeps one K slice: each float32 output is one sequential chain over k (the order the tests emulate)
-    const int nks = kind == LOWBIT_KIND_BF16
-                        ? 1
-                        : LOWBIT_CEIL_DIV(Kp, kind == LOWBIT_KIND_VNNI ? LB_VNNI_KC_MAX : LB_KC_MAX);
+    const int nks = kind == LOWBIT_KIND_BF16 ? 1 : LOWBIT_CEIL_DIV(Kp, LB_KC_MAX);
     const int qstep = kind >= LOWBIT_KIND_VNNI ? LOWBIT_VNNI_NB : 1;  // B panels per micro-kernel call
     const int kc = LOWBIT_ROUND_UP(LOWBIT_CEIL_DIV(Kp, nks), kg);
     const int mpan = LOWBIT_CEIL_DIV(M, LOWBIT_MR), npan = LOWBIT_CEIL_DIV(N, LOWBIT_NR);
