@@ -102,3 +102,11 @@ def test_main_fails_when_a_step_fails_and_checks_step_names(tmp_path: Path, caps
     assert "known steps" in err and err.startswith("lowbit main: error:") and err.count("\n") == 1
     with pytest.raises(ValueError, match="name and a module"):
         main_job.Step("", "selfcheck")
+
+
+def test_main_writes_under_results_main_per_cpu_by_default(tmp_path: Path, monkeypatch) -> None:
+    from lowbit.ops import backends
+
+    monkeypatch.chdir(tmp_path)  # the default is relative to the working directory, like every lowbit output
+    assert main(["main", "--steps", "formats"]) == 0
+    assert (tmp_path / "results" / "main" / backends.cpu_slug() / "formats.json").is_file()

@@ -16,7 +16,7 @@ The ceilings are one-core rates times the thread count: on this (virtual, shared
 rates of the integer loops vary by +-20 % from run to run, the one-core rates by a few percent.
 
 Usage: ``python -m lowbit.bench.ceiling`` or ``lowbit bench ceiling [--repeats N]``; writes
-``results/gemm_ceiling.{md,json}`` unless ``--no-results-file``.
+``results/gemm_ceiling/<cpu>.{md,json}`` unless ``--no-results-file``.
 """
 
 from __future__ import annotations

@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", default="auto", choices=list(backends.BACKENDS), help="lowbit backend of the lowbit rows"
     )
-    parser.add_argument("--no-results-file", action="store_true", help="do not write results/gemm.{json,md}")
+    parser.add_argument(
+        "--no-results-file", action="store_true", help="do not write results/gemm/<cpu>.{json,md}"
+    )
 
 
 def _time(fn: Callable[[], object]) -> float:

@@ -5,7 +5,7 @@ lowbit's integer-only graph and to ``torch.ao.quantization.quantize_dynamic`` (i
 a user would pick instead), then times one forward of a batch × sequence = ``--tokens`` (default 4096) batch,
 the three variants interleaved round-robin so that load from other jobs hits each alike, and reports the
 held-out loss of each. Prints a table with speed ratios; ``--json FILE`` writes the figures (and
-``--results FILE``, default results/inference/latest.json, keeps the last run).
+``--results FILE``, default ``results/inference/{gpt,minilm}_<cpu>.json``, keeps the last run on this CPU).
 
 ``--profile`` adds a per-op time table of one integer forward (fused GEMMs by shape, attention, norms, the
 rest) and of one FP32 forward (torch profiler, top ops). ``--task minilm-rt`` times all-MiniLM-L6-v2 FP32 vs
@@ -43,12 +43,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="batch x sequence tokens per forward")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per variant")
     parser.add_argument(
-        "--results", default="results/inference/latest.json", help="also keep the last run's figures here"
+        "--results",
+        default=None,
+        help="also keep the run's figures here (default: results/inference/{gpt,minilm}_<cpu>.json)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="per-op times of the integer and FP32 forwards"
     )
     parser.add_argument("--minilm-batches", type=int, default=4, help="minilm-rt: timed batches of 32 texts")
+
+
+def results_path(args: argparse.Namespace, model: str) -> Path:
+    """``--results``, or this CPU's file ``results/inference/<model>_<cpu>.json`` (one per model and CPU)."""
+    return (
+        Path(args.results)
+        if args.results
+        else Path("results") / "inference" / f"{model}_{backends.cpu_slug()}.json"
+    )
 
 
 def measure(variants: dict[str, object], x: torch.Tensor, reps: int) -> dict[str, float]:
@@ -232,7 +243,7 @@ def run_minilm(args: argparse.Namespace) -> int:
         cosine = result["mean_cosine_vs_fp32"].get(name, 1.0)
         print(f"{name:<22}{v:>10.1f} ms/batch {ms['fp32'] / v:>6.2f}x fp32   cosine {cosine:.4f}")
     text = json.dumps(result, indent=2) + "\n"
-    for path in filter(None, (args.json,)):
+    for path in filter(None, (args.json, results_path(args, "minilm"))):
         atomic_write_text(path, text)
     return 0
 
@@ -316,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
             for op, v in table.items():
                 print(f"  {op:<58}{v:>9.1f}")
     text = json.dumps(result, indent=2) + "\n"
-    for path in filter(None, (args.json, args.results)):
+    for path in filter(None, (args.json, results_path(args, "gpt"))):
         atomic_write_text(path, text)
     return 0
 

@@ -20,7 +20,7 @@ OpenMP regions wait for both threads to be scheduled), but it is not the target'
 
 Usage: ``python -m lowbit.bench.train_step [--tokens 4096] [--hidden 768] [--ffn 3072] [--layers 2]
 [--recipe int4] [--repeats 5] [--threads 2] [--clock wall|cpu] [--json FILE]``; results also go to
-``results/train_step.json`` and the table to ``results/train_step.md``.
+``results/train_step/<cpu>.json`` and the table to ``results/train_step/<cpu>.md``.
 """
 
 from __future__ import annotations
@@ -256,11 +256,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "faults every step); by default both sides keep freed memory for reuse",
     )
     p.add_argument("--json", type=Path, help="also write the results to this file")
-    p.add_argument("--no-results-file", action="store_true", help="do not write results/train_step.{md,json}")
+    p.add_argument(
+        "--no-results-file", action="store_true", help="do not write results/train_step/<cpu>.{md,json}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Measure, print the table, write the JSON (and results/train_step.* unless --no-results-file)."""
+    """Measure, print the table, write the JSON (and results/train_step/<cpu>.* unless --no-results-file)."""
     result = measure(args)
     table = _table(result)
     print(table)  # noqa: T201 - the benchmark's report

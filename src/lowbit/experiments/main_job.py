@@ -2,7 +2,9 @@
 
 The steps: ``formats`` (the format table, also saved as JSON), ``selfcheck`` (the numerics check), then
 ``compare`` — the INT4 training comparison of Xi et al. on the Shakespeare GPT (fp32, int8, int4, int4-naive
-with one seed and data order; report.md, curves and JSON under ``{out}/compare-gpt-shakespeare``).
+with one seed and data order; report.md, curves and JSON under ``{out}/compare-gpt-shakespeare``). ``{out}``
+defaults to ``results/main/<cpu>`` (``lowbit.ops.backends.cpu_slug()``), the layout of the repository's
+``results/`` (one folder per experiment, one run per CPU).
 To add a step, append a :class:`Step` to :data:`STEPS`; its ``argv`` may use ``{out}`` for the output folder.
 Every step runs even if an earlier one failed; the job's exit code is non-zero if any step failed.
 """
@@ -53,7 +55,10 @@ STEPS: tuple[Step, ...] = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", type=Path, default=Path("results"), help="folder for the job's outputs (default: results)"
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the job's outputs (default: results/main/<cpu>, e.g. results/main/amd-epyc_avx2)",
     )
     parser.add_argument(
         "--steps",
@@ -89,6 +94,10 @@ def run_step(step: Step, out: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     steps = select_steps(args.steps)
+    if args.out is None:
+        from lowbit.ops import backends  # only here: reading the CPU is not needed to parse the arguments
+
+        args.out = Path("results") / "main" / backends.cpu_slug()
     check_output_dir(args.out, "--out", create=True)
     codes: dict[str, int] = {}
     for i, step in enumerate(steps, 1):
