@@ -3,7 +3,7 @@
 The Sylvester matrix ``H_1 = [1]``, ``H_2n = [[H_n, H_n], [H_n, -H_n]] / sqrt(2)`` is symmetric and
 orthogonal, so the transform is its own inverse and preserves norms. Applied block-diagonally along the
 reduction dimension of both GEMM operands it leaves the product unchanged, ``(X H)(W H)^T = X W^T``, while
-spreading outliers across each block before quantization (Xi et al., SPEC §1).
+spreading outliers across each block before quantization (Xi et al., docs/SPEC.md §1).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def test_stochastic_split_unbiased() -> None:
 def test_spec_clamp_six_clips_the_top() -> None:
     g = torch.tensor([[1.0, -1.0, 0.5]])
     hi, lo, unit = bit_split(g, clamp=6, rounding="nearest")
-    assert float(bit_merge(hi, lo, unit)[0, 0]) == pytest.approx(90 / 98)  # SPEC's ±6: max reconstructs 90/98
+    assert float(bit_merge(hi, lo, unit)[0, 0]) == pytest.approx(90 / 98)  # the paper's ±6: max gives 90/98
     hi, lo, unit = bit_split(g, clamp=7, rounding="nearest")
     assert float(bit_merge(hi, lo, unit)[0, 0]) == pytest.approx(1.0)
 

@@ -1,4 +1,4 @@
-"""Loaders for lowbit's offline material (SPEC §5) and for users' own text, CSV and image files."""
+"""Loaders for lowbit's offline material (docs/SPEC.md §5) and for users' own text, CSV and image files."""
 
 from lowbit.data.fashion_mnist import load_fashion_mnist
 from lowbit.data.rotten_tomatoes import TextClassificationSplits, load_rotten_tomatoes, load_text_csv

@@ -5,7 +5,7 @@ fresh ``mmap`` and returns it to the OS on ``free``; the next step's buffer of t
 and every page faults in. A Transformer training step allocates and frees hundreds of MB of activations
 (attention scores, GELU inputs, gradients), so on this machine the page faults cost about a second of every
 training step, FP32 or INT4 alike (``lowbit bench train-step --system-malloc`` vs without; figures in
-``results/train_step.md``). PyTorch's CPU tuning guides recommend jemalloc or tcmalloc for this;
+``results/train_step/README.md``). PyTorch's CPU tuning guides recommend jemalloc or tcmalloc for this;
 :func:`keep_freed_memory` gets the same effect from glibc itself: ``mallopt(M_MMAP_MAX, 0)`` (every block
 from the heap) and a 2 GB trim threshold (freed memory stays in the process). The cost: the process keeps
 its peak memory until it exits.

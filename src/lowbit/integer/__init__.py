@@ -1,4 +1,4 @@
-"""Fully 8-bit integer inference (SPEC §2): scaled integers, Scale Propagation, integer kernels, convert().
+"""Fully 8-bit integer inference (docs/SPEC.md §2): scaled integers, Scale Propagation, kernels, convert().
 
 * :mod:`lowbit.integer.scaled` — :class:`ScaledInt` and the propagation rules, :class:`Dyadic` multipliers.
 * :mod:`lowbit.integer.kernels` — integer L1/standard LayerNorm, poly/softmax attention, i-exp, i-GELU.

@@ -3,7 +3,7 @@
 A :class:`ScaledInt` is ``real ≈ values * scale`` with ``values`` an integer tensor (int8 between operations,
 int32 for accumulations) and ``scale`` a float64 Python constant (per tensor) or a float64 vector along the
 last dimension (per channel). Scales never enter the arithmetic on values: every operation computes its
-result values with integer arithmetic only and *propagates* the scale symbolically (SPEC §2):
+result values with integer arithmetic only and *propagates* the scale symbolically (docs/SPEC.md §2):
 
 * matmul / linear: INT32 accumulation on :mod:`lowbit.ops`, scale ``s1 · s2``;
 * element-wise product: values multiply, scale ``s1 · s2``;

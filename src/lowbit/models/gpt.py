@@ -23,7 +23,7 @@ INIT_STD = 0.02
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Sizes and architecture choices of ``GPT``; ``integer_transformer()`` gives the SPEC §2 variant."""
+    """Sizes and architecture of ``GPT``; ``integer_transformer()`` gives the docs/SPEC.md §2 variant."""
 
     vocab_size: int
     block_size: int = 128
@@ -51,7 +51,7 @@ class GPTConfig:
 
     @classmethod
     def integer_transformer(cls, vocab_size: int, **kwargs: object) -> GPTConfig:
-        """The Integer Transformer of SPEC §2: polynomial attention, L1 LayerNorm, ReLU FFN."""
+        """The Integer Transformer of docs/SPEC.md §2: polynomial attention, L1 LayerNorm, ReLU FFN."""
         return cls(vocab_size=vocab_size, attention="poly", norm="l1", activation="relu", **kwargs)
 
 

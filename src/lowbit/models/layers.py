@@ -1,11 +1,11 @@
 """Transformer building blocks shared by lowbit's GPT and ViT, including the Integer Transformer variants.
 
-The Integer Transformer (SPEC §2, Lin et al. 2020) changes three things so that inference can run on integers:
+The Integer Transformer (Lin et al. 2020, docs/SPEC.md §2) changes three things so inference runs on integers:
 polynomial attention instead of softmax, L1 LayerNorm (mean absolute deviation instead of the standard
 deviation, no square root) and a ReLU FFN. Here they are ordinary FP32 training-time modules.
 
 Every projection is an ``nn.Linear`` (so ``lowbit.convert`` can swap them); the attention products QKᵀ and PV
-are plain ``torch.matmul`` calls, which stay in floating point during training (SPEC §1).
+are plain ``torch.matmul`` calls, which stay in floating point during training (docs/SPEC.md §1).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@
   layer is 0.3–0.55× FP32 emulated and 0.2–0.54× with ``_scaled_mm``. Both give the same values up to
   float32 summation order. So this CPU has no usable real FP8 product, and the emulation is the default
   (faster, and no private torch API). Re-measured with the INT8 layers in the same loop
-  (``results/ptq/bench/table.txt``, load average ~8 from other jobs): ``_scaled_mm`` 0.36–0.53×, upcast
+  (``results/ptq_bench/amd-epyc_avx2.txt``, load ~8 from other jobs): ``_scaled_mm`` 0.36–0.53×, upcast
   GEMM 0.54–0.67×, FP8 layer 0.28–0.42× (emulated) / 0.26–0.39× (``_scaled_mm``).
 * :class:`EmulatedLinear` — weight-only formats (INT4 packed, INT8, FP8, MXFP8, MXFP4) and MX weight +
   activation recipes: the weight is decoded to float32 on each call (exact), MX activations are quantized

@@ -1,7 +1,7 @@
 """Bit splitting (Xi et al. §4.2): a gradient tensor as two INT4 tensors, ``g ≈ (14·hi + lo) · unit``.
 
 ``scale = 196 / (2·max|g|)``, ``t = g·scale`` in [-98, 98]; ``hi = clamp(round(t/14), ±c)`` (nearest),
-``lo = clamp(round_stochastic(t − 14·hi), ±c)``; ``unit = 1/scale``. SPEC's text uses c = 6, which clips
+``lo = clamp(round_stochastic(t − 14·hi), ±c)``; ``unit = 1/scale``. docs/SPEC.md §1 uses c = 6, which clips
 |t| > 90 (the low half cannot absorb a residual of up to 14) and so biases the largest entries; lowbit's
 default is c = 7, still inside INT4's [-8, 7], for which ``|t − 14·hi| <= 7`` always and stochastic rounding
 of the residual makes ``E[(14·hi + lo)·unit] = g`` exactly.

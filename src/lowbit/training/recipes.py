@@ -120,7 +120,7 @@ class Recipe:
         if self.lsq_init is not None and self.lsq_init not in LSQ_INITS:
             raise ValueError(f"lsq_init must be None or one of {LSQ_INITS}, got {self.lsq_init!r}")
         if self.split_clamp not in (6, 7):
-            raise ValueError(f"split_clamp must be 6 (SPEC text) or 7 (unbiased), got {self.split_clamp!r}")
+            raise ValueError(f"split_clamp must be 6 (the paper's) or 7 (unbiased), got {self.split_clamp!r}")
 
     @property
     def converts(self) -> bool:
