@@ -171,7 +171,7 @@ def test_ctrl_c_exits_130_naming_the_checkpoint(tmp_path, text_file, capsys, mon
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, text_file, capsys, monkeypatch):
-    from lowbit.experiments.tasks import GPTShakespeareTask
+    from lowbit.experiments.tasks.gpt import GPTShakespeareTask
 
     def broken(self, model, batch):
         raise RuntimeError("planted bug")

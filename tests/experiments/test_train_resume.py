@@ -9,7 +9,7 @@ import torch
 
 from lowbit.experiments.checkpoint import CHECKPOINT_NAME, CheckpointError
 from lowbit.experiments.runner import METRICS_NAME, finish, prepare, train
-from lowbit.experiments.tasks import GPTShakespeareTask
+from lowbit.experiments.tasks.gpt import GPTShakespeareTask
 
 
 class Interrupted(Exception):

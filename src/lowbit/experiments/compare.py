@@ -20,7 +20,8 @@ from lowbit.experiments.checkpoint import CHECKPOINT_NAME, CheckpointError
 from lowbit.experiments.config import TrainConfig
 from lowbit.experiments.guard import check_fresh_run, check_output_dir, locked_output
 from lowbit.experiments.runner import RunResult, check_recipe, finish, prepare, write_json
-from lowbit.experiments.tasks import Task, make_task
+from lowbit.experiments.tasks import make_task
+from lowbit.experiments.tasks.base import Task
 from lowbit.experiments.train import (
     USER_ERRORS,
     add_common_arguments,

@@ -59,7 +59,7 @@ from lowbit.experiments.runner import (
     lr_factor,
     make_optimizer,
 )
-from lowbit.experiments.tasks import Task
+from lowbit.experiments.tasks.base import Task
 from lowbit.training.distributed import all_sum, attach_group
 from lowbit.training.optim import STEP_NAMES, sync_step_lrs
 
@@ -343,17 +343,18 @@ def _name_of(model: nn.Module, param: nn.Parameter) -> str:
 # -- sharded evaluation --------------------------------------------------------------------------------------
 def _eval_plan(task: Task) -> tuple[list[Any], Callable[[nn.Module, Any], tuple[float, float]], float] | None:
     """(batches, batch → (sum, count), scale of sum/count) of the task's evaluation; None: not shardable."""
-    from lowbit.experiments import tasks as t
+    from lowbit.experiments.tasks import classifiers as c
+    from lowbit.experiments.tasks import gpt
 
-    if isinstance(task, t.GPTShakespeareTask):
+    if isinstance(task, gpt.GPTShakespeareTask):
         from lowbit.data import sequential_batches
 
         cfg = task.config
         max_batches = None
         if cfg.max_eval_examples is not None:
-            max_batches = math.ceil(cfg.max_eval_examples / t.EVAL_WINDOWS_PER_BATCH)
+            max_batches = math.ceil(cfg.max_eval_examples / gpt.EVAL_WINDOWS_PER_BATCH)
         batches = list(
-            sequential_batches(task.val_tokens, cfg.seq_len, t.EVAL_WINDOWS_PER_BATCH, max_batches)
+            sequential_batches(task.val_tokens, cfg.seq_len, gpt.EVAL_WINDOWS_PER_BATCH, max_batches)
         )
 
         def loss_sum(model: nn.Module, b: Any) -> tuple[float, float]:
@@ -361,10 +362,10 @@ def _eval_plan(task: Task) -> tuple[list[Any], Callable[[nn.Module, Any], tuple[
             return float(loss) * b[1].numel(), float(b[1].numel())
 
         return batches, loss_sum, 1.0
-    if isinstance(task, (t.ViTFashionTask, t.BertRTTask)):
+    if isinstance(task, (c.ViTFashionTask, c.BertRTTask)):
         batches: list[Any] = []
-        step = t.EVAL_EXAMPLES_PER_BATCH
-        if isinstance(task, t.ViTFashionTask):
+        step = c.EVAL_EXAMPLES_PER_BATCH
+        if isinstance(task, c.ViTFashionTask):
             batches = [
                 (task.x_test[i : i + step], task.y_test[i : i + step])
                 for i in range(0, len(task.y_test), step)

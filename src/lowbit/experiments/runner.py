@@ -34,7 +34,8 @@ from lowbit.experiments.checkpoint import (
 )
 from lowbit.experiments.config import TrainConfig, derive_seed
 from lowbit.experiments.guard import note_checkpoint
-from lowbit.experiments.tasks import Task, make_task
+from lowbit.experiments.tasks import make_task
+from lowbit.experiments.tasks.base import Task
 from lowbit.training.optim import sync_step_lrs
 
 logger = logging.getLogger(__name__)
