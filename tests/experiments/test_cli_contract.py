@@ -14,7 +14,8 @@ from lowbit import cli
 from lowbit.experiments import runner
 from lowbit.experiments.config import TrainConfig
 from lowbit.experiments.guard import locked_output
-from lowbit.experiments.runner import METRICS_NAME, train
+from lowbit.experiments.metrics import METRICS_NAME
+from lowbit.experiments.runner import train
 
 
 def _train_argv(text_file: Path, out: Path, *extra: str) -> list[str]:

@@ -16,10 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lowbit.experiments.build import check_recipe
 from lowbit.experiments.checkpoint import CHECKPOINT_NAME, CheckpointError
 from lowbit.experiments.config import TrainConfig
 from lowbit.experiments.guard import check_fresh_run, check_output_dir, locked_output
-from lowbit.experiments.runner import RunResult, check_recipe, finish, prepare, write_json
+from lowbit.experiments.metrics import RunResult, write_json
+from lowbit.experiments.runner import finish, prepare
 from lowbit.experiments.tasks import make_task
 from lowbit.experiments.tasks.base import Task
 from lowbit.experiments.train import (

@@ -51,14 +51,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lowbit.experiments.build import lr_factor, make_optimizer
 from lowbit.experiments.config import TrainConfig, derive_seed
-from lowbit.experiments.runner import (
-    Run,
-    TrainingDiverged,
-    finish,
-    lr_factor,
-    make_optimizer,
-)
+from lowbit.experiments.divergence import TrainingDiverged
+from lowbit.experiments.runner import Run, finish
 from lowbit.experiments.tasks.base import Task
 from lowbit.training.distributed import all_sum, attach_group
 from lowbit.training.optim import STEP_NAMES, sync_step_lrs
