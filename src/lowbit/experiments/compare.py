@@ -121,11 +121,11 @@ def setup(configs: Sequence[TrainConfig]) -> Task:
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison; print the results table on stdout; 2 on a user error (message on stderr)."""
-    from lowbit.experiments import distributed
+    from lowbit.experiments import torchrun
     from lowbit.experiments.report import results_table
 
-    if distributed.launched():  # under torchrun: data-parallel training
-        return distributed.run_compare(args)
+    if torchrun.launched():  # under torchrun: data-parallel training
+        return torchrun.run_compare(args)
     out = args.out or f"runs/compare-{args.task}"
     with contextlib.ExitStack() as stack:
         try:

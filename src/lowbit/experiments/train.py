@@ -96,7 +96,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-eval-examples", type=int, help="evaluate on the first N held-out examples/windows"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from lowbit.experiments.distributed import add_arguments as add_parallel_arguments
+    from lowbit.experiments.torchrun import add_arguments as add_parallel_arguments
 
     add_parallel_arguments(parser)  # --fsdp, --dist-timeout: used under torchrun
     parser.add_argument(
@@ -147,11 +147,11 @@ def report_user_error(command: str, err: Exception) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train, print the result as JSON on stdout; 2 on a user error (message on stderr)."""
-    from lowbit.experiments import distributed
+    from lowbit.experiments import torchrun
     from lowbit.experiments.runner import finish, prepare
 
-    if distributed.launched():  # under torchrun: data-parallel training
-        return distributed.run_train(args)
+    if torchrun.launched():  # under torchrun: data-parallel training
+        return torchrun.run_train(args)
 
     with contextlib.ExitStack() as stack:
         try:
