@@ -94,7 +94,7 @@ class Int4HQLinearFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad_out):  # noqa: D102
+    def backward(ctx: Any, grad_out):
         x_int4, w_int4, x_saved, w_saved, sx, sw = ctx.saved_tensors
         recipe: Recipe = ctx.recipe
         need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
@@ -319,7 +319,7 @@ class Int8LinearFn(torch.autograd.Function):
     per-feature X (scales never on a reduction dim, so every product dequantizes in the epilogue)."""
 
     @staticmethod
-    def forward(ctx: Any, x, weight, bias, recipe: Recipe):  # noqa: D102
+    def forward(ctx: Any, x, weight, bias, recipe: Recipe):
         x_int8, sx = quantize_rows(x.detach().float().contiguous(), 8)  # per token (N,)
         w_int8, sw = quantize_rows(weight.detach().float().contiguous(), 8)  # per output channel (C,)
         y = int_matmul_scaled(
@@ -330,7 +330,7 @@ class Int8LinearFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad_out):  # noqa: D102
+    def backward(ctx: Any, grad_out):
         x, weight = ctx.saved_tensors
         g32 = grad_out.float().contiguous()
         grad_x = grad_w = grad_b = None
