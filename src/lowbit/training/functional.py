@@ -143,47 +143,6 @@ class Int4HQLinearFn(torch.autograd.Function):
         return grad_x, grad_w, grad_b, gx_step, gw_step, None, None, None
 
 
-def _sampled_backward(
-    grad_out,
-    x_int4,
-    w_int4,
-    sx,
-    sw,
-    recipe: Recipe,
-    generator,
-    need_x: bool,
-    need_w: bool,
-    amax: float | None = None,
-    offset: int = 0,
-    n_total: int | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """∂L/∂(XH)^ and ∂L/∂(WH)^ with the paper's Bernoulli leverage score sampling over rows [hi; lo].
-
-    Data parallelism (``recipe.group``): this process holds rows ``[offset, offset + N)`` of ``n_total``;
-    scales, normalisation, the uniforms and the noise counters are those of the whole batch."""
-    n = grad_out.shape[0]
-    group = recipe.group
-    n_total = n if n_total is None else n_total
-    local_rows = torch.arange(offset, offset + n, dtype=torch.int64)
-    # global index of each stacked row [hi; lo] in the whole batch's stack (hi rows 0..N-1, lo rows N..2N-1)
-    positions = torch.cat([local_rows, local_rows + n_total]) if group is not None else None
-    hi, lo, unit = bit_split(
-        grad_out,
-        clamp=recipe.split_clamp,
-        rounding=recipe.grad_rounding,
-        generator=generator,
-        amax=amax,
-        rows=local_rows if group is not None else None,
-    )
-    g_stack = torch.cat([hi, lo])  # (2N, C): ∇Y↕, rows [hi; lo]
-    row_unit = torch.cat([torch.full((n,), SPLIT_RADIX * unit), torch.full((n,), unit)])  # (2N,)
-    g_norm = _row_norms(g_stack) * row_unit
-    sampled = _SampledRows(g_stack, row_unit, g_norm, positions, 2 * n_total)
-    grad_xh = _sampled_grad_xh(sampled, w_int4, sw, generator, group) if need_x else None
-    grad_wh = _sampled_grad_wh(sampled, x_int4, sx, recipe, generator) if need_w else None
-    return grad_xh, grad_wh
-
-
 class _SampledRows(NamedTuple):
     """The bit-split ∇Y↕ rows [hi; lo] the sampled backward draws from, with their scales and scores."""
 
@@ -251,6 +210,47 @@ def _kept_rows_layout(
     lo_start = int(counts[:, 0].sum() + counts[:rank, 1].sum())
     j = torch.arange(idx.numel(), dtype=torch.int64)
     return float(counts[:, 2].max()), torch.where(j < k_hi, hi_start + j, lo_start + j - k_hi)
+
+
+def _sampled_backward(
+    grad_out,
+    x_int4,
+    w_int4,
+    sx,
+    sw,
+    recipe: Recipe,
+    generator,
+    need_x: bool,
+    need_w: bool,
+    amax: float | None = None,
+    offset: int = 0,
+    n_total: int | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """∂L/∂(XH)^ and ∂L/∂(WH)^ with the paper's Bernoulli leverage score sampling over rows [hi; lo].
+
+    Data parallelism (``recipe.group``): this process holds rows ``[offset, offset + N)`` of ``n_total``;
+    scales, normalisation, the uniforms and the noise counters are those of the whole batch."""
+    n = grad_out.shape[0]
+    group = recipe.group
+    n_total = n if n_total is None else n_total
+    local_rows = torch.arange(offset, offset + n, dtype=torch.int64)
+    # global index of each stacked row [hi; lo] in the whole batch's stack (hi rows 0..N-1, lo rows N..2N-1)
+    positions = torch.cat([local_rows, local_rows + n_total]) if group is not None else None
+    hi, lo, unit = bit_split(
+        grad_out,
+        clamp=recipe.split_clamp,
+        rounding=recipe.grad_rounding,
+        generator=generator,
+        amax=amax,
+        rows=local_rows if group is not None else None,
+    )
+    g_stack = torch.cat([hi, lo])  # (2N, C): ∇Y↕, rows [hi; lo]
+    row_unit = torch.cat([torch.full((n,), SPLIT_RADIX * unit), torch.full((n,), unit)])  # (2N,)
+    g_norm = _row_norms(g_stack) * row_unit
+    sampled = _SampledRows(g_stack, row_unit, g_norm, positions, 2 * n_total)
+    grad_xh = _sampled_grad_xh(sampled, w_int4, sw, generator, group) if need_x else None
+    grad_wh = _sampled_grad_wh(sampled, x_int4, sx, recipe, generator) if need_w else None
+    return grad_xh, grad_wh
 
 
 def _per_tensor_int4(
