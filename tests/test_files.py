@@ -11,10 +11,10 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
 
-from lowbit import files  # noqa: E402
+from lowbit import files
 
 
 def _leftovers(folder):

@@ -14,7 +14,8 @@ from lowbit import cli
 from lowbit.experiments import runner
 from lowbit.experiments.config import TrainConfig
 from lowbit.experiments.guard import locked_output
-from lowbit.experiments.runner import METRICS_NAME, train
+from lowbit.experiments.metrics import METRICS_NAME
+from lowbit.experiments.runner import train
 
 
 def _train_argv(text_file: Path, out: Path, *extra: str) -> list[str]:
@@ -171,7 +172,7 @@ def test_ctrl_c_exits_130_naming_the_checkpoint(tmp_path, text_file, capsys, mon
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, text_file, capsys, monkeypatch):
-    from lowbit.experiments.tasks import GPTShakespeareTask
+    from lowbit.experiments.tasks.gpt import GPTShakespeareTask
 
     def broken(self, model, batch):
         raise RuntimeError("planted bug")

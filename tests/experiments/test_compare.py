@@ -8,8 +8,8 @@ import pytest
 
 from lowbit import cli
 from lowbit.experiments.compare import RESULTS_NAME, compare, parse_recipes
+from lowbit.experiments.metrics import RunResult
 from lowbit.experiments.report import EVAL_PNG, LOSS_PNG, REPORT_MD, delta_text, results_table
-from lowbit.experiments.runner import RunResult
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

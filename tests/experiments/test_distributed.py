@@ -103,17 +103,17 @@ def _dying_worker(rank: int, port: int, root: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from lowbit.experiments import distributed
+    from lowbit.experiments import parallel, torchrun
     from lowbit.experiments.config import TrainConfig
     from lowbit.experiments.runner import finish
 
-    par = distributed.init(fsdp=True, timeout=60)
+    par = parallel.init(fsdp=True, timeout=60)
     config = TrainConfig.from_overrides(
         "gpt-shakespeare", recipe="int4", out="killed", data="corpus.txt", steps=STEPS, batch_size=4,
         seq_len=16, layers=1, dim=32, heads=2, max_eval_examples=8, eval_every=2,
         checkpoint_every=CHECKPOINT_EVERY, threads=1, progress=False,
     )  # fmt: skip
-    run = distributed.prepare(config, None, par)
+    run = torchrun.prepare(config, None, par)
     if (
         rank == 0
     ):  # FSDP2 shards QuantLinear's weight like nn.Linear's (dim 0); the 0-dim LSQ steps stay whole
@@ -132,7 +132,7 @@ def _dying_worker(rank: int, port: int, root: str) -> None:
 
     try:
         finish(run, on_step)
-    except distributed.PeerFailure as err:
+    except parallel.PeerFailure as err:
         Path(root, "rank0.err").write_text(str(err))
         raise SystemExit(4) from None
 

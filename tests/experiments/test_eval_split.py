@@ -8,15 +8,12 @@ import pytest
 import torch
 
 from lowbit import cli
+from lowbit.experiments.build import resolve_recipe
 from lowbit.experiments.config import TrainConfig, derive_seed
-from lowbit.experiments.runner import prepare, resolve_recipe, train
-from lowbit.experiments.tasks import (
-    GPT_VAL_FRACTION,
-    BertRTTask,
-    GPTShakespeareTask,
-    ViTFashionTask,
-    unused_training_examples,
-)
+from lowbit.experiments.runner import prepare, train
+from lowbit.experiments.tasks.classifiers import BertRTTask, ViTFashionTask
+from lowbit.experiments.tasks.gpt import GPT_VAL_FRACTION, GPTShakespeareTask
+from lowbit.experiments.tasks.samplers import unused_training_examples
 from lowbit.training import QuantLinear
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz_util import check_error, fuzz_settings
-from lowbit.experiments import bench, main_job
+from lowbit.experiments import bench, main_job, ptq_formats
 from lowbit.experiments import ptq as ptq_cli
 from lowbit.experiments.guard import UserError
 
@@ -38,9 +38,9 @@ def test_ptq_formats_give_configs_or_named_errors(entries, granularity, act, fp8
         ["--granularity", granularity, "--act-granularity", act, "--fp8-compute", fp8, "--observer", observer]
     )
     try:
-        for entry in ptq_cli.parse_formats(",".join(entries), args):
+        for entry in ptq_formats.parse_formats(",".join(entries), args):
             if entry.name != "fp32":
-                ptq_cli.config_for(entry, args)
+                ptq_formats.config_for(entry, args)
     except (ValueError, TypeError, UserError) as err:
         check_error(err if not isinstance(err, UserError) else ValueError(str(err)))
 

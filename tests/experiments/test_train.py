@@ -8,7 +8,8 @@ import pytest
 
 from lowbit import cli
 from lowbit.experiments.config import TASK_DEFAULTS, TASKS, TrainConfig
-from lowbit.experiments.runner import METRICS_NAME, prepare, train
+from lowbit.experiments.metrics import METRICS_NAME
+from lowbit.experiments.runner import prepare, train
 
 JSON_KEYS = {"task", "recipe", "steps", "seconds", "final_train_loss", "eval_metric", "eval_name"}
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from lowbit.experiments.checkpoint import CHECKPOINT_NAME, CheckpointError
-from lowbit.experiments.runner import METRICS_NAME, finish, prepare, train
-from lowbit.experiments.tasks import GPTShakespeareTask
+from lowbit.experiments.metrics import METRICS_NAME
+from lowbit.experiments.runner import finish, prepare, train
+from lowbit.experiments.tasks.gpt import GPTShakespeareTask
 
 
 class Interrupted(Exception):

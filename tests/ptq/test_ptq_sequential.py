@@ -10,7 +10,7 @@ import torch
 
 import lowbit.formats as F
 from lowbit import ptq
-from lowbit.experiments.ptq import config_for, parse_formats
+from lowbit.experiments.ptq_formats import config_for, parse_formats
 from lowbit.ptq.calibrate import observe_linears
 from lowbit.ptq.gptq import asymmetric_target, gptq_round
 from lowbit.ptq.sequential import fake_quant_activation, input_groups

@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         f"{args.repeats} interleaved repeats; load average "
         f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
     )
-    print(header + "\n\n" + table)  # noqa: T201 - the benchmark's report
+    print(header + "\n\n" + table)  # the benchmark's report
     if not args.no_results_file:
         out_dir = RESULTS_DIR / "gemm_ceiling"  # one file pair per CPU
         atomic_write_text(out_dir / f"{backends.cpu_slug()}.json", json.dumps(payload, indent=1))

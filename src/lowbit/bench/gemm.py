@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         f"{_load(load_before)} before, {_load(os.getloadavg())} after"
     )
     table += "\n\n" + ratio_summary(records)
-    print(header + "\n\n" + table)  # noqa: T201 - the benchmark's report
+    print(header + "\n\n" + table)  # the benchmark's report
     payload = json.dumps(records, indent=1)
     if args.json is not None:
         atomic_write_text(args.json, payload)

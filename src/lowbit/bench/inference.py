@@ -151,7 +151,7 @@ def onnxruntime_int8(model: torch.nn.Module, example: dict[str, torch.Tensor]):
             super().__init__()
             self.m = m
 
-        def forward(self, i, a, t):  # noqa: D102
+        def forward(self, i, a, t):
             return self.m(input_ids=i, attention_mask=a, token_type_ids=t).last_hidden_state
 
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-ort-"))
@@ -176,17 +176,12 @@ def onnxruntime_int8(model: torch.nn.Module, example: dict[str, torch.Tensor]):
     return run, f"onnxruntime {ort.__version__} quantize_dynamic (QInt8 weights), {threads} threads"
 
 
-def run_minilm(args: argparse.Namespace) -> int:
-    """MiniLM latency: FP32 vs integer-only on batches of 32 test snippets, interleaved; median ms/batch."""
-    from lowbit.data.rotten_tomatoes import load_rotten_tomatoes
-    from lowbit.integer.bert import convert_bert
-    from lowbit.models.bert import load_minilm, mean_pool, tokenize
-
-    model, tok = load_minilm()
-    data = load_rotten_tomatoes()
-    calib = [tokenize(tok, data.train_texts[i * 32 : (i + 1) * 32]) for i in range(args.calib_batches)]
-    im = convert_bert(model, calib)
-    batches = [tokenize(tok, data.test_texts[i * 32 : (i + 1) * 32]) for i in range(args.minilm_batches)]
+def _minilm_variants(
+    model: torch.nn.Module, im: object, example: dict[str, torch.Tensor]
+) -> tuple[dict[str, object], str]:
+    """The MiniLM variants (batch -> sentence embeddings): FP32, bf16 autocast, lowbit integer-only and,
+    when it can be built, ONNX Runtime INT8; and the ONNX Runtime note."""
+    from lowbit.models.bert import mean_pool
 
     def fp32(b: dict[str, torch.Tensor]) -> torch.Tensor:
         return mean_pool(model(**b).last_hidden_state, b["attention_mask"])
@@ -199,17 +194,23 @@ def run_minilm(args: argparse.Namespace) -> int:
         return im(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
 
     variants = {"fp32": fp32, "bf16-autocast": bf16, "lowbit-integer": integer}
-    ort_fn, ort_note = onnxruntime_int8(model, batches[0])
+    ort_fn, ort_note = onnxruntime_int8(model, example)
     if ort_fn is not None:
         variants["onnxruntime-int8"] = lambda b: mean_pool(ort_fn(b), b["attention_mask"])
-    print(f"onnxruntime: {ort_note}")
-    load_before = os.getloadavg()[0]
+    return variants, ort_note
+
+
+def _time_minilm(
+    variants: dict[str, object], batches: list[dict[str, torch.Tensor]], reps: int
+) -> tuple[dict[str, float], dict[str, list[torch.Tensor]]]:
+    """Median ms per batch of each variant (interleaved after a warm-up) and each non-FP32 variant's mean
+    cosine to the FP32 embeddings, per timed batch."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     cos: dict[str, list[torch.Tensor]] = {name: [] for name in variants if name != "fp32"}
     with torch.no_grad():
         for fn in variants.values():
             fn(batches[0])
-        for _ in range(args.reps):
+        for _ in range(reps):
             for b in batches:
                 for name, fn in variants.items():
                     t0 = time.perf_counter()
@@ -219,7 +220,24 @@ def run_minilm(args: argparse.Namespace) -> int:
                         ref = out
                     else:
                         cos[name].append(torch.nn.functional.cosine_similarity(ref, out, dim=-1).mean())
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, cos
+
+
+def run_minilm(args: argparse.Namespace) -> int:
+    """MiniLM latency: FP32 vs integer-only on batches of 32 test snippets, interleaved; median ms/batch."""
+    from lowbit.data.rotten_tomatoes import load_rotten_tomatoes
+    from lowbit.integer.bert import convert_bert
+    from lowbit.models.bert import load_minilm, tokenize
+
+    model, tok = load_minilm()
+    data = load_rotten_tomatoes()
+    calib = [tokenize(tok, data.train_texts[i * 32 : (i + 1) * 32]) for i in range(args.calib_batches)]
+    im = convert_bert(model, calib)
+    batches = [tokenize(tok, data.test_texts[i * 32 : (i + 1) * 32]) for i in range(args.minilm_batches)]
+    variants, ort_note = _minilm_variants(model, im, batches[0])
+    print(f"onnxruntime: {ort_note}")
+    load_before = os.getloadavg()[0]
+    ms, cos = _time_minilm(variants, batches, args.reps)
     result = {
         "task": "minilm-rt",
         "threads": torch.get_num_threads(),
@@ -248,10 +266,67 @@ def run_minilm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpt_variants(model: torch.nn.Module, dyn: torch.nn.Module, im: object) -> dict[str, object]:
+    """The GPT variants (tokens -> logits): FP32, bf16 autocast, torch dynamic INT8, lowbit integer-only."""
+
+    def bf16(t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(t)
+
+    return {
+        "fp32": lambda t: model(t),
+        "bf16-autocast": bf16,
+        "torch-dynamic-int8": lambda t: dyn(t),
+        "lowbit-integer": im,
+    }
+
+
+def _held_out_losses(
+    model: torch.nn.Module, dyn: torch.nn.Module, im: object, batches: list
+) -> dict[str, float]:
+    """The held-out loss of each GPT variant on ``batches``."""
+    from lowbit.integer import integer_lm_loss
+    from lowbit.models.gpt import evaluate_lm_loss
+
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_loss = evaluate_lm_loss(model, batches)
+        return {
+            "fp32": evaluate_lm_loss(model, batches),
+            "bf16-autocast": bf16_loss,
+            "torch-dynamic-int8": evaluate_lm_loss(dyn, batches),
+            "lowbit-integer": integer_lm_loss(im, batches),
+        }
+
+
+def _print_gpt(result: dict, variants: dict[str, object], x: torch.Tensor) -> None:
+    """The GPT table: ms per forward, speed vs FP32 and held-out loss of each variant, and the load."""
+    ms, losses = result["ms"], result["held_out_loss"]
+    load_before, load_after = result["load_avg_1min"]
+    print(f"CPU: {result['cpu']}; lowbit backend {backends.report().chosen}")
+    print(
+        f"torch {torch.__version__}, {result['threads']} threads, batch x seq = {x.shape[0]} x {x.shape[1]}"
+    )
+    print(f"{'variant':<22}{'ms/forward':>12}{'vs fp32':>10}{'held-out loss':>16}")
+    for name in variants:
+        print(f"{name:<22}{ms[name]:>12.1f}{ms['fp32'] / ms[name]:>9.2f}x{losses[name]:>16.4f}")
+    print(f"lowbit-integer vs torch-dynamic-int8: {result['integer_vs_dynamic']:.2f}x")
+    print(f"load average (1 min) before / after timing: {load_before:.2f} / {load_after:.2f}")
+
+
+def _profile(result: dict, im: object, model: torch.nn.Module, x: torch.Tensor) -> None:
+    """``--profile``: per-op ms of one integer and one FP32 forward, into ``result`` and printed."""
+    with torch.no_grad():
+        result["profile_ms"] = {"lowbit-integer": profile_integer(im, x), "fp32": profile_fp32(model, x)}
+    for name, table in result["profile_ms"].items():
+        print(f"per-op ms, {name}:")
+        for op, v in table.items():
+            print(f"  {op:<58}{v:>9.1f}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Train/load, convert, time and evaluate the three variants; print the table."""
-    from lowbit.integer import ConvertConfig, convert, integer_lm_loss
-    from lowbit.models.gpt import evaluate_lm_loss
+    from lowbit.integer import ConvertConfig, convert
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -270,29 +345,11 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.data.text import sequential_batches
 
     x = next(iter(sequential_batches(val, args.seq_len, args.tokens // args.seq_len, 1)))[0]  # (B, T)
-
-    def bf16(t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return model(t)
-
-    variants = {
-        "fp32": lambda t: model(t),
-        "bf16-autocast": bf16,
-        "torch-dynamic-int8": lambda t: dyn(t),
-        "lowbit-integer": im,
-    }
+    variants = _gpt_variants(model, dyn, im)
     load_before = os.getloadavg()[0]
     ms = measure(variants, x, args.reps)
     load_after = os.getloadavg()[0]
-    with torch.no_grad():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16_loss = evaluate_lm_loss(model, batches)
-        losses = {
-            "fp32": evaluate_lm_loss(model, batches),
-            "bf16-autocast": bf16_loss,
-            "torch-dynamic-int8": evaluate_lm_loss(dyn, batches),
-            "lowbit-integer": integer_lm_loss(im, batches),
-        }
+    losses = _held_out_losses(model, dyn, im, batches)
     fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
     result = {
         "tokens": x.numel(),
@@ -310,22 +367,9 @@ def run(args: argparse.Namespace) -> int:
         "weight_bytes": {"fp32": fp32_bytes, "lowbit-integer": im.weight_bytes()},
         "load_avg_1min": [load_before, load_after],
     }
-    print(f"CPU: {result['cpu']}; lowbit backend {backends.report().chosen}")
-    print(
-        f"torch {torch.__version__}, {result['threads']} threads, batch x seq = {x.shape[0]} x {x.shape[1]}"
-    )
-    print(f"{'variant':<22}{'ms/forward':>12}{'vs fp32':>10}{'held-out loss':>16}")
-    for name in variants:
-        print(f"{name:<22}{ms[name]:>12.1f}{ms['fp32'] / ms[name]:>9.2f}x{losses[name]:>16.4f}")
-    print(f"lowbit-integer vs torch-dynamic-int8: {result['integer_vs_dynamic']:.2f}x")
-    print(f"load average (1 min) before / after timing: {load_before:.2f} / {load_after:.2f}")
+    _print_gpt(result, variants, x)
     if args.profile:
-        with torch.no_grad():
-            result["profile_ms"] = {"lowbit-integer": profile_integer(im, x), "fp32": profile_fp32(model, x)}
-        for name, table in result["profile_ms"].items():
-            print(f"per-op ms, {name}:")
-            for op, v in table.items():
-                print(f"  {op:<58}{v:>9.1f}")
+        _profile(result, im, model, x)
     text = json.dumps(result, indent=2) + "\n"
     for path in filter(None, (args.json, results_path(args, "gpt"))):
         atomic_write_text(path, text)

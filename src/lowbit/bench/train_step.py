@@ -114,13 +114,9 @@ def _profile(fn: Callable[[], None], top: int = 10) -> list[dict[str, float | st
     ]
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """All measurements as one JSON-ready dict."""
-    malloc = "glibc default (large freed buffers unmapped)"
-    if not args.system_malloc and keep_freed_memory():
-        malloc = "freed memory kept for reuse (lowbit.experiments.runtime.keep_freed_memory)"
-    load_before = os.getloadavg()
-    torch.set_num_threads(args.threads)
+def _time_train_steps(args: argparse.Namespace) -> tuple[dict[str, float], object]:
+    """Median seconds of one training step of the FP32, bf16-autocast and converted stacks (seeded, same
+    input and initial weights); and the conversion summary."""
     torch.manual_seed(0)
     seq = 512
     batch = max(1, args.tokens // seq)
@@ -137,7 +133,12 @@ def measure(args: argparse.Namespace) -> dict:
         args.recipe: _train_step(q_model, torch.optim.AdamW(q_model.parameters(), lr=1e-4), x_model),
     }
     step_t = _median_seconds(steps, args.repeats, args.clock)
+    return step_t, summary
 
+
+def _time_linear(args: argparse.Namespace) -> tuple[dict[str, float], list[dict[str, float | str]]]:
+    """Median seconds of one forward+backward of ``nn.Linear`` (FP32, bf16 autocast) and ``QuantLinear``;
+    and the profile of the ``QuantLinear`` one."""
     lin = nn.Linear(args.hidden, args.ffn)
     qlin = QuantLinear.from_linear(copy.deepcopy(lin), args.recipe)
     x = torch.randn(args.tokens, args.hidden)
@@ -149,6 +150,18 @@ def measure(args: argparse.Namespace) -> dict:
     }
     layer_t = _median_seconds(layer_fns, args.repeats, args.clock)
     profile = _profile(layer_fns["QuantLinear"])
+    return layer_t, profile
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """All measurements as one JSON-ready dict."""
+    malloc = "glibc default (large freed buffers unmapped)"
+    if not args.system_malloc and keep_freed_memory():
+        malloc = "freed memory kept for reuse (lowbit.experiments.runtime.keep_freed_memory)"
+    load_before = os.getloadavg()
+    torch.set_num_threads(args.threads)
+    step_t, summary = _time_train_steps(args)
+    layer_t, profile = _time_linear(args)
     return {
         "recipe": args.recipe,
         "tokens": args.tokens,
@@ -265,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
     """Measure, print the table, write the JSON (and results/train_step/<cpu>.* unless --no-results-file)."""
     result = measure(args)
     table = _table(result)
-    print(table)  # noqa: T201 - the benchmark's report
+    print(table)  # the benchmark's report
     paths = [args.json] if args.json else []
     if not args.no_results_file:
         out_dir = RESULTS_DIR / "train_step"  # one file pair per CPU

@@ -126,19 +126,9 @@ MAX_LABEL_SHARE = 0.5
 CSV_COLUMNS = ("text", "label")
 
 
-def load_text_csv(
-    path: str | Path, seed: int = 0, test_fraction: float = TEST_FRACTION
-) -> TextClassificationSplits:
-    """A user's CSV of text and label columns, split like the Rotten Tomatoes data.
-
-    A header row naming the columns ``text`` and ``label`` (either order, any case) maps them by name; without
-    one the columns are text,label. A header naming other columns, a headerless file whose first column
-    holds the integers (swapped columns) and string "labels" nearly unique per row are refused. Integer
-    labels must be 0..K-1; labels that are all non-integer are mapped to ids in sorted order; in a file of
-    integer labels a non-integer one is refused naming its row. Rows with an empty text are dropped (logged);
-    a file with no text at all is refused.
-    """
-    path = Path(path)
+def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a UTF-8 CSV of two columns, with their line numbers; ValueError naming the
+    problem otherwise (not UTF-8, binary, invalid CSV, empty, a row of another width)."""
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {path}; pass a CSV with two columns: text,label")
     try:
@@ -161,6 +151,14 @@ def load_text_csv(
             raise ValueError(
                 f"{path}, row {line}: expected 2 columns (text,label), found {len(row)}: {row[:3]!r}"
             )
+    return rows
+
+
+def _csv_columns(
+    path: Path, rows: list[tuple[int, list[str]]]
+) -> tuple[int, int, list[tuple[int, list[str]]]]:
+    """(text column, label column, data rows): a header naming text and label maps them; without one the
+    columns are text,label. A header naming other columns and swapped columns are refused."""
     first = [c.strip().lower() for c in rows[0][1]]
     text_col, label_col = 0, 1
     if sorted(first) == sorted(CSV_COLUMNS):
@@ -182,14 +180,12 @@ def load_text_csv(
                 f"{path}: the first column holds integers and the second text, so the columns look swapped "
                 "(label,text); add a header row label,text, or write the rows as text,label"
             )
-    if not body:
-        raise ValueError(f"{path} has a header but no rows; expected rows of text,label")
-    kept = [(line, r[text_col].strip(), r[label_col].strip()) for line, r in body if r[text_col].strip()]
-    if not kept:
-        raise ValueError(f"{path}: every text is empty; the {CSV_COLUMNS[0]} column must hold the snippets")
-    if len(kept) < len(body):
-        logger.warning("%s: %d rows with an empty text dropped", path, len(body) - len(kept))
-    texts = [t for _, t, _ in kept]
+    return text_col, label_col, body
+
+
+def _csv_labels(path: Path, kept: list[tuple[int, str, str]]) -> tuple[list[int], tuple[str, ...]]:
+    """(label ids, label names) of the kept (line, text, label) rows: integers 0..K-1 as they are, all
+    non-integer labels as ids in sorted order; mixed, gapped or text-like label columns are refused."""
     raw = [v for _, _, v in kept]
     is_int = [_is_int(v) for v in raw]
     if any(is_int) and not all(is_int):
@@ -214,6 +210,32 @@ def load_text_csv(
                 "like text; check the column order (text,label) or add a header row naming them"
             )
         labels = [names.index(v) for v in raw]
+    return labels, names
+
+
+def load_text_csv(
+    path: str | Path, seed: int = 0, test_fraction: float = TEST_FRACTION
+) -> TextClassificationSplits:
+    """A user's CSV of text and label columns, split like the Rotten Tomatoes data.
+
+    A header row naming the columns ``text`` and ``label`` (either order, any case) maps them by name; without
+    one the columns are text,label. A header naming other columns, a headerless file whose first column
+    holds the integers (swapped columns) and string "labels" nearly unique per row are refused. Integer
+    labels must be 0..K-1; labels that are all non-integer are mapped to ids in sorted order; in a file of
+    integer labels a non-integer one is refused naming its row. Rows with an empty text are dropped (logged);
+    a file with no text at all is refused.
+    """
+    path = Path(path)
+    text_col, label_col, body = _csv_columns(path, _read_csv_rows(path))
+    if not body:
+        raise ValueError(f"{path} has a header but no rows; expected rows of text,label")
+    kept = [(line, r[text_col].strip(), r[label_col].strip()) for line, r in body if r[text_col].strip()]
+    if not kept:
+        raise ValueError(f"{path}: every text is empty; the {CSV_COLUMNS[0]} column must hold the snippets")
+    if len(kept) < len(body):
+        logger.warning("%s: %d rows with an empty text dropped", path, len(body) - len(kept))
+    texts = [t for _, t, _ in kept]
+    labels, names = _csv_labels(path, kept)
     if len(names) < 2:
         raise ValueError(f"{path}: only one distinct label {names!r}; a classifier needs at least two")
     return _seeded_split(path.name, texts, labels, names, seed, test_fraction)

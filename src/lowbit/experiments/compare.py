@@ -16,11 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lowbit.experiments.build import check_recipe
 from lowbit.experiments.checkpoint import CHECKPOINT_NAME, CheckpointError
 from lowbit.experiments.config import TrainConfig
 from lowbit.experiments.guard import check_fresh_run, check_output_dir, locked_output
-from lowbit.experiments.runner import RunResult, check_recipe, finish, prepare, write_json
-from lowbit.experiments.tasks import Task, make_task
+from lowbit.experiments.metrics import RunResult, write_json
+from lowbit.experiments.runner import finish, prepare
+from lowbit.experiments.tasks import make_task
+from lowbit.experiments.tasks.base import Task
 from lowbit.experiments.train import (
     USER_ERRORS,
     add_common_arguments,
@@ -118,11 +121,11 @@ def setup(configs: Sequence[TrainConfig]) -> Task:
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison; print the results table on stdout; 2 on a user error (message on stderr)."""
-    from lowbit.experiments import distributed
+    from lowbit.experiments import torchrun
     from lowbit.experiments.report import results_table
 
-    if distributed.launched():  # under torchrun: data-parallel training
-        return distributed.run_compare(args)
+    if torchrun.launched():  # under torchrun: data-parallel training
+        return torchrun.run_compare(args)
     out = args.out or f"runs/compare-{args.task}"
     with contextlib.ExitStack() as stack:
         try:

@@ -1,8 +1,8 @@
 """Data-parallel ``lowbit train`` / ``lowbit compare`` under ``torchrun`` (torch.distributed, gloo on CPU).
 
 ``torchrun --nproc_per_node N -m lowbit train ...`` (or the ``lowbit`` script under torchrun) starts N
-processes; ``launched()`` sees torchrun's environment and the commands come here instead of the one-process
-path. What a run does with N processes:
+processes; ``launched()`` sees torchrun's environment and the commands go to ``lowbit.experiments.torchrun``
+instead of the one-process path. What a run does with N processes:
 
 * **Same global batch.** Every process holds the same seeded sampler and draws the same global batch (the
   ``--batch-size`` of one process); process r trains on rows ``[r·B/N, (r+1)·B/N)`` (B must divide by N).
@@ -28,130 +28,32 @@ path. What a run does with N processes:
   the file on ``--resume`` (multi-node: the --out folder must be on a shared file system).
 * **Failures.** Collectives time out after ``--dist-timeout`` seconds (gloo raises instead of hanging), and
   torchrun stops the other workers when one exits: a dead rank takes the run down with its error.
+
+The process group is ``lowbit.experiments.parallel``; this module is the run of one process
+(``DistributedRun``) and the sharded evaluation.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import logging
 import math
-import os
-import shutil
-import sys
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from lowbit.experiments.build import lr_factor, make_optimizer
 from lowbit.experiments.config import TrainConfig, derive_seed
-from lowbit.experiments.runner import (
-    Run,
-    TrainingDiverged,
-    finish,
-    lr_factor,
-    make_optimizer,
-)
-from lowbit.experiments.tasks import Task
+from lowbit.experiments.divergence import TrainingDiverged
+from lowbit.experiments.parallel import Parallel, PeerFailure, check_config, collective_error, shard
+from lowbit.experiments.runner import Run
+from lowbit.experiments.tasks.base import Task
 from lowbit.training.distributed import all_sum, attach_group
 from lowbit.training.optim import STEP_NAMES, sync_step_lrs
 
 logger = logging.getLogger(__name__)
-
-#: Seconds a collective may wait for the other processes before it raises (``--dist-timeout``).
-DEFAULT_TIMEOUT = 300.0
-_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def launched() -> bool:
-    """True in a process started by ``torchrun`` (or with its environment variables set by hand)."""
-    return all(v in os.environ for v in _TORCHRUN_VARS)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The data-parallel flags of ``train`` / ``compare`` (used only under torchrun)."""
-    group = parser.add_argument_group("data parallel (under torchrun; see the README)")
-    group.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="shard weights and optimizer state with FSDP2 (fully_shard) instead of replicating them (DDP)",
-    )
-    group.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        help="seconds a collective waits for the other processes before it fails (default %(default)g)",
-    )
-
-
-@dataclass(frozen=True)
-class Parallel:
-    """This process's place in a data-parallel run: rank, world size, FSDP or DDP, the statistics group."""
-
-    rank: int
-    world: int
-    fsdp: bool = False
-    group: Any = None  # process group of the quantizers' statistics (apart from the gradient collectives)
-
-    @property
-    def main(self) -> bool:
-        """Rank 0: the process that prints and writes."""
-        return self.rank == 0
-
-
-def init(fsdp: bool = False, timeout: float = DEFAULT_TIMEOUT) -> Parallel:
-    """Join the torchrun process group (gloo) with collective timeouts; this process's :class:`Parallel`."""
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout))
-    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout))
-    par = Parallel(dist.get_rank(), dist.get_world_size(), fsdp, group)
-    if not par.main:  # one voice: warnings and errors only from the other ranks
-        logging.getLogger("lowbit").setLevel(logging.WARNING)
-    return par
-
-
-def check_config(config: TrainConfig, par: Parallel) -> None:
-    """ValueError when the global batch cannot be split evenly over the processes."""
-    if config.batch_size % par.world:
-        raise ValueError(
-            f"--batch-size {config.batch_size} (the global batch) must be divisible by the {par.world} "
-            f"processes; pass a multiple of {par.world}"
-        )
-
-
-def shard(draw: Any, par: Parallel) -> Any:
-    """This process's rows of a sampler draw (a tensor, or a tuple of tensors sharing the batch dim)."""
-    if isinstance(draw, torch.Tensor):
-        return draw.chunk(par.world)[par.rank] if par.world > 1 else draw
-    if isinstance(draw, (tuple, list)):
-        return type(draw)(shard(d, par) for d in draw)
-    raise TypeError(f"cannot shard a batch of type {type(draw).__name__}")
-
-
-def agree(error: Exception | None, par: Parallel) -> Exception | None:
-    """The first error any process met (so every process stops together), or None."""
-    found: list[Any] = [None] * par.world
-    dist.all_gather_object(found, None if error is None else (type(error).__name__, str(error)))
-    if error is not None:
-        return error
-    first = next((f for f in found if f is not None), None)
-    return None if first is None else ValueError(first[1])
-
-
-class PeerFailure(RuntimeError):
-    """A collective failed: another process died, or did not answer within the timeout."""
-
-
-def _collective_error(err: BaseException) -> bool:
-    text = str(err)
-    return isinstance(err, dist.DistError) or any(k in text for k in ("gloo", "Connection", "Timed out"))
 
 
 # -- FSDP2 helpers -------------------------------------------------------------------------------------------
@@ -285,7 +187,7 @@ class DistributedRun(Run):
         try:
             return super().loop(on_step)
         except RuntimeError as err:
-            if not _collective_error(err):
+            if not collective_error(err):
                 raise
             par = self.par
             raise PeerFailure(
@@ -343,17 +245,18 @@ def _name_of(model: nn.Module, param: nn.Parameter) -> str:
 # -- sharded evaluation --------------------------------------------------------------------------------------
 def _eval_plan(task: Task) -> tuple[list[Any], Callable[[nn.Module, Any], tuple[float, float]], float] | None:
     """(batches, batch → (sum, count), scale of sum/count) of the task's evaluation; None: not shardable."""
-    from lowbit.experiments import tasks as t
+    from lowbit.experiments.tasks import classifiers as c
+    from lowbit.experiments.tasks import gpt
 
-    if isinstance(task, t.GPTShakespeareTask):
+    if isinstance(task, gpt.GPTShakespeareTask):
         from lowbit.data import sequential_batches
 
         cfg = task.config
         max_batches = None
         if cfg.max_eval_examples is not None:
-            max_batches = math.ceil(cfg.max_eval_examples / t.EVAL_WINDOWS_PER_BATCH)
+            max_batches = math.ceil(cfg.max_eval_examples / gpt.EVAL_WINDOWS_PER_BATCH)
         batches = list(
-            sequential_batches(task.val_tokens, cfg.seq_len, t.EVAL_WINDOWS_PER_BATCH, max_batches)
+            sequential_batches(task.val_tokens, cfg.seq_len, gpt.EVAL_WINDOWS_PER_BATCH, max_batches)
         )
 
         def loss_sum(model: nn.Module, b: Any) -> tuple[float, float]:
@@ -361,10 +264,10 @@ def _eval_plan(task: Task) -> tuple[list[Any], Callable[[nn.Module, Any], tuple[
             return float(loss) * b[1].numel(), float(b[1].numel())
 
         return batches, loss_sum, 1.0
-    if isinstance(task, (t.ViTFashionTask, t.BertRTTask)):
+    if isinstance(task, (c.ViTFashionTask, c.BertRTTask)):
         batches: list[Any] = []
-        step = t.EVAL_EXAMPLES_PER_BATCH
-        if isinstance(task, t.ViTFashionTask):
+        step = c.EVAL_EXAMPLES_PER_BATCH
+        if isinstance(task, c.ViTFashionTask):
             batches = [
                 (task.x_test[i : i + step], task.y_test[i : i + step])
                 for i in range(0, len(task.y_test), step)
@@ -405,123 +308,3 @@ def evaluate(task: Task, model: nn.Module, par: Parallel) -> float:
             score(model, batches[0])
     total, count = all_sum([total, count], par.group).tolist()
     return scale * total / count
-
-
-# -- commands ------------------------------------------------------------------------------------------------
-def prepare(config: TrainConfig, task: Task | None, par: Parallel) -> DistributedRun:
-    """Build (and with ``config.resume`` restore) this process's run, then wrap its model (DDP / FSDP2)."""
-    if not par.main:  # rank 0 writes, reports and shows progress
-        config = config.replace(progress=False, json=None)
-    else:
-        from lowbit.experiments.checkpoint import remove_stale_temps
-
-        for folder in {Path(config.out), *([Path(config.json).parent] if config.json else [])}:
-            remove_stale_temps(folder)  # temp files of saves killed mid-write (as runner.prepare)
-    run = DistributedRun(config, task, par)
-    if config.resume:
-        run.restore()
-    if not par.main:  # the loop's closing metrics.json of ranks > 0 goes to a scratch folder
-        run.out = Path(tempfile.mkdtemp(prefix=f"lowbit-rank{par.rank}-"))
-    run.wrap()
-    return run
-
-
-def _close(run: DistributedRun) -> None:
-    if not run.par.main:
-        shutil.rmtree(run.out, ignore_errors=True)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """``lowbit train`` under torchrun; rank 0 prints the result JSON."""
-    from lowbit.experiments.guard import check_fresh_run, check_output_file, locked_output
-    from lowbit.experiments.train import USER_ERRORS, apply_threads, config_from_args, report_user_error
-
-    par = init(args.fsdp, args.dist_timeout)
-    try:
-        with contextlib.ExitStack() as stack:
-            err: Exception | None = None
-            try:
-                config = config_from_args(args, args.recipe, args.out or f"runs/{args.task}-{args.recipe}")
-                check_config(config, par)
-                if par.main:
-                    if config.json:
-                        check_output_file(config.json, "--json")
-                    stack.enter_context(locked_output(config.out))
-                    check_fresh_run([Path(config.out)], config.resume, getattr(args, "overwrite", False))
-                apply_threads(config)
-            except USER_ERRORS as e:
-                err = e
-            if (err := agree(err, par)) is None:
-                try:
-                    prepared = prepare(config, None, par)
-                except USER_ERRORS as e:
-                    err = e
-                err = agree(err, par)
-            if err is not None:
-                return report_user_error("train", err) if par.main else 2
-            try:
-                result = finish(prepared)
-            except PeerFailure as failure:
-                print(f"lowbit train: error: {failure}", file=sys.stderr)
-                return 1
-            finally:
-                _close(prepared)
-        if par.main:
-            print(json.dumps(result.to_dict()))
-        return 0
-    finally:
-        dist.destroy_process_group()
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    """``lowbit compare`` under torchrun; rank 0 writes the report and prints the table."""
-    from lowbit.experiments import compare as cmp
-    from lowbit.experiments.guard import check_fresh_run, check_output_dir, locked_output
-    from lowbit.experiments.report import results_table
-    from lowbit.experiments.train import USER_ERRORS, apply_threads, config_from_args, report_user_error
-
-    par = init(args.fsdp, args.dist_timeout)
-    out = args.out or f"runs/compare-{args.task}"
-    try:
-        with contextlib.ExitStack() as stack:
-            err: Exception | None = None
-            try:
-                recipes = cmp.parse_recipes(args.recipes)
-                configs = [config_from_args(args, r, str(Path(out) / r)) for r in recipes]
-                check_config(configs[0], par)
-                if par.main:
-                    folders = [Path(c.out) for c in configs]
-                    for folder in (Path(out), *folders):  # as compare.run: the comparison and each recipe
-                        stack.enter_context(locked_output(folder))
-                    check_fresh_run(folders, args.resume, getattr(args, "overwrite", False))
-                    for folder in folders:
-                        check_output_dir(folder)
-                apply_threads(configs[0])
-                task = cmp.setup(configs)
-            except USER_ERRORS as e:
-                err = e
-            if (err := agree(err, par)) is not None:
-                return report_user_error("compare", err) if par.main else 2
-            runs: list[DistributedRun] = []
-
-            def prepare_run(config: TrainConfig, task: Task) -> DistributedRun:
-                runs.append(prepare(config, task, par))
-                return runs[-1]
-
-            try:
-                results, report = cmp.compare(
-                    configs, out, cmp.command_line(args), task, prepare_run=prepare_run, write=par.main
-                )
-            except PeerFailure as failure:
-                print(f"lowbit compare: error: {failure}", file=sys.stderr)
-                return 1
-            finally:
-                for r in runs:
-                    _close(r)
-        if par.main:
-            print(results_table(results, relative_delta=not task.higher_is_better))
-            print(f"\nreport: {report}")
-            print(json.dumps([r.to_dict() for r in results]))
-        return 0
-    finally:
-        dist.destroy_process_group()

@@ -31,26 +31,26 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lowbit.experiments.checkpoint import atomic_write_text
 from lowbit.experiments.guard import UserError, check_output_dir, check_output_file
-from lowbit.ptq import ObserverSpec, PTQConfig, WeightOnlyConfig, calibrate, quantize, save_quantized
+from lowbit.experiments.ptq_formats import (
+    DEFAULT_FORMATS,
+    KNOWN_FORMATS,
+    OBSERVERS,
+    FormatEntry,
+    config_for,
+    parse_formats,
+)
+from lowbit.ptq import PTQConfig, WeightOnlyConfig, calibrate, quantize, save_quantized
 from lowbit.ptq.config import FP8_COMPUTE
 from lowbit.ptq.fidelity import embed_sorted, embedding_cosine, layer_sqnr, plot_sqnr
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FORMATS = "fp32,fp8-e4m3,fp8-e5m2,int8"
-KNOWN_FORMATS = ("fp32", "fp8-e4m3", "fp8-e5m2", "int8", "mxfp8-e4m3", "mxfp4", "int4")
-OBSERVERS = ("max", "percentile", "mse")
-INT8_OPTIONS = ("w7", "a7", "exact")  # PTQConfig.int8_kernel
-GPTQ_OPTIONS = ("gptq", "gptq-seq", "gptq-asym")  # PTQConfig.weight_rounding (at most one)
-# FP8 and INT8 entries: a GPTQ variant, "ao" (gptq_act_order=True) and "bc" (bias_correction=True)
-RECIPE_OPTIONS = (*GPTQ_OPTIONS, "ao", "bc")
 SQNR_TEXTS = 32  # held-out snippets in the per-layer SQNR batch
 
 
@@ -107,92 +107,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results/ptq", help="folder for sqnr.png (default results/ptq)")
     parser.add_argument(
         "--save", action="store_true", help="also save each quantized model to OUT/*.safetensors"
-    )
-
-
-@dataclass(frozen=True)
-class FormatEntry:
-    """One ``--formats`` entry: ``NAME[/WEIGHT_GRAN[/ACT_GRAN]][@OBSERVER][+OPTION...]``, e.g.
-    ``int8/channel/token`` or ``int8+exact``."""
-
-    label: str
-    name: str
-    weight_granularity: str
-    activation_granularity: str
-    observer: str
-    options: tuple[str, ...] = ()
-
-
-def parse_formats(text: str, args: argparse.Namespace) -> list[FormatEntry]:
-    """``"fp32, int8@mse, int8/channel/token"`` -> entries; defaults come from --granularity,
-    --act-granularity and --observer. Unknown names, granularities or observers and repeated entries
-    raise ``ValueError``.
-    """
-    labels = [f.strip().lower() for f in text.split(",") if f.strip()]
-    if not labels:
-        raise ValueError("--formats is empty; e.g. --formats fp32,fp8-e4m3,int8")
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"--formats repeats an entry: {labels}")
-    entries = []
-    for label in labels:
-        main, *options = label.split("+")
-        body, _, observer = main.partition("@")
-        name, *grans = body.split("/")
-        if name not in KNOWN_FORMATS:
-            raise ValueError(f"unknown format {name!r} in {label!r}; known: {', '.join(KNOWN_FORMATS)}")
-        if len(grans) > 2:
-            raise ValueError(f"{label!r}: use NAME[/WEIGHT_GRAN[/ACT_GRAN]][@OBSERVER]")
-        w_gran = grans[0] if grans else args.granularity
-        a_gran = grans[1] if len(grans) > 1 else args.act_granularity
-        if w_gran not in ("tensor", "channel") or a_gran not in ("tensor", "token"):
-            raise ValueError(
-                f"{label!r}: weight granularity tensor|channel, activation granularity tensor|token"
-            )
-        observer = observer or args.observer
-        if observer not in OBSERVERS:
-            raise ValueError(f"{label!r}: observer must be one of {OBSERVERS}")
-        allowed = (INT8_OPTIONS if name == "int8" else ()) + (
-            RECIPE_OPTIONS if name in ("int8", "fp8-e4m3", "fp8-e5m2") else ()
-        )
-        bad = [o for o in options if o not in allowed]
-        n_gptq = sum(o in GPTQ_OPTIONS for o in options)
-        if (
-            bad
-            or len(set(options)) != len(options)
-            or sum(o in INT8_OPTIONS for o in options) > 1
-            or n_gptq > 1
-            or ("ao" in options and not n_gptq)
-        ):
-            raise ValueError(
-                f"{label!r}: options {options} not valid for {name}; fp8/int8 take one of "
-                f"{', '.join('+' + o for o in GPTQ_OPTIONS)} (+ao: act-order, needs one of them) and +bc, "
-                f"int8 also one of {', '.join('+' + o for o in INT8_OPTIONS)}"
-            )
-        entries.append(FormatEntry(label, name, w_gran, a_gran, observer, tuple(options)))
-    return entries
-
-
-def config_for(entry: FormatEntry, args: argparse.Namespace) -> PTQConfig | WeightOnlyConfig:
-    """The PTQ recipe a ``--formats`` entry stands for."""
-    if entry.name == "int4":
-        return WeightOnlyConfig("int4", "group", group_size=32)
-    if entry.name.startswith("mx"):
-        return PTQConfig(entry.name, entry.name)
-    observer = (
-        ObserverSpec("percentile", args.percentile) if entry.observer == "percentile" else entry.observer
-    )
-    int8_kernel = next((o for o in entry.options if o in INT8_OPTIONS), "auto")
-    return PTQConfig(
-        entry.name,
-        entry.name,
-        weight_granularity=entry.weight_granularity,
-        activation_granularity=entry.activation_granularity,
-        fp8_compute=args.fp8_compute,
-        observer=observer,
-        int8_kernel=int8_kernel,
-        weight_rounding=next((o for o in entry.options if o in GPTQ_OPTIONS), "nearest"),
-        gptq_act_order="ao" in entry.options,
-        bias_correction="bc" in entry.options,
     )
 
 
@@ -270,9 +184,11 @@ def _table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the comparison; print the table; write OUT/sqnr.png and the JSON. Returns the exit code."""
-    start = time.perf_counter()
+def _setup(
+    args: argparse.Namespace,
+) -> tuple[list[FormatEntry], dict[str, PTQConfig | WeightOnlyConfig], tuple, torch.nn.Module, object]:
+    """Check the flags and output paths, then load data and model (before any work): (entries, configs by
+    label, ``_load_data``'s tuple, model, tokenizer); a user's error becomes ``UserError``."""
     try:
         entries = parse_formats(args.formats, args)
         configs = {e.label: config_for(e, args) for e in entries if e.name != "fp32"}
@@ -287,26 +203,42 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(args.json, "--json")
         if configs or args.save:
             check_output_dir(args.out, "--out")
-        calib_texts, eval_texts, eval_labels, train_texts, train_labels = _load_data(args)
+        data = _load_data(args)
         model, tokenizer = _load_model(args.model)
     except (ValueError, FileNotFoundError, OSError) as err:
         raise UserError(str(err)) from None
-    out = Path(args.out)
-    torch.manual_seed(args.seed)
+    return entries, configs, data, model, tokenizer
 
+
+def _reference(
+    args: argparse.Namespace, model: torch.nn.Module, tokenizer: object, data: tuple
+) -> tuple[torch.Tensor, float, object | None]:
+    """The FP32 side of every comparison: (embeddings of the eval texts, their seconds, the accuracy head
+    trained on FP32 embeddings of the training texts, or None without labels)."""
+    _, eval_texts, eval_labels, train_texts, train_labels = data
     t0 = time.perf_counter()
     ref_emb = embed_sorted(model, tokenizer, eval_texts, args.batch_size, args.max_length)
     fp32_seconds = time.perf_counter() - t0
     logger.info("FP32 embeddings of %d texts: %.1f s", len(eval_texts), fp32_seconds)
     head = None
     if eval_labels is not None:
-        from lowbit.models.bert import evaluate_head, train_linear_head
+        from lowbit.models.bert import train_linear_head
 
         t0 = time.perf_counter()
         train_emb = embed_sorted(model, tokenizer, train_texts, args.batch_size, args.max_length)
         head = train_linear_head(train_emb, train_labels, 2, epochs=200, seed=args.seed)
         logger.info("head trained on %d FP32 embeddings: %.1f s", len(train_texts), time.perf_counter() - t0)
+    return ref_emb, fp32_seconds, head
 
+
+def _calibrate(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    tokenizer: object,
+    calib_texts: list[str],
+    configs: dict[str, PTQConfig | WeightOnlyConfig],
+) -> object | None:
+    """One calibration pass over the calibration batches when a format needs one (else None)."""
     batches = [
         dict(tokenizer(calib_texts[i : i + args.calib_batch_size], padding=True, truncation=True,
                        max_length=args.max_length, return_tensors="pt"))
@@ -315,33 +247,80 @@ def run(args: argparse.Namespace) -> int:
     calibration = None  # one pass: every observer rule reads the same statistics (config.observer picks)
     if any(isinstance(c, PTQConfig) and c.needs_calibration for c in configs.values()):
         calibration = calibrate(model, batches)
+    return calibration
 
+
+def _quantized(
+    args: argparse.Namespace,
+    entry: FormatEntry,
+    config: PTQConfig | WeightOnlyConfig,
+    model: torch.nn.Module,
+    tokenizer: object,
+    calibration: object | None,
+    eval_texts: list[str],
+) -> tuple[torch.Tensor, int, tuple, float] | None:
+    """Quantize a copy of ``model`` as ``entry`` says and embed the eval texts with it: (embeddings, weight
+    bytes, per-layer SQNR curves, seconds); None (logged) when the format cannot be applied to the model."""
+    fmt = entry.label
+    t0 = time.perf_counter()
+    qmodel = copy.deepcopy(model)
+    try:
+        summary = quantize(qmodel, config, calibration)
+    except (ValueError, TypeError) as err:  # e.g. a model whose widths do not fit MX blocks
+        logger.error("%s cannot be applied to %s: %s", fmt, args.model, err)
+        return None
+    emb = embed_sorted(qmodel, tokenizer, eval_texts, args.batch_size, args.max_length)
+    seconds = time.perf_counter() - t0
+    in_model, isolated = layer_sqnr(model, qmodel, tokenizer, eval_texts[:SQNR_TEXTS], args.max_length)
+    if args.save:
+        save_quantized(qmodel, Path(args.out) / f"{fmt.replace('/', '_')}.safetensors")
+    return emb, summary.weight_bytes, (in_model, isolated), seconds
+
+
+def _report(
+    args: argparse.Namespace, data: tuple, head: object | None, records: list[dict], curves: dict
+) -> None:
+    """Print the run's description and table; write the SQNR plot and the --json records."""
+    _, eval_texts, _, train_texts, _ = data
+    what = f"{len(eval_texts)} {'--texts sentences' if args.texts else 'held-out Rotten Tomatoes snippets'}"
+    print(
+        f"model {args.model}; {what}; default observer {args.observer}; "
+        f"calibration {args.calib_batches} batches of {args.calib_batch_size}"
+    )
+    if head is not None:
+        print(f"accuracy: logistic head trained on FP32 embeddings of {len(train_texts)} training snippets")
+    print(_table(records))
+    if curves:
+        png = plot_sqnr(curves, Path(args.out) / "sqnr.png", f"{args.model} PTQ")
+        print(f"per-layer SQNR plot: {png}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(records, indent=2) + "\n")
+        print(f"records: {args.json}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison; print the table; write OUT/sqnr.png and the JSON. Returns the exit code."""
+    start = time.perf_counter()
+    entries, configs, data, model, tokenizer = _setup(args)
+    from lowbit.models.bert import evaluate_head
+
+    eval_texts, eval_labels = data[1], data[2]
+    torch.manual_seed(args.seed)
+    ref_emb, fp32_seconds, head = _reference(args, model, tokenizer, data)
+    calibration = _calibrate(args, model, tokenizer, data[0], configs)
     fp32_bytes = sum(m.weight.numel() * 4 for n, m in model.named_modules()
                      if isinstance(m, torch.nn.Linear) and "encoder" in n.split("."))  # fmt: skip
     records, curves = [], {}
-    sqnr_texts = eval_texts[:SQNR_TEXTS]
     for entry in entries:
         fmt = entry.label
-        t0 = time.perf_counter()
         if entry.name == "fp32":
-            emb, weight_bytes, mean_sqnr = ref_emb, fp32_bytes, math.inf
-            seconds = fp32_seconds
+            emb, weight_bytes, mean_sqnr, seconds = ref_emb, fp32_bytes, math.inf, fp32_seconds
         else:
-            qmodel = copy.deepcopy(model)
-            try:
-                summary = quantize(qmodel, configs[fmt], calibration)
-            except (ValueError, TypeError) as err:  # e.g. a model whose widths do not fit MX blocks
-                logger.error("%s cannot be applied to %s: %s", fmt, args.model, err)
+            measured = _quantized(args, entry, configs[fmt], model, tokenizer, calibration, eval_texts)
+            if measured is None:
                 return 2
-            emb = embed_sorted(qmodel, tokenizer, eval_texts, args.batch_size, args.max_length)
-            seconds = time.perf_counter() - t0
-            weight_bytes = summary.weight_bytes
-            in_model, isolated = layer_sqnr(model, qmodel, tokenizer, sqnr_texts, args.max_length)
-            curves[fmt] = (in_model, isolated)
-            mean_sqnr = sum(in_model.values()) / len(in_model)
-            if args.save:
-                save_quantized(qmodel, out / f"{fmt.replace('/', '_')}.safetensors")
-            del qmodel
+            emb, weight_bytes, curves[fmt], seconds = measured
+            mean_sqnr = sum(curves[fmt][0].values()) / len(curves[fmt][0])
         cos = embedding_cosine(ref_emb, emb)
         acc = None if head is None else evaluate_head(head, emb, eval_labels)
         records.append(
@@ -360,20 +339,6 @@ def run(args: argparse.Namespace) -> int:
             }
         )
         logger.info("%s: cosine %.6f, accuracy %s", fmt, records[-1]["embedding_cosine"], acc)
-
-    what = f"{len(eval_texts)} {'--texts sentences' if args.texts else 'held-out Rotten Tomatoes snippets'}"
-    print(
-        f"model {args.model}; {what}; default observer {args.observer}; "
-        f"calibration {args.calib_batches} batches of {args.calib_batch_size}"
-    )
-    if head is not None:
-        print(f"accuracy: logistic head trained on FP32 embeddings of {len(train_texts)} training snippets")
-    print(_table(records))
-    if curves:
-        png = plot_sqnr(curves, out / "sqnr.png", f"{args.model} PTQ")
-        print(f"per-layer SQNR plot: {png}")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(records, indent=2) + "\n")
-        print(f"records: {args.json}")
+    _report(args, data, head, records, curves)
     print(f"wall time {time.perf_counter() - start:.1f} s")
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.experiments.checkpoint import atomic_write_text
-from lowbit.experiments.runner import RunResult
+from lowbit.experiments.metrics import RunResult
 from lowbit.files import atomic_savefig
 
 LOSS_PNG = "loss.png"

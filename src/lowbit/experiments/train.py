@@ -44,6 +44,22 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by ``train`` and ``compare``; None means "the task's default"."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = defaults_epilog()
+    _add_run_arguments(parser)
+    _add_lsq_arguments(parser)
+    _add_size_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from lowbit.experiments.torchrun import add_arguments as add_parallel_arguments
+
+    add_parallel_arguments(parser)  # --fsdp, --dist-timeout: used under torchrun
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)",
+    )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The run's task, length, seed, data, output handling and evaluation split (``--help``'s first block)."""
     parser.add_argument("--task", required=True, choices=TASKS, help="what to train")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: per task, see below)")
     parser.add_argument(
@@ -68,6 +84,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "bert-rt/vit-fashion: the training examples the run never draws (same training data as with test); "
         "gpt-shakespeare: the last 10%% of the training text, carved off (the run trains on the rest)",
     )
+
+
+def _add_lsq_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--lsq-init`` / ``--lsq-lr``: the LSQ step settings of the int4 recipes."""
     lsq = parser.add_argument_group("LSQ steps of the int4 recipes (default: the recipe's; others ignore)")
     lsq.add_argument(
         "--lsq-init",
@@ -77,6 +97,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     lsq.add_argument(
         "--lsq-lr", type=float, help="relative learning rate of the steps (each moves ~this share per update)"
     )
+
+
+def _add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """Batch, optimizer, schedule, model and data sizes; None means "the task's default"."""
     size = parser.add_argument_group("sizes (default: per task)")
     size.add_argument("--batch-size", type=int, help="examples (GPT: windows) per step")
     size.add_argument("--lr", type=float, help="peak learning rate (AdamW, warmup then cosine to 10%%)")
@@ -94,15 +118,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     size.add_argument(
         "--max-eval-examples", type=int, help="evaluate on the first N held-out examples/windows"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from lowbit.experiments.distributed import add_arguments as add_parallel_arguments
-
-    add_parallel_arguments(parser)  # --fsdp, --dist-timeout: used under torchrun
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)",
     )
 
 
@@ -147,11 +162,11 @@ def report_user_error(command: str, err: Exception) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train, print the result as JSON on stdout; 2 on a user error (message on stderr)."""
-    from lowbit.experiments import distributed
+    from lowbit.experiments import torchrun
     from lowbit.experiments.runner import finish, prepare
 
-    if distributed.launched():  # under torchrun: data-parallel training
-        return distributed.run_train(args)
+    if torchrun.launched():  # under torchrun: data-parallel training
+        return torchrun.run_train(args)
 
     with contextlib.ExitStack() as stack:
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -130,6 +131,15 @@ def _check_spec(path: Path, name: str, spec: LayerSpec, tensors: dict) -> None:
             raise bad(f"{field} must be a positive integer, got {v!r}")
     w = get_format(spec.weight)
     a = get_format(spec.activation) if spec.activation is not None else None
+    _check_granularities(spec, w, a, bad)
+    _check_kind(spec, w, a, bad)
+    _check_scales(name, spec, w, tensors, bad)
+
+
+def _check_granularities(
+    spec: LayerSpec, w: object, a: object | None, bad: Callable[[str], CheckpointError]
+) -> None:
+    """Weight and activation granularities fit the formats (MX: block) and each other; group sizes divide."""
     mx = isinstance(w, MXFormat)
     if (spec.activation is None) != (spec.activation_granularity is None):
         raise bad(
@@ -149,6 +159,11 @@ def _check_spec(path: Path, name: str, spec: LayerSpec, tensors: dict) -> None:
         g = spec.group_size
         if not isinstance(g, int) or g < 1 or spec.in_features % g:
             raise bad(f"group_size={g!r} must be a positive divisor of in_features={spec.in_features}")
+
+
+def _check_kind(spec: LayerSpec, w: object, a: object | None, bad: Callable[[str], CheckpointError]) -> None:
+    """The layer kind (int8, fp8, emulated) fits the weight and activation formats and ``fp8_compute``."""
+    mx = isinstance(w, MXFormat)
     is_int8 = lambda f: isinstance(f, IntFormat) and f.bits <= 8  # noqa: E731
     is_fp8 = lambda f: isinstance(f, FloatFormat) and f.bits == 8  # noqa: E731
     if spec.kind == "int8" and not (is_int8(w) and is_int8(a)):
@@ -167,8 +182,15 @@ def _check_spec(path: Path, name: str, spec: LayerSpec, tensors: dict) -> None:
         raise bad(
             f"fp8_compute={spec.fp8_compute!r} on a {spec.kind} layer (fp8 layers: one of {FP8_COMPUTE})"
         )
+
+
+def _check_scales(
+    name: str, spec: LayerSpec, w: object, tensors: dict, bad: Callable[[str], CheckpointError]
+) -> None:
+    """The file holds as many weight scales as the spec's granularity needs, and an act_scale exactly when
+    the activations are scaled statically."""
     n, k = spec.out_features, spec.in_features
-    if mx:
+    if isinstance(w, MXFormat):
         scale_key, want = "w_exp", n * (k // w.block) if k % w.block == 0 else None
     else:
         scale_key = "w_scale"
@@ -213,13 +235,8 @@ def _check_layer(path: Path, name: str, spec: LayerSpec, model: nn.Module, tenso
         )
 
 
-def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
-    """Rebuild the quantized layers recorded in ``path`` inside ``model`` (a fresh FP32 model of the same
-    architecture, e.g. from ``load_minilm`` or ``from_config``) and load every tensor; returns ``model``.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (a fresh FP32 model), got {type(model).__name__}")
-    path = Path(path)
+def _read_specs(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, LayerSpec]]:
+    """The file's tensors and layer specs, after checking its format, version and digest."""
     tensors, meta = _read(path)
     if meta.get("lowbit_format") != FORMAT_NAME:
         raise CheckpointError(f"{path} was not written by lowbit.ptq.save_quantized (no lowbit-ptq metadata)")
@@ -238,9 +255,11 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
         specs = {n: LayerSpec(**d) for n, d in json.loads(meta["layers"]).items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: unreadable layer metadata ({err})") from err
-    for name, spec in specs.items():  # validate everything before touching the model
-        _check_spec(path, name, spec, tensors)
-        _check_layer(path, name, spec, model, tensors)
+    return tensors, specs
+
+
+def _check_keys(path: Path, model: nn.Module, specs: dict[str, LayerSpec], tensors: dict) -> None:
+    """The file holds exactly the model's state-dict keys, the quantized layers' own in place of theirs."""
     expected = set(model.state_dict())
     for name in specs:
         expected -= {k for k in expected if k.startswith(f"{name}.")}
@@ -250,8 +269,12 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
         raise CheckpointError(
             f"{path} does not match {type(model).__name__}: missing {missing[:5]}, unexpected {extra[:5]}"
         )
+
+
+def _build_layers(path: Path, specs: dict[str, LayerSpec], tensors: dict) -> dict[str, nn.Module]:
+    """Every quantized layer built, loaded and run once on a zero row (a spec it cannot run fails here)."""
     layers = {}
-    for name, spec in specs.items():  # build (and load, and run) every layer before replacing any
+    for name, spec in specs.items():
         buffers = {k: tensors[f"{name}.{k}"] for k in _WEIGHT_KEYS if f"{name}.{k}" in tensors}
         bias = tensors.get(f"{name}.bias")
         act_scale = tensors.get(f"{name}.act_scale")
@@ -264,8 +287,13 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
         except (ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as err:
             raise CheckpointError(f"{path}: layer {name!r} cannot be rebuilt: {err}") from err
         layers[name] = layer
+    return layers
+
+
+def _check_other_shapes(path: Path, model: nn.Module, specs: dict[str, LayerSpec], tensors: dict) -> None:
+    """The rest of the model (not quantized layers) has the file's shapes (load_state_dict casts dtypes)."""
     model_state = model.state_dict()
-    for key, t in tensors.items():  # the rest of the model: same shapes and dtypes (load_state_dict casts)
+    for key, t in tensors.items():
         if key in model_state and not any(key.startswith(f"{n}.") for n in specs):
             ref = model_state[key]
             if tuple(ref.shape) != tuple(t.shape):
@@ -273,6 +301,10 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
                     f"{path}: {key} is {tuple(t.shape)} in the file but {tuple(ref.shape)} in the model: "
                     "a different architecture"
                 )
+
+
+def _swap_in(path: Path, model: nn.Module, layers: dict[str, nn.Module], tensors: dict) -> None:
+    """Replace the layers and load every tensor; on any failure put the original layers back."""
     originals = {}
     try:
         for name, layer in layers.items():
@@ -286,5 +318,22 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
         raise CheckpointError(f"{path}: cannot be loaded into {type(model).__name__}: {err}") from err
+
+
+def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
+    """Rebuild the quantized layers recorded in ``path`` inside ``model`` (a fresh FP32 model of the same
+    architecture, e.g. from ``load_minilm`` or ``from_config``) and load every tensor; returns ``model``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a fresh FP32 model), got {type(model).__name__}")
+    path = Path(path)
+    tensors, specs = _read_specs(path)
+    for name, spec in specs.items():  # validate everything before touching the model
+        _check_spec(path, name, spec, tensors)
+        _check_layer(path, name, spec, model, tensors)
+    _check_keys(path, model, specs, tensors)
+    layers = _build_layers(path, specs, tensors)  # build (and load, and run) every layer before replacing any
+    _check_other_shapes(path, model, specs, tensors)
+    _swap_in(path, model, layers, tensors)
     logger.info("loaded %d quantized layers from %s", len(specs), path)
     return model

@@ -11,7 +11,7 @@ bit splitting.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -76,7 +76,7 @@ class Int4HQLinearFn(torch.autograd.Function):
     """Xi et al.: Hadamard + LSQ forward, bit-split ∇Y with leverage-score row selection backward."""
 
     @staticmethod
-    def forward(ctx: Any, x, weight, bias, x_step, w_step, block: int, recipe: Recipe, generator):  # noqa: D102
+    def forward(ctx: Any, x, weight, bias, x_step, w_step, block: int, recipe: Recipe, generator):
         sx, sw = x_step.detach().float().reshape(()), w_step.detach().float().reshape(())
         x_int4, x_saved = _hq_quantize(x, block, sx)  # codes of XH (N, D); ∂x̂/∂s_x or x
         w_int4, w_saved = _hq_quantize(weight, block, sw)  # codes of WH (C, D); ∂ŵ/∂s_w or W
@@ -94,7 +94,7 @@ class Int4HQLinearFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad_out):  # noqa: D102
+    def backward(ctx: Any, grad_out):
         x_int4, w_int4, x_saved, w_saved, sx, sw = ctx.saved_tensors
         recipe: Recipe = ctx.recipe
         need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
@@ -143,6 +143,75 @@ class Int4HQLinearFn(torch.autograd.Function):
         return grad_x, grad_w, grad_b, gx_step, gw_step, None, None, None
 
 
+class _SampledRows(NamedTuple):
+    """The bit-split ∇Y↕ rows [hi; lo] the sampled backward draws from, with their scales and scores."""
+
+    g_stack: torch.Tensor  # (2N, C) int codes
+    row_unit: torch.Tensor  # (2N,) scale of each row
+    g_norm: torch.Tensor  # (2N,) ‖∇Y↕_r‖
+    positions: torch.Tensor | None  # global stack index of each row (data parallelism), else None
+    total: int  # rows of the whole batch's stack
+
+
+def _sampled_grad_xh(rows: _SampledRows, w_int4, sw, generator, group: Any) -> torch.Tensor:
+    """∇(XH) = Σ_kept (∇Y↕_r / p_r) Ŵ, rows kept by ‖∇Y↕_r‖; the 1/p weights are output-row scales."""
+    n, d = rows.g_stack.shape[0] // 2, w_int4.shape[1]
+    idx, weight = select_rows(
+        rows.g_norm, "sample", generator, group=group, positions=rows.positions, total=rows.total
+    )
+    part = _empty_safe_scaled(
+        rows.g_stack[idx], w_int4, rows.row_unit[idx] * weight, sw, bits=4, layout="nn", shape=(0, d)
+    )  # (R, D)
+    return torch.zeros((n, d), dtype=torch.float32).index_add_(0, idx % n, part)
+
+
+def _sampled_grad_wh(rows: _SampledRows, x_int4, sx, recipe: Recipe, generator) -> torch.Tensor:
+    """∇(WH) = Σ_kept ∇Y↕_rᵀ X̂↕_r / p_r, rows kept by ‖∇Y↕_r‖·‖X̂↕_r‖; the 1/p weights sit on the reduction
+    dim, so the weighted rows are bit-split again (stochastic, unbiased) into INT4 hi/lo."""
+    group = recipe.group
+    n, c, d = rows.g_stack.shape[0] // 2, rows.g_stack.shape[1], x_int4.shape[1]
+    x_norm = _row_norms(x_int4)
+    idx, weight = select_rows(
+        rows.g_norm * torch.cat([x_norm, x_norm]),
+        "sample",
+        generator,
+        group=group,
+        positions=rows.positions,
+        total=rows.total,
+    )
+    x_rows = x_int4[idx % n]  # (R, D)
+    weighted = rows.g_stack[idx].float() * (rows.row_unit[idx] * weight)[:, None]  # (R, C)
+    amax2, rows2 = _kept_rows_layout(idx, weighted, n, group) if group is not None else (None, None)
+    hi2, lo2, unit2 = bit_split(
+        weighted,
+        clamp=recipe.split_clamp,
+        rounding=recipe.grad_rounding,
+        generator=generator,
+        amax=amax2,
+        rows=rows2,
+    )
+    grad_wh = torch.zeros((c, d), dtype=torch.float32)
+    for g_rows, u in ((hi2, SPLIT_RADIX * unit2), (lo2, unit2)):
+        if g_rows.shape[0]:
+            grad_wh += int_matmul_scaled(g_rows, x_rows, u, sx, bits=4, layout="tn")  # (C, D)
+    return grad_wh
+
+
+def _kept_rows_layout(
+    idx: torch.Tensor, weighted: torch.Tensor, n: int, group: Any
+) -> tuple[float, torch.Tensor]:
+    """Data parallelism: the global max|weighted| and the kept rows' place among all processes' kept rows
+    (hi ones, then lo ones), for the second bit split."""
+    k_hi = int((idx < n).sum())
+    local = float(weighted.abs().max()) if weighted.numel() else 0.0
+    counts = gather_rows([float(k_hi), float(idx.numel() - k_hi), local], group)
+    rank = int(torch.distributed.get_rank(group))
+    hi_start = int(counts[:rank, 0].sum())
+    lo_start = int(counts[:, 0].sum() + counts[:rank, 1].sum())
+    j = torch.arange(idx.numel(), dtype=torch.int64)
+    return float(counts[:, 2].max()), torch.where(j < k_hi, hi_start + j, lo_start + j - k_hi)
+
+
 def _sampled_backward(
     grad_out,
     x_int4,
@@ -161,8 +230,7 @@ def _sampled_backward(
 
     Data parallelism (``recipe.group``): this process holds rows ``[offset, offset + N)`` of ``n_total``;
     scales, normalisation, the uniforms and the noise counters are those of the whole batch."""
-    n, c = grad_out.shape
-    d = x_int4.shape[1]
+    n = grad_out.shape[0]
     group = recipe.group
     n_total = n if n_total is None else n_total
     local_rows = torch.arange(offset, offset + n, dtype=torch.int64)
@@ -179,53 +247,9 @@ def _sampled_backward(
     g_stack = torch.cat([hi, lo])  # (2N, C): ∇Y↕, rows [hi; lo]
     row_unit = torch.cat([torch.full((n,), SPLIT_RADIX * unit), torch.full((n,), unit)])  # (2N,)
     g_norm = _row_norms(g_stack) * row_unit
-    grad_xh = grad_wh = None
-    if need_x:
-        # ∇(XH) = Σ_kept (∇Y↕_r / p_r) Ŵ, scored by ‖∇Y↕_r‖; the 1/p weights are output-row scales
-        idx, weight = select_rows(
-            g_norm, "sample", generator, group=group, positions=positions, total=2 * n_total
-        )
-        part = _empty_safe_scaled(
-            g_stack[idx], w_int4, row_unit[idx] * weight, sw, bits=4, layout="nn", shape=(0, d)
-        )  # (R, D)
-        grad_xh = torch.zeros((n, d), dtype=torch.float32).index_add_(0, idx % n, part)
-    if need_w:
-        # ∇(WH) = Σ_kept ∇Y↕_rᵀ X̂↕_r / p_r, scored by ‖∇Y↕_r‖·‖X̂↕_r‖; the 1/p weights sit on the reduction
-        # dim, so the weighted rows are bit-split again (stochastic, unbiased) into INT4 hi/lo
-        x_norm = _row_norms(x_int4)
-        idx, weight = select_rows(
-            g_norm * torch.cat([x_norm, x_norm]),
-            "sample",
-            generator,
-            group=group,
-            positions=positions,
-            total=2 * n_total,
-        )
-        x_rows = x_int4[idx % n]  # (R, D)
-        weighted = g_stack[idx].float() * (row_unit[idx] * weight)[:, None]  # (R, C)
-        amax2 = rows2 = None
-        if group is not None:  # the kept rows' place among all processes' kept rows (hi ones, then lo ones)
-            k_hi = int((idx < n).sum())
-            local = float(weighted.abs().max()) if weighted.numel() else 0.0
-            counts = gather_rows([float(k_hi), float(idx.numel() - k_hi), local], group)
-            rank = int(torch.distributed.get_rank(group))
-            hi_start = int(counts[:rank, 0].sum())
-            lo_start = int(counts[:, 0].sum() + counts[:rank, 1].sum())
-            amax2 = float(counts[:, 2].max())
-            j = torch.arange(idx.numel(), dtype=torch.int64)
-            rows2 = torch.where(j < k_hi, hi_start + j, lo_start + j - k_hi)
-        hi2, lo2, unit2 = bit_split(
-            weighted,
-            clamp=recipe.split_clamp,
-            rounding=recipe.grad_rounding,
-            generator=generator,
-            amax=amax2,
-            rows=rows2,
-        )
-        grad_wh = torch.zeros((c, d), dtype=torch.float32)
-        for g_rows, u in ((hi2, SPLIT_RADIX * unit2), (lo2, unit2)):
-            if g_rows.shape[0]:
-                grad_wh += int_matmul_scaled(g_rows, x_rows, u, sx, bits=4, layout="tn")  # (C, D)
+    sampled = _SampledRows(g_stack, row_unit, g_norm, positions, 2 * n_total)
+    grad_xh = _sampled_grad_xh(sampled, w_int4, sw, generator, group) if need_x else None
+    grad_wh = _sampled_grad_wh(sampled, x_int4, sx, recipe, generator) if need_w else None
     return grad_xh, grad_wh
 
 
@@ -295,7 +319,7 @@ class Int8LinearFn(torch.autograd.Function):
     per-feature X (scales never on a reduction dim, so every product dequantizes in the epilogue)."""
 
     @staticmethod
-    def forward(ctx: Any, x, weight, bias, recipe: Recipe):  # noqa: D102
+    def forward(ctx: Any, x, weight, bias, recipe: Recipe):
         x_int8, sx = quantize_rows(x.detach().float().contiguous(), 8)  # per token (N,)
         w_int8, sw = quantize_rows(weight.detach().float().contiguous(), 8)  # per output channel (C,)
         y = int_matmul_scaled(
@@ -306,7 +330,7 @@ class Int8LinearFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad_out):  # noqa: D102
+    def backward(ctx: Any, grad_out):
         x, weight = ctx.saved_tensors
         g32 = grad_out.float().contiguous()
         grad_x = grad_w = grad_b = None
