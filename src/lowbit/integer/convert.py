@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lowbit.formats import INT8_SYMMETRIC
 from lowbit.integer import kernels
 from lowbit.integer.graph import IntAttention, IntegerGPT, IntGPTBlock, IntLinear, IntNorm
 from lowbit.integer.scaled import Dyadic
@@ -33,16 +34,16 @@ ROW_CONST_BITS = 20
 class ConvertConfig:
     """Choices of the conversion: activation qmax (127 = full int8; 63 = 7-bit, the faster GEMM path)."""
 
-    act_qmax: int = 127
-    weight_qmax: int = 127
+    act_qmax: int = INT8_SYMMETRIC.hi
+    weight_qmax: int = INT8_SYMMETRIC.hi
 
     def __post_init__(self) -> None:
         for name in ("act_qmax", "weight_qmax"):
-            v = getattr(self, name)
+            v, top = getattr(self, name), INT8_SYMMETRIC.hi
             if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"ConvertConfig.{name} must be an int in [1, 127], got {v!r}")
-            if not 1 <= v <= 127:
-                raise ValueError(f"ConvertConfig.{name} must be in [1, 127], got {getattr(self, name)}")
+                raise TypeError(f"ConvertConfig.{name} must be an int in [1, {top}], got {v!r}")
+            if not 1 <= v <= top:
+                raise ValueError(f"ConvertConfig.{name} must be in [1, {top}], got {getattr(self, name)}")
 
 
 class _Ranges:
@@ -224,7 +225,7 @@ def convert(
         s_sc = s_q * s_k / math.sqrt(att.head_dim)
         bias = torch.round(att.poly_b.detach().to(torch.float64) / s_sc).to(torch.int64)
         delta = round(abs(float(att.poly_delta)) / s_sc**2)
-        row_const = round(2**ROW_CONST_BITS * s_v / (127 * s_y))
+        row_const = round(2**ROW_CONST_BITS * s_v / (kernels.PROB_MAX * s_y))
         if att.poly_power != 2:
             raise ValueError(f"integer poly attention implements n=2, got {att.poly_power}")
         blocks.append(

@@ -25,6 +25,7 @@ import ctypes
 
 import torch
 
+from lowbit.formats import INT8_SYMMETRIC, U8S8_WEIGHT_RANGE
 from lowbit.integer import kernels
 from lowbit.ops import backends, native, native_gemm
 
@@ -118,7 +119,7 @@ def requant_channels(
         x = x.clamp_min(0)
     y = _dyadic(x, mult, shift)
     if residual is None:
-        return y.clamp(-127, 127).to(torch.int8)
+        return y.clamp(*INT8_SYMMETRIC).to(torch.int8)
     residual.copy_((y + residual).clamp(-(2**31), 2**31 - 1).to(torch.int32))
     return residual
 
@@ -151,7 +152,7 @@ def requant_rows(
         )
         return out
     sh = torch.tensor(shift, dtype=torch.int64)
-    out.copy_(_dyadic(acc, row_mult.reshape(m, 1), sh).clamp(-127, 127).to(torch.int8))
+    out.copy_(_dyadic(acc, row_mult.reshape(m, 1), sh).clamp(*INT8_SYMMETRIC).to(torch.int8))
     return out
 
 
@@ -341,8 +342,8 @@ def attention_fused(
 
 # ---------------------------------------------------------------- packed linear with fused requantization
 
-#: Weight codes the fused GEMM takes: u8 activations x these stay within int16 pair sums (255·64·2 < 2^15).
-W7_RANGE = 64
+#: |weight code| bound of the fused GEMM's u8 x s8 path (lowbit.formats.U8S8_WEIGHT_RANGE: 255·64·2 < 2^15).
+W7_RANGE = U8S8_WEIGHT_RANGE.magnitude
 
 
 class PackedLinear:
@@ -466,6 +467,6 @@ def gelu_requant(
     out = torch.empty(m, n, dtype=torch.uint8 if out_off else torch.int8)
     _lib().lowbit_int_gelu_rq(
         g.data_ptr(), m, n, g.stride(0), k.b, k.c, k.one, pre_shift, mult.data_ptr(), shift.data_ptr(),
-        out.data_ptr(), n, out_off, 127, _threads(m * n),
+        out.data_ptr(), n, out_off, INT8_SYMMETRIC.hi, _threads(m * n),
     )  # fmt: skip
     return out

@@ -20,14 +20,16 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.formats import INT4_RANGE, INT8_RANGE, U8S8_ACT_RANGE, U8S8_WEIGHT_RANGE
 from lowbit.ops import native
 
 MR, NR = 6, 16  # micro-tile rows (A panel) and columns (B panel); must match csrc/gemm.h
 KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI, KIND_BF16 = 0, 1, 2, 3, 4, 5
 ISAS = ("avx512-vnni", "avx2")  # the native backends this module serves (lowbit.ops.backends)
-FOUR_BIT = (-8, 7)
-SEVEN_BIT = (-64, 64)  # |pair sum| of u8 (<= 255) x these stays below 2**15
-SEVEN_BIT_A = (-64, 63)  # a + 64 in [0, 127]
+# The ranges that pick a kernel (defined, with their reasons, in lowbit.formats).
+FOUR_BIT = INT4_RANGE  # [-8, 7]
+SEVEN_BIT = U8S8_WEIGHT_RANGE  # [-64, 64]: |pair sum| of u8 (<= 255) x these stays below 2**15
+SEVEN_BIT_A = U8S8_ACT_RANGE  # [-64, 63]: a + 64 in [0, 127]
 
 
 def threads() -> int:
@@ -88,7 +90,7 @@ def plan(bits: int, a_range: tuple[int, int], b_range: tuple[int, int], isa: str
         raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
     if bits == 4:
         for name, r in (("a", a_range), ("b", b_range)):
-            if not _within(r, (-8, 7)):
+            if not _within(r, FOUR_BIT):
                 raise ValueError(f"{name} holds codes in [{r[0]}, {r[1]}], outside [-8, 7] for bits=4")
     if isa == "avx512-vnni":
         return KIND_VNNI, 128
@@ -260,7 +262,7 @@ def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str, isa: st
             plan(bits, minmax(a8, a_t), minmax(b8, b_t), isa)
         return None, 0, None, None, None, m, n, k
     if isa == "avx512-vnni" and bits == 8:  # one kernel for every int8 code: no range scan needed
-        kind, off = plan(bits, (-128, 127), (-128, 127), isa)
+        kind, off = plan(bits, INT8_RANGE, INT8_RANGE, isa)
     else:
         kind, off = plan(bits, minmax(a8, a_t), minmax(b8, b_t), isa)
     if kind == KIND_S8U4:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit import ops
-from lowbit.formats import INT7, Format, IntFormat, get_format
+from lowbit.formats import INT7, W7_WEIGHT_RANGE, Format, IntFormat, get_format
 from lowbit.ops import backends, native_gemm
 from lowbit.ops.native_gemm import scratch
 from lowbit.ptq import fp8_kernels
@@ -54,7 +54,7 @@ KINDS = ("int8", "fp8", "emulated")
 # weights x activation codes in [-64, 63] both take the u8 x s8 (vpmaddubsw) path; "exact" (full-range
 # codes on both sides, the paper's INT8) takes the exact int16 kernel at ~0.7x its speed.
 INT8_KERNELS = ("w7", "a7", "exact")
-SEVEN_BIT_WEIGHT = 63  # |w code| bound of "w7" (the engine's u8 x s8 rule accepts [-64, 64])
+SEVEN_BIT_WEIGHT = W7_WEIGHT_RANGE.hi  # |w code| bound of "w7", 63 (the u8 x s8 rule accepts [-64, 64])
 
 
 @dataclass(frozen=True)

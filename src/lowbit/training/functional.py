@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lowbit.formats import INT4_SYMMETRIC
 from lowbit.ops import int_matmul_scaled, quantize_rows
 from lowbit.training._kernels import hq_grad_x_, hq_quantize, native_reason, transpose_i8
 from lowbit.training.bit_split import SPLIT_RADIX, bit_split, bit_split_merged
@@ -24,7 +25,7 @@ from lowbit.training.leverage import select_rows
 from lowbit.training.lsq import clip_mask, lsq_grad_scale, lsq_quantize, lsq_step_grad
 from lowbit.training.recipes import Recipe
 
-INT4_QMAX = 7  # symmetric absmax INT4 (int4-naive)
+INT4_QMAX = INT4_SYMMETRIC.hi  # symmetric absmax INT4 (int4-naive): codes in [-7, 7]
 
 
 def _row_norms(codes: torch.Tensor) -> torch.Tensor:
