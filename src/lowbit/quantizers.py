@@ -1,4 +1,4 @@
-"""Quantizers: ``quantize()`` -> :class:`QTensor`, ``round_to_format()``, scale rules, rounding, INT4 packing.
+"""Quantizers: ``quantize()`` -> :class:`QTensor`, the one symmetric quantizer, scale rules, INT4 packing.
 
 Convention everywhere in lowbit: **x ≈ codes × scale**, ``scale`` being the step size (a float32 tensor that
 broadcasts against the codes once they are viewed in groups, see :meth:`Granularity.group_view`).
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat, get_format
+from lowbit.formats import CodeRange, FloatFormat, Format, IntFormat, MXFormat, get_format
 from lowbit.rounding import ROUNDINGS, check_float, check_rounding, round_checked, round_to_format
-from lowbit.scales import MSE_RATIOS, SCALE_RULES, compute_scale, mx_scale
+from lowbit.scales import _FLOAT32_TINY, MSE_RATIOS, SCALE_RULES, compute_scale, mx_scale, symmetric_scale
 
 GRANULARITY_KINDS = ("tensor", "row", "column", "group", "block")
 __all__ = [
@@ -31,9 +31,13 @@ __all__ = [
     "SCALE_RULES",
     "Granularity",
     "QTensor",
+    "absmax",
     "pack_int4",
     "quantize",
+    "quantize_symmetric",
     "round_to_format",
+    "symmetric_codes",
+    "symmetric_scale",
     "unpack_int4",
 ]
 
@@ -238,6 +242,52 @@ def quantize(
     codes = round_checked(x_g / scale_t, elem, rounding, generator)
     codes = codes.reshape(x.shape).to(_codes_dtype(fmt))
     return QTensor(codes, scale_t, fmt, gran)
+
+
+def absmax(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """``max |x|`` over ``dim`` (every element when None), in ``x``'s dtype; 0 where the reduction is empty.
+    NaN/Inf propagate into the result (the one place a symmetric quantizer looks for them)."""
+    if dim is None:
+        return x.abs().max() if x.numel() else torch.zeros((), dtype=x.dtype)
+    if x.shape[dim] == 0:
+        shape = list(x.shape)
+        shape[dim] = 1
+        zeros = torch.zeros(shape, dtype=x.dtype)
+        return zeros if keepdim else zeros.squeeze(dim)
+    return x.abs().amax(dim=dim, keepdim=keepdim)
+
+
+def symmetric_codes(x: torch.Tensor, scale: torch.Tensor | float, code_range: CodeRange) -> torch.Tensor:
+    """int8 ``clamp(round_half_even(x / scale), lo, hi)``, in ``x``'s dtype: every absmax and static-scale
+    integer quantizer's rounding (``x / scale``, a true division; then the saturation to ``code_range``)."""
+    return torch.round(x / scale).clamp_(code_range.lo, code_range.hi).to(torch.int8)
+
+
+def quantize_symmetric(
+    x: torch.Tensor,
+    qmax: int,
+    dim: int | None = None,
+    *,
+    floor: float | None = _FLOAT32_TINY,
+    zero_scale: float | None = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax quantization: int8 codes in ``[-qmax, qmax]`` and the scale, ``x ≈ codes · scale``.
+
+    One scale per index of the dims other than ``dim`` (``dim=None``: one for the tensor), shaped as the
+    absmax with ``dim`` removed; computed by :func:`symmetric_scale` in ``x``'s dtype (``floor`` and
+    ``zero_scale`` as there), codes by :func:`symmetric_codes`. NaN/Inf in ``x`` raise ``ValueError``.
+    The fused ``lowbit.ops.quantize_rows(x, bits)`` is this function's fast path for float32 (M, K) and
+    ``dim=1`` (bit-identical; tests/test_symmetric_exact.py).
+    """
+    amax = absmax(x, dim, keepdim=True)
+    if not bool(torch.isfinite(amax).all()):
+        raise ValueError(
+            f"x holds {int(torch.isnan(x).sum())} NaN and {int(torch.isinf(x).sum())} infinite values; "
+            "a symmetric scale needs finite values (torch.nan_to_num or clamp them first)"
+        )
+    scale = symmetric_scale(amax, qmax, floor=floor, zero_scale=zero_scale)
+    codes = symmetric_codes(x, scale, CodeRange(-qmax, qmax))
+    return codes, (scale.reshape(()) if dim is None else scale.squeeze(dim))
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ from lowbit.ops import backends, native_gemm
 from lowbit.ops.native_gemm import scratch
 from lowbit.ptq import fp8_kernels
 from lowbit.ptq.weights import code_values, decode_weight, nbytes
-from lowbit.quantizers import quantize
+from lowbit.quantizers import quantize, symmetric_codes
 from lowbit.scales import compute_scale
 
 KINDS = ("int8", "fp8", "emulated")
@@ -383,7 +383,7 @@ def quantize_static(x: torch.Tensor, fmt: Format, scale: torch.Tensor) -> torch.
             "a quantized layer needs finite activations"
         )
     if isinstance(fmt, IntFormat):
-        return torch.round(x / scale).clamp_(fmt.qmin, fmt.qmax).to(torch.int8)
+        return symmetric_codes(x, scale, fmt.code_range)
     return (x / scale).clamp_(-fmt.max, fmt.max).to(fmt.torch_dtype)  # the cast rounds half to even
 
 
