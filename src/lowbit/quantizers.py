@@ -41,6 +41,7 @@ __all__ = [
     "unpack_int4",
 ]
 
+
 @dataclass(frozen=True, eq=False)  # tensors have no single truth value: compare fields explicitly
 class QTensor:
     """A quantized tensor: ``codes`` (original shape), ``scale`` (grouped shape), ``fmt``, ``granularity``.
