@@ -31,3 +31,20 @@ def test_module_aliases_are_the_formats_ranges():
     assert api.MAX_K == {8: (2**31 - 1) // (128 * 128), 4: (2**31 - 1) // (8 * 8)}
     assert native_gemm.FOUR_BIT == (-8, 7) and native_gemm.SEVEN_BIT == (-64, 64)
     assert native_gemm.SEVEN_BIT_A == (-64, 63)
+
+
+def _lowbit_imports(module: str) -> set[str]:
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {n for n in names if n.startswith("lowbit")}
+
+
+def test_formats_is_the_bottom_layer():
+    assert _lowbit_imports("lowbit.formats") == set()
+    assert _lowbit_imports("lowbit.granularity") == {"lowbit.formats"}
+    assert _lowbit_imports("lowbit.ops.gemm_plan") == {"lowbit.formats"}

@@ -16,6 +16,7 @@ from tests.ops.backend_cases import BACKENDS
 import lowbit.ops as ops
 from lowbit.formats import INT4_SYMMETRIC, IntFormat, int_format
 from lowbit.integer.convert import _act_scale, _weight_codes
+from lowbit.ops.linear import quantize_static as ops_quantize_static
 from lowbit.ptq.modules import quantize_static
 from lowbit.quantizers import absmax, quantize, quantize_symmetric, symmetric_codes, symmetric_scale
 from lowbit.training import _kernels
@@ -152,6 +153,9 @@ def test_static_codes_exact(gen, bits):
     codes = symmetric_codes(x, s, fmt.code_range)
     assert torch.equal(quantize_static(x, fmt, s), codes)
     assert torch.equal(quantize(x, fmt, scale=s).codes, codes)
+    assert torch.equal(ops_quantize_static(x, bits, s), codes)  # ops.linear's static reference
+    old = torch.clamp(torch.round(x / s), fmt.qmin, fmt.qmax).to(torch.int8)
+    assert torch.equal(old, codes)
     assert int(codes.min()) == fmt.qmin and int(codes.max()) == fmt.qmax
 
 

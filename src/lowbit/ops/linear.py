@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.formats import INT4_RANGE, U8S8_WEIGHT_RANGE
+from lowbit.formats import INT4_RANGE, U8S8_WEIGHT_RANGE, IntFormat
 from lowbit.ops import api, backends, native_gemm, onednn, reference
+from lowbit.quantizers import symmetric_codes
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,5 +229,4 @@ def quantize_static(x: torch.Tensor, act_bits: int, scale: torch.Tensor) -> torc
     bad = int((~torch.isfinite(x)).sum())
     if bad:
         raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
-    hi = 2 ** (act_bits - 1) - 1
-    return torch.clamp(torch.round(x / scale), -hi - 1, hi).to(torch.int8)
+    return symmetric_codes(x, scale, IntFormat(act_bits).code_range)  # the full range [-2^(b-1), 2^(b-1) - 1]
