@@ -353,22 +353,6 @@ INT4_NARROW = IntFormat(4, narrow=True)  # [-7, 7]: symmetric absmax INT4 (absma
 INT7_NARROW = IntFormat(7, narrow=True)  # [-63, 63]: symmetric 7-bit codes in int8 storage
 INT8_NARROW = IntFormat(8, narrow=True)  # [-127, 127]: symmetric absmax INT8 (absmax / 127, no -128)
 UINT7 = IntFormat(7, signed=False)  # [0, 127]: non-negative int8 codes (attention probabilities)
-
-# ---- Code ranges every other module imports (lowbit.formats is their only owner). ----
-#: Two's-complement ranges of the int8 / int4 storage the GEMM kernels take.
-INT8_RANGE = INT8.code_range  # [-128, 127]
-INT4_RANGE = INT4.code_range  # [-8, 7]: also LSQ's INT4 (the released code's full range)
-#: Symmetric ranges: what absmax quantizers and saturating requantizers produce (the code -2^(b-1) unused).
-INT8_SYMMETRIC = INT8_NARROW.code_range  # [-127, 127]
-INT4_SYMMETRIC = INT4_NARROW.code_range  # [-7, 7]
-#: AVX2 u8 x s8 ``vpmaddubsw`` weights: a pair sum 2 * 255 * 64 < 2^15 never saturates int16.
-U8S8_WEIGHT_RANGE = CodeRange(-64, 64)
-#: 7-bit activations for the same kernel: ``a + 64`` lies in [0, 127] (7 bits, a valid u8 operand).
-U8S8_ACT_RANGE = INT7.code_range  # [-64, 63]
-#: PTQ ``int8_kernel="w7"`` weights: symmetric 7-bit codes (absmax / 63), inside U8S8_WEIGHT_RANGE.
-W7_WEIGHT_RANGE = INT7_NARROW.code_range  # [-63, 63]
-#: Integer attention probabilities: softmax rows normalized to their max as codes in [0, 127].
-PROB_RANGE = UINT7.code_range  # [0, 127]
 FP8_E4M3 = FloatFormat(4, 3)  # bias 7, no Inf, max 448, NaN = S.1111.111
 FP8_E5M2 = FloatFormat(5, 2)  # bias 15, IEEE-like Inf/NaN, max 57344
 FP6_E3M2 = FloatFormat(3, 2)  # bias 3, all finite, max 28
@@ -395,6 +379,16 @@ ALL_FORMATS: tuple[Format, ...] = (
     FP8_E4M3, FP8_E5M2, FP6_E3M2, FP6_E2M3, FP4_E2M1,
     MXFP8_E4M3, MXFP8_E5M2, MXFP6_E3M2, MXFP6_E2M3, MXFP4, MXINT8,
 )  # fmt: skip
+
+# Code ranges: lowbit.formats is their only owner, every other module imports them (DESIGN.md "formats.py").
+INT8_RANGE = INT8.code_range  # [-128, 127]: the int8 codes the GEMM kernels take
+INT4_RANGE = INT4.code_range  # [-8, 7]: the int4 codes the GEMM kernels take; LSQ's INT4 (as released)
+INT8_SYMMETRIC = INT8_NARROW.code_range  # [-127, 127]: absmax INT8 (absmax / 127) and int8 saturation
+INT4_SYMMETRIC = INT4_NARROW.code_range  # [-7, 7]: absmax INT4 (absmax / 7, int4-naive)
+U8S8_WEIGHT_RANGE = CodeRange(-64, 64)  # AVX2 u8 x s8 weights: pair sums 2 * 255 * 64 < 2^15 fit int16
+U8S8_ACT_RANGE = INT7.code_range  # [-64, 63]: u8 x s8 7-bit activations, a + 64 in [0, 127] is a u8 operand
+W7_WEIGHT_RANGE = INT7_NARROW.code_range  # [-63, 63]: PTQ "w7" weights (absmax / 63), in U8S8_WEIGHT_RANGE
+PROB_RANGE = UINT7.code_range  # [0, 127]: integer attention probabilities (a row / its max), not a saturation
 
 _INT_RE = re.compile(r"(u?)int(\d+)(-narrow)?")
 _FLOAT_RE = re.compile(r"(?:fp(\d+)-)?e(\d+)m(\d+)(?:-b(-?\d+))?(?:-(ieee|fn|finite))?")
