@@ -202,3 +202,4 @@ def test_mx_integer_elements_are_symmetric() -> None:
     )
     assert F.MXINT8.name == "mxint8" and MXFormat(F.INT4).name == "mxint4"
     assert get_format(MXFormat(F.INT4, 16).name) == MXFormat(F.INT4, 16)
+

@@ -17,7 +17,7 @@ _EXPORTS = {
     "ops": "lowbit.ops",
     "quantize": "lowbit.quantizers",
     "QTensor": "lowbit.quantizers",
-    "Granularity": "lowbit.quantizers",
+    "Granularity": "lowbit.granularity",
     "pack_int4": "lowbit.quantizers",
     "unpack_int4": "lowbit.quantizers",
     "hadamard": "lowbit.transforms",

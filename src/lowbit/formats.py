@@ -24,12 +24,29 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 FLOAT_SPECIALS = ("ieee", "fn", "finite")
 # E8M0 shared-scale exponent range of the OCP MX spec (code 255 is NaN).
 E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127
+
+
+class CodeRange(NamedTuple):
+    """An inclusive integer code range ``[lo, hi]``; unpacks as ``lo, hi = r``."""
+
+    lo: int
+    hi: int
+
+    def contains(self, lo: int, hi: int) -> bool:
+        """True when every code of ``[lo, hi]`` lies in this range."""
+        return self.lo <= lo and hi <= self.hi
+
+    @property
+    def magnitude(self) -> int:
+        """The largest ``|code|``: ``max(-lo, hi)``."""
+        return max(-self.lo, self.hi)
 
 
 def _check_int(name: str, value: object, lo: int, hi: int, fix: str) -> None:
@@ -72,6 +89,11 @@ class IntFormat:
     @property
     def qmax(self) -> int:
         return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def code_range(self) -> CodeRange:
+        """``CodeRange(qmin, qmax)``."""
+        return CodeRange(self.qmin, self.qmax)
 
     @property
     def max(self) -> float:
@@ -327,6 +349,10 @@ def float_format(
 INT2, INT3, INT4, INT5, INT6, INT7, INT8 = (IntFormat(b) for b in range(2, 9))
 UINT4 = IntFormat(4, signed=False)
 UINT8 = IntFormat(8, signed=False)
+INT4_NARROW = IntFormat(4, narrow=True)  # [-7, 7]: symmetric absmax INT4 (absmax / 7, no -8)
+INT7_NARROW = IntFormat(7, narrow=True)  # [-63, 63]: symmetric 7-bit codes in int8 storage
+INT8_NARROW = IntFormat(8, narrow=True)  # [-127, 127]: symmetric absmax INT8 (absmax / 127, no -128)
+UINT7 = IntFormat(7, signed=False)  # [0, 127]: non-negative int8 codes (attention probabilities)
 FP8_E4M3 = FloatFormat(4, 3)  # bias 7, no Inf, max 448, NaN = S.1111.111
 FP8_E5M2 = FloatFormat(5, 2)  # bias 15, IEEE-like Inf/NaN, max 57344
 FP6_E3M2 = FloatFormat(3, 2)  # bias 3, all finite, max 28
@@ -353,6 +379,16 @@ ALL_FORMATS: tuple[Format, ...] = (
     FP8_E4M3, FP8_E5M2, FP6_E3M2, FP6_E2M3, FP4_E2M1,
     MXFP8_E4M3, MXFP8_E5M2, MXFP6_E3M2, MXFP6_E2M3, MXFP4, MXINT8,
 )  # fmt: skip
+
+# Code ranges: lowbit.formats is their only owner, every other module imports them (DESIGN.md "formats.py").
+INT8_RANGE = INT8.code_range  # [-128, 127]: the int8 codes the GEMM kernels take
+INT4_RANGE = INT4.code_range  # [-8, 7]: the int4 codes the GEMM kernels take; LSQ's INT4 (as released)
+INT8_SYMMETRIC = INT8_NARROW.code_range  # [-127, 127]: absmax INT8 (absmax / 127) and int8 saturation
+INT4_SYMMETRIC = INT4_NARROW.code_range  # [-7, 7]: absmax INT4 (absmax / 7, int4-naive)
+U8S8_WEIGHT_RANGE = CodeRange(-64, 64)  # AVX2 u8 x s8 weights: pair sums 2 * 255 * 64 < 2^15 fit int16
+U8S8_ACT_RANGE = INT7.code_range  # [-64, 63]: u8 x s8 7-bit activations, a + 64 in [0, 127] is a u8 operand
+W7_WEIGHT_RANGE = INT7_NARROW.code_range  # [-63, 63]: PTQ "w7" weights (absmax / 63), in U8S8_WEIGHT_RANGE
+PROB_RANGE = UINT7.code_range  # [0, 127]: integer attention probabilities (a row / its max), not a saturation
 
 _INT_RE = re.compile(r"(u?)int(\d+)(-narrow)?")
 _FLOAT_RE = re.compile(r"(?:fp(\d+)-)?e(\d+)m(\d+)(?:-b(-?\d+))?(?:-(ieee|fn|finite))?")

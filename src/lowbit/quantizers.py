@@ -1,4 +1,4 @@
-"""Quantizers: ``quantize()`` -> :class:`QTensor`, ``round_to_format()``, scale rules, rounding, INT4 packing.
+"""Quantizers: ``quantize()`` -> :class:`QTensor`, the one symmetric quantizer, scale rules, INT4 packing.
 
 Convention everywhere in lowbit: **x ≈ codes × scale**, ``scale`` being the step size (a float32 tensor that
 broadcasts against the codes once they are viewed in groups, see :meth:`Granularity.group_view`).
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat, get_format
+from lowbit.formats import CodeRange, FloatFormat, Format, IntFormat, MXFormat, get_format
+from lowbit.granularity import DEFAULT_BLOCK, GRANULARITY_KINDS, Granularity  # noqa: F401 (re-exported)
 from lowbit.rounding import ROUNDINGS, check_float, check_rounding, round_checked, round_to_format
-from lowbit.scales import MSE_RATIOS, SCALE_RULES, compute_scale, mx_scale
+from lowbit.scales import _FLOAT32_TINY, MSE_RATIOS, SCALE_RULES, compute_scale, mx_scale, symmetric_scale
 
-GRANULARITY_KINDS = ("tensor", "row", "column", "group", "block")
 __all__ = [
     "GRANULARITY_KINDS",
     "MSE_RATIOS",
@@ -31,91 +31,15 @@ __all__ = [
     "SCALE_RULES",
     "Granularity",
     "QTensor",
+    "absmax",
     "pack_int4",
     "quantize",
+    "quantize_symmetric",
     "round_to_format",
+    "symmetric_codes",
+    "symmetric_scale",
     "unpack_int4",
 ]
-
-DEFAULT_BLOCK = 32  # "block" granularity for non-MX formats: the OCP MX block size
-
-
-@dataclass(frozen=True)
-class Granularity:
-    """Which elements share a scale.
-
-    ``tensor``: one scale. ``row``: one per row, i.e. per index of all leading dims (per token), reduced over
-    the last dim. ``column``: one per index of the last dim (per channel), reduced over all other dims.
-    ``group``: groups of ``group_size`` consecutive elements along ``dim``. ``block``: groups of the MX
-    format's block size (32 for non-MX formats) along the last dim.
-    """
-
-    kind: str
-    group_size: int | None = None
-    dim: int = -1
-
-    def __post_init__(self) -> None:
-        if self.kind not in GRANULARITY_KINDS:
-            raise ValueError(f"granularity kind must be one of {GRANULARITY_KINDS}, got {self.kind!r}")
-        if self.kind in ("group", "block"):
-            g = self.group_size
-            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
-                raise ValueError(f"group size must be a positive int, got {g!r}; e.g. ('group', 128)")
-        elif self.group_size is not None:
-            raise ValueError(f"granularity {self.kind!r} takes no group size, got {self.group_size!r}")
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int):
-            raise TypeError(f"granularity dim must be an int, got {self.dim!r}")
-
-    @classmethod
-    def parse(cls, spec: object, fmt: Format | None = None) -> Granularity:
-        """Accept a Granularity, "tensor", "row", "column", "block", ("group", G) or ("group", G, dim)."""
-        if isinstance(spec, Granularity):
-            return spec
-        if isinstance(spec, list):  # e.g. from JSON
-            spec = tuple(spec)
-        if spec == "block":
-            return cls("block", fmt.block if isinstance(fmt, MXFormat) else DEFAULT_BLOCK)
-        if isinstance(spec, str) and spec in ("tensor", "row", "column"):
-            return cls(spec)
-        if isinstance(spec, tuple) and len(spec) in (2, 3) and spec[0] == "group":
-            return cls("group", spec[1], spec[2] if len(spec) == 3 else -1)
-        raise ValueError(
-            f"granularity must be 'tensor', 'row', 'column', 'block', ('group', G) or ('group', G, dim); "
-            f"got {spec!r}"
-        )
-
-    def __str__(self) -> str:
-        if self.kind == "group":
-            return f"group{self.group_size}" + ("" if self.dim == -1 else f"@dim{self.dim}")
-        return self.kind
-
-    def group_view(self, shape: torch.Size) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(grouped shape, reduced dims) for data of ``shape``; the scale: grouped shape, 1s there."""
-        nd = len(shape)
-        if self.kind == "tensor":
-            return tuple(shape), tuple(range(nd))
-        if self.kind == "row":
-            if nd < 1:
-                raise ValueError("granularity='row' needs at least 1 dimension; use 'tensor' for scalars")
-            return tuple(shape), (nd - 1,)
-        if self.kind == "column":
-            if nd < 2:
-                raise ValueError(
-                    f"granularity='column' needs at least 2 dimensions, got shape {tuple(shape)}; "
-                    "use 'tensor' or reshape to (rows, columns)"
-                )
-            return tuple(shape), tuple(range(nd - 1))
-        if not -nd <= self.dim < nd:
-            raise ValueError(f"group dim {self.dim} is out of range for shape {tuple(shape)}")
-        d = self.dim % nd
-        g = self.group_size
-        if shape[d] % g:
-            raise ValueError(
-                f"group size {g} does not divide dim {d} of size {shape[d]} (shape {tuple(shape)}); "
-                f"pick a group size that divides {shape[d]} or pad the tensor"
-            )
-        grouped = (*shape[:d], shape[d] // g, g, *shape[d + 1 :])
-        return grouped, (d + 1,)
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no single truth value: compare fields explicitly
@@ -238,6 +162,52 @@ def quantize(
     codes = round_checked(x_g / scale_t, elem, rounding, generator)
     codes = codes.reshape(x.shape).to(_codes_dtype(fmt))
     return QTensor(codes, scale_t, fmt, gran)
+
+
+def absmax(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """``max |x|`` over ``dim`` (every element when None), in ``x``'s dtype; 0 where the reduction is empty.
+    NaN/Inf propagate into the result (the one place a symmetric quantizer looks for them)."""
+    if dim is None:
+        return x.abs().max() if x.numel() else torch.zeros((), dtype=x.dtype)
+    if x.shape[dim] == 0:
+        shape = list(x.shape)
+        shape[dim] = 1
+        zeros = torch.zeros(shape, dtype=x.dtype)
+        return zeros if keepdim else zeros.squeeze(dim)
+    return x.abs().amax(dim=dim, keepdim=keepdim)
+
+
+def symmetric_codes(x: torch.Tensor, scale: torch.Tensor | float, code_range: CodeRange) -> torch.Tensor:
+    """int8 ``clamp(round_half_even(x / scale), lo, hi)``, in ``x``'s dtype: every absmax and static-scale
+    integer quantizer's rounding (``x / scale``, a true division; then the saturation to ``code_range``)."""
+    return torch.round(x / scale).clamp_(code_range.lo, code_range.hi).to(torch.int8)
+
+
+def quantize_symmetric(
+    x: torch.Tensor,
+    qmax: int,
+    dim: int | None = None,
+    *,
+    floor: float | None = _FLOAT32_TINY,
+    zero_scale: float | None = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax quantization: int8 codes in ``[-qmax, qmax]`` and the scale, ``x ≈ codes · scale``.
+
+    One scale per index of the dims other than ``dim`` (``dim=None``: one for the tensor), shaped as the
+    absmax with ``dim`` removed; computed by :func:`symmetric_scale` in ``x``'s dtype (``floor`` and
+    ``zero_scale`` as there), codes by :func:`symmetric_codes`. NaN/Inf in ``x`` raise ``ValueError``.
+    The fused ``lowbit.ops.quantize_rows(x, bits)`` is this function's fast path for float32 (M, K) and
+    ``dim=1`` (bit-identical; tests/test_symmetric_exact.py).
+    """
+    amax = absmax(x, dim, keepdim=True)
+    if not bool(torch.isfinite(amax).all()):
+        raise ValueError(
+            f"x holds {int(torch.isnan(x).sum())} NaN and {int(torch.isinf(x).sum())} infinite values; "
+            "a symmetric scale needs finite values (torch.nan_to_num or clamp them first)"
+        )
+    scale = symmetric_scale(amax, qmax, floor=floor, zero_scale=zero_scale)
+    codes = symmetric_codes(x, scale, CodeRange(-qmax, qmax))
+    return codes, (scale.reshape(()) if dim is None else scale.squeeze(dim))
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:

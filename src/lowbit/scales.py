@@ -35,10 +35,45 @@ def _amax(x_g: torch.Tensor, reduce_dims: tuple[int, ...], rule: object) -> torc
     return amax
 
 
+def symmetric_scale(
+    absmax: torch.Tensor | float,
+    qmax: float,
+    *,
+    floor: float | None = _FLOAT32_TINY,
+    zero_scale: float | None = 1.0,
+    min_absmax: float | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor | float:
+    """The symmetric (absmax) step size ``absmax / qmax`` per group: lowbit's one scale formula.
+
+    The defaults are the documented policy (DESIGN.md "Decisions"): never below the smallest float32 normal,
+    an all-zero group gets scale 1. Callers whose arithmetic differs name the difference (bit-identical
+    results, not a silent change), applied in this order:
+
+    * ``min_absmax``: ``absmax`` is first raised to at least this (integer conversion's activation ranges);
+    * the division runs in ``absmax``'s dtype (pass ``absmax.double()`` for float64), then the quotient is
+      cast to ``dtype`` (None: kept);
+    * ``floor``: the scale is raised to at least this (None: no floor, a scale may be subnormal);
+    * ``zero_scale``: the scale of a group whose ``absmax`` is 0 (None: the floor's value).
+
+    NaN/Inf in ``absmax`` propagate: callers raise before (the non-finite policy). A Python float
+    ``absmax`` gives a Python float.
+    """
+    if not isinstance(absmax, torch.Tensor):
+        scale = (absmax if min_absmax is None else max(absmax, min_absmax)) / qmax
+        scale = scale if floor is None else max(scale, floor)
+        return zero_scale if zero_scale is not None and absmax == 0 else scale
+    scale = (absmax if min_absmax is None else absmax.clamp_min(min_absmax)) / qmax
+    scale = scale if dtype is None else scale.to(dtype)
+    scale = scale if floor is None else scale.clamp(min=floor)
+    if zero_scale is not None:
+        scale = torch.where(absmax == 0, torch.full_like(scale, zero_scale), scale)
+    return scale
+
+
 def _finish_scale(clip: torch.Tensor, fmt: IntFormat | FloatFormat) -> torch.Tensor:
     """Clip value (per group) -> float32 step size; zero clip -> 1, never subnormal, Inf raises."""
-    scale = (clip.double() / fmt.max).float()
-    scale = torch.where(clip == 0, torch.ones_like(scale), scale.clamp(min=_FLOAT32_TINY))
+    scale = symmetric_scale(clip.double(), fmt.max, dtype=torch.float32)
     if scale.numel() and not bool(torch.isfinite(scale).all()):
         raise ValueError(f"a scale overflows float32 (clip / {fmt.max}); rescale the input")
     return scale

@@ -130,7 +130,7 @@ def check_stochastic(gen: torch.Generator) -> str:
 
 
 def check_pack_int4(gen: torch.Generator) -> str:
-    codes = torch.randint(-8, 8, (33, 64), generator=gen, dtype=torch.int8)
+    codes = torch.randint(F.INT4_RANGE.lo, F.INT4_RANGE.hi + 1, (33, 64), generator=gen, dtype=torch.int8)
     packed = pack_int4(codes)
     _expect(torch.equal(unpack_int4(packed), codes), "unpack(pack(codes)) != codes")
     low = (packed & 0xF).to(torch.int16)
@@ -162,7 +162,7 @@ def check_int_gemm(gen: torch.Generator) -> str:
     backends = ["reference"] + ([] if ops.why_not_native() else ["native"])
     shapes = [(1, 1, 1), (7, 33, 5), (64, 96, 48), (3, 130, 17), (65, 256, 31)]  # (M, K, N), ragged sizes
     count = 0
-    for bits, (lo, hi) in ((8, (-128, 127)), (4, (-8, 7))):
+    for bits, (lo, hi) in ((8, F.INT8_RANGE), (4, F.INT4_RANGE)):
         for m, k, n in shapes:
             a = torch.randint(lo, hi + 1, (m, k), generator=gen, dtype=torch.int8)
             b = torch.randint(lo, hi + 1, (n, k), generator=gen, dtype=torch.int8)
@@ -185,7 +185,8 @@ def check_fused_row_quantizer(gen: torch.Generator) -> str:
     backends = ["reference"] + ([] if ops.why_not_native() else ["native"])
     x = torch.randn(37, 300, generator=gen) * torch.logspace(-3, 3, 37).unsqueeze(1)
     x[5] = 0.0  # an all-zero row: scale 1
-    x[7, :4] = torch.tensor([0.5, 1.5, 2.5, -2.5]) * x[7].abs().max() / 127  # ties after scaling
+    ties = torch.tensor([0.5, 1.5, 2.5, -2.5])  # ties after scaling
+    x[7, :4] = ties * x[7].abs().max() / F.INT8_SYMMETRIC.hi
     for bits, backend in itertools.product((8, 7, 4), backends):
         codes, scale = ops.quantize_rows(x, bits, backend=backend)
         want = quantize(x, F.int_format(bits, narrow=True), "row")

@@ -255,7 +255,7 @@ def convert_bert(
         out_layers.append(IntBertLayer(
             q=fold_linear(att.query, s_x, s_q, cfg), k=fold_linear(att.key, s_x, s_k, cfg),
             v=fold_linear(att.value, s_x, s_v, cfg),
-            attn=IntAttention(n_head, "softmax", round(2**ROW_CONST_BITS * s_v / (127 * s_ctx)),
+            attn=IntAttention(n_head, "softmax", round(2**ROW_CONST_BITS * s_v / (kernels.PROB_MAX * s_ctx)),
                               kernels.ROW_FRAC_BITS + ROW_CONST_BITS,
                               exp=kernels.exp_constants(s_q * s_k / math.sqrt(hd))),
             x_to_r1=_dyadic32(s_x / s_r1, c),

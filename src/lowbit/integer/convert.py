@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lowbit.formats import INT8_SYMMETRIC, CodeRange
 from lowbit.integer import kernels
 from lowbit.integer.graph import IntAttention, IntegerGPT, IntGPTBlock, IntLinear, IntNorm
 from lowbit.integer.scaled import Dyadic
+from lowbit.quantizers import absmax, symmetric_codes, symmetric_scale
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +29,26 @@ RESIDUAL_BITS = 20
 RESIDUAL_HEADROOM = 2.0
 #: Fractional bits of the P·V per-row constant (row_const ≈ 2^ROW_CONST_BITS · s_v / (127 · s_y)).
 ROW_CONST_BITS = 20
+#: Zero policy of the conversion's scales (kept from before lowbit.quantizers.symmetric_scale named them):
+#: weight scales are floored at 1e-12 (float64), calibrated activation ranges at 1e-8 before ``/ qmax``.
+WEIGHT_SCALE_FLOOR = 1e-12
+ACT_ABSMAX_FLOOR = 1e-8
 
 
 @dataclass(frozen=True)
 class ConvertConfig:
     """Choices of the conversion: activation qmax (127 = full int8; 63 = 7-bit, the faster GEMM path)."""
 
-    act_qmax: int = 127
-    weight_qmax: int = 127
+    act_qmax: int = INT8_SYMMETRIC.hi
+    weight_qmax: int = INT8_SYMMETRIC.hi
 
     def __post_init__(self) -> None:
         for name in ("act_qmax", "weight_qmax"):
-            v = getattr(self, name)
+            v, top = getattr(self, name), INT8_SYMMETRIC.hi
             if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"ConvertConfig.{name} must be an int in [1, 127], got {v!r}")
-            if not 1 <= v <= 127:
-                raise ValueError(f"ConvertConfig.{name} must be in [1, 127], got {getattr(self, name)}")
+                raise TypeError(f"ConvertConfig.{name} must be an int in [1, {top}], got {v!r}")
+            if not 1 <= v <= top:
+                raise ValueError(f"ConvertConfig.{name} must be in [1, {top}], got {getattr(self, name)}")
 
 
 class _Ranges:
@@ -109,8 +115,9 @@ def check_finite_ranges(ranges: dict[str, float | torch.Tensor], what: str) -> N
 def _weight_codes(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8 codes and float64 scales of a (N, K) weight."""
     w64 = w.detach().to(torch.float64)
-    scale = (w64.abs().amax(1) / qmax).clamp_min(1e-12)
-    codes = torch.round(w64 / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
+    # float64 scales floored at 1e-12 (an all-zero row keeps 1e-12, not 1: it enters the bias and multiplier)
+    scale = symmetric_scale(absmax(w64, 1), qmax, floor=WEIGHT_SCALE_FLOOR, zero_scale=None)
+    codes = symmetric_codes(w64, scale[:, None], CodeRange(-qmax, qmax))
     return codes, scale
 
 
@@ -143,10 +150,9 @@ def fold_linear(
     return IntLinear(codes.contiguous(), bias, mult, shift, relu)
 
 
-def _act_scale(absmax: float | torch.Tensor, qmax: int) -> float | torch.Tensor:
-    if isinstance(absmax, torch.Tensor):
-        return absmax.clamp_min(1e-8) / qmax
-    return max(absmax, 1e-8) / qmax
+def _act_scale(amax: float | torch.Tensor, qmax: int) -> float | torch.Tensor:
+    """Calibrated activation scale: the absmax floored at ACT_ABSMAX_FLOOR *before* the division."""
+    return symmetric_scale(amax, qmax, min_absmax=ACT_ABSMAX_FLOOR, floor=None, zero_scale=None)
 
 
 def fold_norm(
@@ -224,7 +230,7 @@ def convert(
         s_sc = s_q * s_k / math.sqrt(att.head_dim)
         bias = torch.round(att.poly_b.detach().to(torch.float64) / s_sc).to(torch.int64)
         delta = round(abs(float(att.poly_delta)) / s_sc**2)
-        row_const = round(2**ROW_CONST_BITS * s_v / (127 * s_y))
+        row_const = round(2**ROW_CONST_BITS * s_v / (kernels.PROB_MAX * s_y))
         if att.poly_power != 2:
             raise ValueError(f"integer poly attention implements n=2, got {att.poly_power}")
         blocks.append(

@@ -21,32 +21,13 @@ is resolved by ``lowbit.ops.backends`` like every other product's (``"auto"``, `
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
+from lowbit.formats import INT8_SYMMETRIC, U8S8_WEIGHT_RANGE
 from lowbit.integer import kernels
-from lowbit.ops import backends, native, native_gemm
-
-#: Elements below which a native call runs single-threaded.
-SMALL_WORK = 1 << 16
-
-
-def _lib() -> ctypes.CDLL:
-    """The native library (its signatures are declared once, in ``lowbit.ops.native``)."""
-    return native.lib()
-
-
-def _threads(work: int) -> int:
-    """One thread for small calls (an OpenMP team costs more than it saves below ~64k elements)."""
-    return native_gemm.threads() if work >= SMALL_WORK else 1
-
-
-def native_kernels_enabled(backend: str) -> bool:
-    """Whether the native integer kernels run for ``backend`` (resolved by ``lowbit.ops.backends``): on a
-    native ISA, and on ``onednn`` when they load (oneDNN has no integer LayerNorm / softmax / requant)."""
-    chosen = backends.resolve(backend)
-    return backends.is_native(chosen) or (chosen == "onednn" and native.available())
+from lowbit.integer._native import _lib, _threads, native_kernels_enabled  # noqa: F401 (graph imports it here)
+from lowbit.integer.fast_attention import attention_fused, attention_rows  # noqa: F401 (re-exported)
+from lowbit.ops import backends
 
 
 def _gemm_kind(wide: bool) -> int:
@@ -118,7 +99,7 @@ def requant_channels(
         x = x.clamp_min(0)
     y = _dyadic(x, mult, shift)
     if residual is None:
-        return y.clamp(-127, 127).to(torch.int8)
+        return y.clamp(*INT8_SYMMETRIC).to(torch.int8)
     residual.copy_((y + residual).clamp(-(2**31), 2**31 - 1).to(torch.int32))
     return residual
 
@@ -151,7 +132,7 @@ def requant_rows(
         )
         return out
     sh = torch.tensor(shift, dtype=torch.int64)
-    out.copy_(_dyadic(acc, row_mult.reshape(m, 1), sh).clamp(-127, 127).to(torch.int8))
+    out.copy_(_dyadic(acc, row_mult.reshape(m, 1), sh).clamp(*INT8_SYMMETRIC).to(torch.int8))
     return out
 
 
@@ -203,146 +184,10 @@ def _norm_int32(k: kernels.NormConstants) -> tuple[torch.Tensor, torch.Tensor]:
     return hit[1], hit[2]
 
 
-def attention_rows(
-    scores: torch.Tensor,
-    *,
-    causal: bool,
-    key_mask: torch.Tensor | None,
-    row_const: int,
-    poly_bias: torch.Tensor | None = None,
-    delta: int = 0,
-    exp: kernels.ExpConstants | None = None,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised integer attention weights of scores int32 (B, H, T, T): (int8 codes, int64 row multipliers).
-
-    Poly (``poly_bias`` int64 (H, 1, 1), ``delta``) or softmax (``exp``) weights, masked by causality and
-    ``key_mask`` (bool (B, T), True = real token), then :func:`kernels.normalize_rows`.
-    """
-    b, h, t, t2 = scores.shape
-    if scores.dtype != torch.int32 or t != t2 or not scores.is_contiguous():
-        raise ValueError(
-            f"scores must be contiguous int32 (B, H, T, T), got {scores.dtype} {tuple(scores.shape)}"
-        )
-    if (poly_bias is None) == (exp is None):
-        raise ValueError("give exactly one of poly_bias (poly attention) and exp (softmax attention)")
-    if not native_kernels_enabled(backend):
-        mask = torch.ones(t, t, dtype=torch.bool).tril() if causal else None
-        if key_mask is not None:
-            km = key_mask.view(b, 1, 1, t)
-            mask = km if mask is None else mask & km
-        if poly_bias is not None:
-            w = kernels.poly_weights(scores, poly_bias, delta, mask)
-        else:
-            w = kernels.softmax_weights(scores, exp, mask)
-        codes, mult = kernels.normalize_rows(w, row_const)
-        return codes, mult.squeeze(-1)
-    codes = torch.empty(b, h, t, t, dtype=torch.int8)
-    mult = torch.empty(b, h, t, dtype=torch.int64)
-    km = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
-    pb = poly_bias.reshape(h).to(torch.int64).contiguous() if poly_bias is not None else None
-    e = exp or kernels.ExpConstants(1, 0, 0)
-    _lib().lowbit_int_attn_rows(
-        scores.data_ptr(),
-        b * h * t,
-        t,
-        t,
-        h,
-        int(causal),
-        km.data_ptr() if km is not None else None,
-        0 if poly_bias is not None else 1,
-        pb.data_ptr() if pb is not None else None,
-        delta,
-        e.ln2,
-        e.b,
-        e.c,
-        kernels.EXP_MAX_SHIFT,
-        kernels.ROW_FRAC_BITS,
-        row_const,
-        codes.data_ptr(),
-        mult.data_ptr(),
-        _threads(scores.numel()),
-    )
-    return codes, mult
-
-
-def attention_fused(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    n_head: int,
-    *,
-    causal: bool,
-    key_mask: torch.Tensor | None,
-    row_const: int,
-    row_shift: int,
-    poly_bias: torch.Tensor | None = None,
-    delta: int = 0,
-    exp: kernels.ExpConstants | None = None,
-    out_off: int = 0,
-) -> torch.Tensor:
-    """Native fused integer attention: int8 q, k, v (B, T, C) → int8 (B, T, C), one pass per (batch, head).
-
-    The same integers as int_matmul scores → :func:`attention_rows` → int_matmul P·V → :func:`requant_rows`
-    (``IntAttention`` runs that unfused path when tracing; tests check they agree bit for bit). Causal rows
-    skip the masked upper triangle. q, k, v may be column slices of one (B, T, 3C) tensor (a shared row
-    stride, unit column stride). ``out_off=128``: returns uint8 ``code + 128``.
-    """
-    b, t, c = q.shape
-    ld = q.stride(1)
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        ok = x.dtype == torch.int8 and x.dim() == 3 and x.shape == q.shape and x.stride(2) == 1
-        if not ok or x.stride(1) != ld or x.stride(0) != t * ld or ld < c:
-            raise ValueError(
-                f"{name} must be int8 (B, T, C) like q with unit column stride and q's row stride, got "
-                f"{x.dtype} {tuple(x.shape)} strides {x.stride()}"
-            )
-    if (poly_bias is None) == (exp is None):
-        raise ValueError("give exactly one of poly_bias (poly attention) and exp (softmax attention)")
-    if c % n_head:
-        raise ValueError(f"C={c} is not divisible by n_head={n_head}")
-    if out_off not in (0, 128):
-        raise ValueError(f"out_off must be 0 or 128, got {out_off}")
-    y = torch.empty(b, t, c, dtype=torch.uint8 if out_off else torch.int8)
-    km = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
-    pb = poly_bias.reshape(n_head).to(torch.int64).contiguous() if poly_bias is not None else None
-    e = exp or kernels.ExpConstants(1, 0, 0)
-    lib = _lib()
-    # head dims that are multiples of 16 take the blocked SIMD kernel (int_attn.c), others the row kernel
-    fn = lib.lowbit_int_attention_blocked if (c // n_head) % 16 == 0 else lib.lowbit_int_attention
-    fn(
-        q.data_ptr(),
-        k.data_ptr(),
-        v.data_ptr(),
-        ld,
-        b,
-        t,
-        c,
-        n_head,
-        int(causal),
-        km.data_ptr() if km is not None else None,
-        0 if poly_bias is not None else 1,
-        pb.data_ptr() if pb is not None else None,
-        delta,
-        e.ln2,
-        e.b,
-        e.c,
-        kernels.EXP_MAX_SHIFT,
-        kernels.ROW_FRAC_BITS,
-        row_const,
-        row_shift,
-        y.data_ptr(),
-        c,
-        out_off,
-        _threads(b * n_head * t * t),
-    )
-    return y
-
-
 # ---------------------------------------------------------------- packed linear with fused requantization
 
-#: Weight codes the fused GEMM takes: u8 activations x these stay within int16 pair sums (255·64·2 < 2^15).
-W7_RANGE = 64
+#: |weight code| bound of the fused GEMM's u8 x s8 path (lowbit.formats.U8S8_WEIGHT_RANGE: 255·64·2 < 2^15).
+W7_RANGE = U8S8_WEIGHT_RANGE.magnitude
 
 
 class PackedLinear:
@@ -466,6 +311,6 @@ def gelu_requant(
     out = torch.empty(m, n, dtype=torch.uint8 if out_off else torch.int8)
     _lib().lowbit_int_gelu_rq(
         g.data_ptr(), m, n, g.stride(0), k.b, k.c, k.one, pre_shift, mult.data_ptr(), shift.data_ptr(),
-        out.data_ptr(), n, out_off, 127, _threads(m * n),
+        out.data_ptr(), n, out_off, INT8_SYMMETRIC.hi, _threads(m * n),
     )  # fmt: skip
     return out

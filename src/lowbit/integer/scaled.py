@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.formats import INT8_SYMMETRIC
 from lowbit.ops import int_matmul
 
 #: Multipliers are normalised into [2^(MULT_BITS-1), 2^MULT_BITS) so products with int32 fit in int64.
 MULT_BITS = 24
-INT8_MAX = 127
+INT8_MAX = INT8_SYMMETRIC.hi  # int8 values saturate symmetrically to [-127, 127]
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.formats import INT4_RANGE, INT8_RANGE, IntFormat
 from lowbit.ops import _schemas, backends, native, onednn, reference
 from lowbit.ops.backends import BACKENDS, BackendReport, use_backend
 
 __all__ = ["BACKENDS", "BackendReport", "use_backend"]
 LAYOUTS = ("nt", "nn", "tn")
 # Largest K whose int32 result cannot overflow for any codes: K * max|a*b| <= 2**31 - 1.
-MAX_K = {8: (2**31 - 1) // (128 * 128), 4: (2**31 - 1) // (8 * 8)}
-CODE_RANGE = {8: (-128, 127), 4: (-8, 7)}
+CODE_RANGE = {8: INT8_RANGE, 4: INT4_RANGE}
+MAX_K = {bits: (2**31 - 1) // (r.lo * r.lo) for bits, r in CODE_RANGE.items()}  # (-128)^2, (-8)^2
 
 
 def backend() -> BackendReport:
@@ -208,7 +209,7 @@ def _quantize_rows_cpu(x: torch.Tensor, bits: int, backend: str) -> tuple[torch.
         raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
         raise ValueError(f"x must be a 2-D float32 CPU tensor, got {x.dim()}-D {x.dtype} on {x.device}")
-    qmax = 2 ** (bits - 1) - 1
+    qmax = IntFormat(bits, narrow=True).qmax  # symmetric: [-(2^(bits-1) - 1), 2^(bits-1) - 1]
     chosen = resolve_backend(backend)
     if backends.is_native(chosen) or (chosen == "onednn" and native.available()):  # same codes, faster
         from lowbit.ops import native_gemm

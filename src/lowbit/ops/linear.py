@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.formats import INT4_RANGE, U8S8_WEIGHT_RANGE, IntFormat
 from lowbit.ops import api, backends, native_gemm, onednn, reference
+from lowbit.quantizers import symmetric_codes
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,7 +103,7 @@ def pack_weight(
         lo, hi = native_gemm.minmax(codes_nk)
     else:
         lo, hi = (int(v) for v in torch.aminmax(codes_nk)) if codes_nk.numel() else (0, 0)
-    if bits == 4 and (lo < -8 or hi > 7):
+    if bits == 4 and not INT4_RANGE.contains(lo, hi):
         raise ValueError(f"w_codes holds codes in [{lo}, {hi}], outside [-8, 7] for bits=4")
     codes_nk = codes_nk.contiguous()
     weight = PackedWeight(bits=bits, codes=codes_nk, scale=scale, code_range=(lo, hi))
@@ -110,7 +112,7 @@ def pack_weight(
     kind = native_gemm.KIND_INT4 if bits == 4 else native_gemm.KIND_U8S8  # kind 4 shares this layout
     packed, colsum = native_gemm.pack_b(kind, codes_nk)
     packed_s16 = None
-    if bits == 8 and not (lo >= -64 and hi <= 64) and chosen == "avx2":
+    if bits == 8 and not U8S8_WEIGHT_RANGE.contains(lo, hi) and chosen == "avx2":
         packed_s16, _ = native_gemm.pack_b(native_gemm.KIND_S16, codes_nk)
     return PackedWeight(bits, codes_nk, scale, (lo, hi), packed, colsum, packed_s16)
 
@@ -227,5 +229,4 @@ def quantize_static(x: torch.Tensor, act_bits: int, scale: torch.Tensor) -> torc
     bad = int((~torch.isfinite(x)).sum())
     if bad:
         raise ValueError(f"x holds {bad} non-finite values; clean them first (torch.nan_to_num or clamp)")
-    hi = 2 ** (act_bits - 1) - 1
-    return torch.clamp(torch.round(x / scale), -hi - 1, hi).to(torch.int8)
+    return symmetric_codes(x, scale, IntFormat(act_bits).code_range)  # the full range [-2^(b-1), 2^(b-1) - 1]

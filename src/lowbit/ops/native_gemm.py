@@ -3,13 +3,7 @@
 Callers (``lowbit.ops.api``, ``lowbit.ops.linear``) validate arguments first; these functions assume int8
 code matrices on the CPU and only check what the kernels need (code ranges, which decide the path).
 
-Path planning for ``bits=8`` (see ``csrc/gemm.h``): ``b`` in [-64, 64] -> kind 0 with ``a`` shifted by 128;
-else ``a`` in [-64, 63] -> kind 0 with ``a`` shifted by 64; else kind 2 (int16 operands, exact for every int8
-code, slower) — except that ``b`` in [-8, 7] (an 8-bit x 4-bit product, e.g. the INT4 training backward's
-merged bit-split gradient codes x INT4 codes) takes kind 3 (any int8 ``a`` x ``b`` shifted by 8, int16
-accumulation widened every 32 k, the shift undone with ``a``'s row sums), and both in [-8, 7] take kind 1.
-``bits=4`` -> kind 1 (``a`` shifted by 8, int16 accumulation widened every 512 k). All of that is
-the ``avx2`` ISA; on ``avx512-vnni`` every product is kind 4 (kind 0 layouts, ``vpdpbusd``, ``a`` + 128).
+Path planning (which kernel kind for which code ranges) lives in :mod:`lowbit.ops.gemm_plan`.
 """
 
 from __future__ import annotations
@@ -20,14 +14,24 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.formats import INT8_RANGE
 from lowbit.ops import native
-
-MR, NR = 6, 16  # micro-tile rows (A panel) and columns (B panel); must match csrc/gemm.h
-KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI, KIND_BF16 = 0, 1, 2, 3, 4, 5
-ISAS = ("avx512-vnni", "avx2")  # the native backends this module serves (lowbit.ops.backends)
-FOUR_BIT = (-8, 7)
-SEVEN_BIT = (-64, 64)  # |pair sum| of u8 (<= 255) x these stays below 2**15
-SEVEN_BIT_A = (-64, 63)  # a + 64 in [0, 127]
+from lowbit.ops.gemm_plan import (  # noqa: F401 (re-exported: callers name them native_gemm.*)
+    FOUR_BIT,
+    ISAS,
+    KIND_BF16,
+    KIND_INT4,
+    KIND_S8U4,
+    KIND_S16,
+    KIND_U8S8,
+    KIND_VNNI,
+    MR,
+    NR,
+    SEVEN_BIT,
+    SEVEN_BIT_A,
+    packed_nbytes,
+    plan,
+)
 
 
 def threads() -> int:
@@ -73,34 +77,6 @@ def minmax(t: torch.Tensor, transposed: bool = False) -> tuple[int, int]:
     out = torch.empty(2, dtype=torch.int32)
     native.lib().lowbit_minmax_i8(t.data_ptr(), s_r, s_k, rows, k, out.data_ptr(), threads())
     return int(out[0]), int(out[1])
-
-
-def _within(r: tuple[int, int], bounds: tuple[int, int]) -> bool:
-    return bounds[0] <= r[0] and r[1] <= bounds[1]
-
-
-def plan(bits: int, a_range: tuple[int, int], b_range: tuple[int, int], isa: str = "avx2") -> tuple[int, int]:
-    """(kernel kind, A offset) for the code ranges on ``isa``; ValueError for 4-bit codes out of [-8, 7].
-
-    On ``"avx512-vnni"`` every product is kind 4 (``vpdpbusd``, exact for any int8 codes with A shifted by
-    128), so 4-bit and 8-bit codes, and every mix of them, share one kernel."""
-    if isa not in ISAS:
-        raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
-    if bits == 4:
-        for name, r in (("a", a_range), ("b", b_range)):
-            if not _within(r, (-8, 7)):
-                raise ValueError(f"{name} holds codes in [{r[0]}, {r[1]}], outside [-8, 7] for bits=4")
-    if isa == "avx512-vnni":
-        return KIND_VNNI, 128
-    if bits == 4:
-        return KIND_INT4, 8
-    if _within(b_range, FOUR_BIT):
-        return (KIND_INT4, 8) if _within(a_range, FOUR_BIT) else (KIND_S8U4, 8)
-    if _within(b_range, SEVEN_BIT):
-        return KIND_U8S8, 128
-    if _within(a_range, SEVEN_BIT_A):
-        return KIND_U8S8, 64
-    return KIND_S16, 0
 
 
 def pack_a(
@@ -226,12 +202,6 @@ def gemm(
         raise MemoryError("lowbit_gemm could not allocate its per-thread tile buffers")
 
 
-def packed_nbytes(kind: int, rows: int, k: int, panel: int) -> int:
-    """Bytes of one operand packed for ``kind`` with ``panel`` rows per panel (MR for A, NR for B)."""
-    group, size = (2, 2) if kind in (KIND_S16, KIND_BF16) else (4, 1)
-    return -(-rows // panel) * panel * (-(-k // group) * group) * size
-
-
 def _check_packed(kind, a_packed, b_packed, colsum, m, n, k, off, out) -> None:
     """Guard the native call against mismatched buffers (a wrong size would read out of bounds)."""
     if kind not in (KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI, KIND_BF16):
@@ -260,7 +230,7 @@ def _prepare(a8: torch.Tensor, b8: torch.Tensor, bits: int, layout: str, isa: st
             plan(bits, minmax(a8, a_t), minmax(b8, b_t), isa)
         return None, 0, None, None, None, m, n, k
     if isa == "avx512-vnni" and bits == 8:  # one kernel for every int8 code: no range scan needed
-        kind, off = plan(bits, (-128, 127), (-128, 127), isa)
+        kind, off = plan(bits, INT8_RANGE, INT8_RANGE, isa)
     else:
         kind, off = plan(bits, minmax(a8, a_t), minmax(b8, b_t), isa)
     if kind == KIND_S8U4:

@@ -9,7 +9,8 @@ Every function here returns exactly the numbers the native kernels return:
 * the float epilogue is defined operation by operation in float32, in this order and without fused
   multiply-add: ``out = float32(acc) * a_scale[i] * b_scale[j] + bias[j]``.
 * the row quantizer is ``scale = max(absmax / qmax, 2**-126)`` (1 for an all-zero row) and
-  ``codes = clamp(round_half_even(x / scale), -qmax, qmax)`` in float32.
+  ``codes = clamp(round_half_even(x / scale), -qmax, qmax)`` in float32: lowbit's one symmetric quantizer,
+  :func:`lowbit.quantizers.quantize_symmetric` with its default zero/floor policy, along ``dim=1``.
 
 Inputs are assumed validated by ``lowbit.ops.api``; these functions do not re-check them.
 """
@@ -17,6 +18,8 @@ Inputs are assumed validated by ``lowbit.ops.api``; these functions do not re-ch
 from __future__ import annotations
 
 import torch
+
+from lowbit.quantizers import quantize_symmetric
 
 # smallest normal float32: scales are never subnormal (docs/DESIGN.md "Decisions")
 FLOAT32_MIN_NORMAL = 2.0**-126
@@ -86,11 +89,7 @@ def dequantize(
 
 def quantize_rows(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row absmax symmetric quantization of a float32 (M, K) matrix to codes in [-qmax, qmax]."""
-    amax = x.abs().amax(dim=1) if x.shape[1] > 0 else torch.zeros(x.shape[0], dtype=torch.float32)
-    scale = torch.clamp(amax / qmax, min=FLOAT32_MIN_NORMAL)
-    scale = torch.where(amax == 0, torch.ones_like(scale), scale)
-    codes = torch.clamp(torch.round(x / scale.reshape(-1, 1)), -qmax, qmax).to(torch.int8)
-    return codes, scale
+    return quantize_symmetric(x, qmax, dim=1, floor=FLOAT32_MIN_NORMAL, zero_scale=1.0)
 
 
 def bf16_dot_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

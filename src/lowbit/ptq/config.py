@@ -19,10 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat, get_format
+from lowbit.granularity import ROLE_SPELLINGS, Granularity, for_role, role_spelling
 from lowbit.ptq.observers import ObserverSpec
 
-WEIGHT_GRANULARITIES = ("tensor", "channel", "group")
-ACTIVATION_GRANULARITIES = ("tensor", "token")
+# The recipes' spellings of lowbit.granularity.Granularity (channel/token = row; ROLE_SPELLINGS).
+WEIGHT_GRANULARITIES = tuple(ROLE_SPELLINGS["weight"])  # ("tensor", "channel", "group")
+ACTIVATION_GRANULARITIES = tuple(ROLE_SPELLINGS["activation"])  # ("tensor", "token")
 WEIGHT_SCALE_RULES = ("absmax", "mse")
 FP8_COMPUTE = ("auto", "bf16_dot", "emulated", "scaled_mm")
 INT8_KERNELS = ("w7", "a7", "exact")  # see lowbit.ptq.modules.Int8Linear; "auto" resolves to one of them
@@ -46,7 +48,21 @@ def _is_int8(fmt: Format) -> bool:
     return isinstance(fmt, IntFormat) and fmt.bits == 8 and fmt.signed
 
 
+def _spell_granularity(cfg: PTQConfig | WeightOnlyConfig, field: str, role: str) -> None:
+    """A Granularity given for ``field`` becomes its role spelling (and ``group_size``); strings stay."""
+    value = getattr(cfg, field)
+    if not isinstance(value, Granularity):
+        return
+    spelling, group = role_spelling(value, role)
+    if group is not None:
+        if cfg.group_size not in (None, group):
+            raise ValueError(f"{field}={value} disagrees with group_size={cfg.group_size!r}")
+        object.__setattr__(cfg, "group_size", group)
+    object.__setattr__(cfg, field, spelling)
+
+
 def _check_common(cfg: PTQConfig | WeightOnlyConfig) -> None:
+    _spell_granularity(cfg, "weight_granularity", "weight")
     if cfg.weight_granularity not in WEIGHT_GRANULARITIES:
         raise ValueError(
             f"weight_granularity must be one of {WEIGHT_GRANULARITIES}, got {cfg.weight_granularity!r}"
@@ -102,8 +118,8 @@ class PTQConfig:
 
     weight: str | Format = "fp8-e4m3"
     activation: str | Format = "fp8-e4m3"
-    weight_granularity: str = "tensor"
-    activation_granularity: str = "tensor"
+    weight_granularity: str | Granularity = "tensor"
+    activation_granularity: str | Granularity = "tensor"
     weight_scale: str = "absmax"
     group_size: int | None = None
     modules: tuple[str, ...] | None = None
@@ -123,6 +139,7 @@ class PTQConfig:
         object.__setattr__(self, "weight", w)
         object.__setattr__(self, "activation", a)
         _check_common(self)
+        _spell_granularity(self, "activation_granularity", "activation")
         if self.activation_granularity not in ACTIVATION_GRANULARITIES:
             raise ValueError(
                 f"activation_granularity must be one of {ACTIVATION_GRANULARITIES}, "
@@ -177,6 +194,16 @@ class PTQConfig:
         return "int8" if isinstance(self.weight, IntFormat) else "fp8"
 
     @property
+    def weight_gran(self) -> Granularity:
+        """``weight_granularity`` as a :class:`~lowbit.granularity.Granularity` of the (N, K) weight."""
+        return for_role(self.weight_granularity, "weight", self.group_size)
+
+    @property
+    def activation_gran(self) -> Granularity:
+        """``activation_granularity`` as a :class:`~lowbit.granularity.Granularity` of (tokens, K) inputs."""
+        return for_role(self.activation_granularity, "activation")
+
+    @property
     def weight_code_format(self) -> Format:
         """The format the weight codes are rounded to (int7 for ``int8_kernel="w7"``)."""
         return get_format("int7") if self.kind == "int8" and self.int8_kernel == "w7" else self.weight
@@ -219,7 +246,7 @@ class WeightOnlyConfig:
     """
 
     weight: str | Format = "int4"
-    weight_granularity: str = "channel"
+    weight_granularity: str | Granularity = "channel"
     weight_scale: str = "absmax"
     group_size: int | None = None
     modules: tuple[str, ...] | None = None
@@ -238,6 +265,11 @@ class WeightOnlyConfig:
                 raise ValueError(f"{w.name} carries its own 32-element block scales; do not set groups")
             if w.element.bits not in (4, 8):
                 raise ValueError(f"weight-only MX formats are MXFP8/MXINT8 and MXFP4, got {w.name}")
+
+    @property
+    def weight_gran(self) -> Granularity:
+        """``weight_granularity`` as a :class:`~lowbit.granularity.Granularity` of the (N, K) weight."""
+        return for_role(self.weight_granularity, "weight", self.group_size)
 
     def describe(self) -> str:
         """One line: format and granularity."""

@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit import ops
-from lowbit.formats import INT7, Format, IntFormat, get_format
+from lowbit.formats import INT7, W7_WEIGHT_RANGE, Format, IntFormat, get_format
 from lowbit.ops import backends, native_gemm
 from lowbit.ops.native_gemm import scratch
 from lowbit.ptq import fp8_kernels
 from lowbit.ptq.weights import code_values, decode_weight, nbytes
-from lowbit.quantizers import quantize
+from lowbit.quantizers import quantize, symmetric_codes
 from lowbit.scales import compute_scale
 
 KINDS = ("int8", "fp8", "emulated")
@@ -54,7 +54,7 @@ KINDS = ("int8", "fp8", "emulated")
 # weights x activation codes in [-64, 63] both take the u8 x s8 (vpmaddubsw) path; "exact" (full-range
 # codes on both sides, the paper's INT8) takes the exact int16 kernel at ~0.7x its speed.
 INT8_KERNELS = ("w7", "a7", "exact")
-SEVEN_BIT_WEIGHT = 63  # |w code| bound of "w7" (the engine's u8 x s8 rule accepts [-64, 64])
+SEVEN_BIT_WEIGHT = W7_WEIGHT_RANGE.hi  # |w code| bound of "w7", 63 (the u8 x s8 rule accepts [-64, 64])
 
 
 @dataclass(frozen=True)
@@ -383,7 +383,7 @@ def quantize_static(x: torch.Tensor, fmt: Format, scale: torch.Tensor) -> torch.
             "a quantized layer needs finite activations"
         )
     if isinstance(fmt, IntFormat):
-        return torch.round(x / scale).clamp_(fmt.qmin, fmt.qmax).to(torch.int8)
+        return symmetric_codes(x, scale, fmt.code_range)
     return (x / scale).clamp_(-fmt.max, fmt.max).to(fmt.torch_dtype)  # the cast rounds half to even
 
 

@@ -18,23 +18,19 @@ import functools
 
 import torch
 
-from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat
+from lowbit.formats import E8M0_MIN_EXP, FloatFormat, Format, IntFormat, MXFormat
+from lowbit.granularity import Granularity, for_role
 from lowbit.ops import native
 from lowbit.ops.native_gemm import threads
 from lowbit.ptq.gptq import gptq_round
 from lowbit.quantizers import pack_int4, quantize, unpack_int4
 
-E8M0_BIAS = 127
+E8M0_BIAS = -E8M0_MIN_EXP  # 127: the stored exponent byte is e + 127
 
 
-def _granularity(weight_granularity: str, group_size: int | None) -> object:
-    if weight_granularity == "tensor":
-        return "tensor"
-    if weight_granularity == "channel":
-        return "row"  # one scale per row of W (N, K) = per output channel
-    if weight_granularity == "group":
-        return ("group", group_size)
-    raise ValueError(f"weight granularity must be 'tensor', 'channel' or 'group', got {weight_granularity!r}")
+def _granularity(weight_granularity: str, group_size: int | None) -> Granularity:
+    """The PTQ spelling's Granularity ("channel": one scale per row of W (N, K), i.e. per output channel)."""
+    return for_role(weight_granularity, "weight", group_size)
 
 
 def _nibble_table(fmt: FloatFormat) -> torch.Tensor:

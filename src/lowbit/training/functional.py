@@ -15,7 +15,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from lowbit.formats import INT4_SYMMETRIC
 from lowbit.ops import int_matmul_scaled, quantize_rows
+from lowbit.quantizers import absmax, symmetric_codes, symmetric_scale
 from lowbit.training._kernels import hq_grad_x_, hq_quantize, native_reason, transpose_i8
 from lowbit.training.bit_split import SPLIT_RADIX, bit_split, bit_split_merged
 from lowbit.training.distributed import all_max, gather_rows, row_layout
@@ -24,7 +26,7 @@ from lowbit.training.leverage import select_rows
 from lowbit.training.lsq import clip_mask, lsq_grad_scale, lsq_quantize, lsq_step_grad
 from lowbit.training.recipes import Recipe
 
-INT4_QMAX = 7  # symmetric absmax INT4 (int4-naive)
+INT4_QMAX = INT4_SYMMETRIC.hi  # symmetric absmax INT4 (int4-naive): codes in [-7, 7]
 
 
 def _row_norms(codes: torch.Tensor) -> torch.Tensor:
@@ -260,7 +262,7 @@ def _per_tensor_int4(
     tensor is sharded over those processes (rows of a batch), the absmax is the global one. NaN/Inf (seen
     in the absmax, at no extra cost) raise ``ValueError`` naming ``name``."""
     t32 = t.detach().float()
-    amax = t32.abs().max() if t32.numel() else torch.tensor(0.0)
+    amax = absmax(t32)
     if group is not None:
         amax = all_max([float(amax)], group).float().reshape(())
     if not bool(torch.isfinite(amax)):
@@ -270,8 +272,9 @@ def _per_tensor_int4(
             "the per-tensor scale needs finite values (a diverged training or bad data: lower the learning "
             "rate, clip gradients, or torch.nan_to_num the input)"
         )
-    scale = torch.where(amax > 0, amax / INT4_QMAX, torch.ones_like(amax))
-    return torch.round(t32 / scale).clamp_(-INT4_QMAX, INT4_QMAX).to(torch.int8), scale
+    # the one symmetric quantizer, without the float32-normal floor (a tiny absmax keeps its subnormal scale)
+    scale = symmetric_scale(amax, INT4_QMAX, floor=None, zero_scale=1.0)
+    return symmetric_codes(t32, scale, INT4_SYMMETRIC), scale
 
 
 class Int4NaiveLinearFn(torch.autograd.Function):

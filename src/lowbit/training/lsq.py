@@ -14,8 +14,10 @@ import math
 
 import torch
 
-QMIN, QMAX = -8, 7
-LSQ_QPOS = 7  # the positive level count in the init and gradient-scale formulas
+from lowbit.formats import INT4_RANGE
+
+QMIN, QMAX = INT4_RANGE  # the full INT4 range [-8, 7]
+LSQ_QPOS = QMAX  # the positive level count (7) in the init and gradient-scale formulas
 
 
 def lsq_init(x: torch.Tensor) -> torch.Tensor:
