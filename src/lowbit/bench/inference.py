@@ -239,7 +239,7 @@ def run_minilm(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train/load, convert, time and evaluate the three variants; print the table."""
-    from lowbit.integer import ConvertConfig, convert, integer_lm_loss
+    from lowbit.integer import IntegerConfig, convert, integer_lm_loss
     from lowbit.models.gpt import evaluate_lm_loss
 
     if args.threads is not None:
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     im = convert(
         model,
         infer.calibration(train, args),
-        ConvertConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax),
+        IntegerConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax),
     )
     dyn = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     batches = infer.held_out(val, args)
