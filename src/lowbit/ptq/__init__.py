@@ -13,9 +13,10 @@ pooler and any task head stay FP32.
 """
 
 from lowbit.ptq.api import LayerReport, PTQSummary, model_nbytes, quantize, register_handler
+from lowbit.ptq.base import LayerSpec, PTQLinear
 from lowbit.ptq.calibrate import Calibration, calibrate, select_linears
 from lowbit.ptq.config import PTQConfig, WeightOnlyConfig
-from lowbit.ptq.modules import EmulatedLinear, FP8Linear, Int8Linear, LayerSpec, QuantLinear
+from lowbit.ptq.modules import EmulatedLinear, FP8Linear, Int8Linear
 from lowbit.ptq.observers import HistogramObserver, ObserverSpec
 from lowbit.ptq.serialization import FORMAT_VERSION, CheckpointError, load_quantized, save_quantized
 
@@ -31,8 +32,8 @@ __all__ = [
     "LayerSpec",
     "ObserverSpec",
     "PTQConfig",
+    "PTQLinear",
     "PTQSummary",
-    "QuantLinear",
     "WeightOnlyConfig",
     "calibrate",
     "load_quantized",
