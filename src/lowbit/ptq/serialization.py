@@ -215,6 +215,37 @@ def _check_layer(path: Path, name: str, spec: LayerSpec, model: nn.Module, tenso
         )
 
 
+def _rebuild_layer(path: Path, name: str, spec: LayerSpec, tensors: dict[str, torch.Tensor]) -> PTQLinear:
+    """The layer ``name`` built from ``spec`` and its tensors, loaded and run on one zero row."""
+    buffers = {k: tensors[f"{name}.{k}"] for k in _WEIGHT_KEYS if f"{name}.{k}" in tensors}
+    bias = tensors.get(f"{name}.bias")
+    act_scale = tensors.get(f"{name}.act_scale")
+    own = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
+    try:
+        layer = build_layer(spec, buffers, bias, act_scale)
+        layer.load_state_dict(own, strict=True)
+        with torch.no_grad():  # one zero row: a spec the layer cannot run fails here, not in use
+            layer(torch.zeros(1, spec.in_features))
+    except (ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as err:
+        raise CheckpointError(f"{path}: layer {name!r} cannot be rebuilt: {err}") from err
+    return layer
+
+
+def _swap_in(
+    path: Path, model: nn.Module, layers: dict[str, PTQLinear], tensors: dict[str, torch.Tensor]
+) -> None:
+    """Put ``layers`` into ``model`` and load every tensor; on any error the original layers go back."""
+    originals = {}
+    try:
+        for name, layer in layers.items():
+            originals[name] = replace_module(model, name, layer)
+        model.load_state_dict(tensors, strict=True)
+    except Exception as err:  # not expected after the checks above; never leave a half-loaded model
+        for name, module in originals.items():
+            replace_module(model, name, module)
+        raise CheckpointError(f"{path}: cannot be loaded into {type(model).__name__}: {err}") from err
+
+
 def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
     """Rebuild the quantized layers recorded in ``path`` inside ``model`` (a fresh FP32 model of the same
     architecture, e.g. from ``load_minilm`` or ``from_config``) and load every tensor; returns ``model``.
@@ -252,20 +283,8 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
         raise CheckpointError(
             f"{path} does not match {type(model).__name__}: missing {missing[:5]}, unexpected {extra[:5]}"
         )
-    layers = {}
-    for name, spec in specs.items():  # build (and load, and run) every layer before replacing any
-        buffers = {k: tensors[f"{name}.{k}"] for k in _WEIGHT_KEYS if f"{name}.{k}" in tensors}
-        bias = tensors.get(f"{name}.bias")
-        act_scale = tensors.get(f"{name}.act_scale")
-        own = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
-        try:
-            layer = build_layer(spec, buffers, bias, act_scale)
-            layer.load_state_dict(own, strict=True)
-            with torch.no_grad():  # one zero row: a spec the layer cannot run fails here, not in use
-                layer(torch.zeros(1, spec.in_features))
-        except (ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as err:
-            raise CheckpointError(f"{path}: layer {name!r} cannot be rebuilt: {err}") from err
-        layers[name] = layer
+    # build (and load, and run) every layer before replacing any
+    layers = {name: _rebuild_layer(path, name, spec, tensors) for name, spec in specs.items()}
     model_state = model.state_dict()
     for key, t in tensors.items():  # the rest of the model: same shapes and dtypes (load_state_dict casts)
         if key in model_state and not any(key.startswith(f"{n}.") for n in specs):
@@ -275,14 +294,6 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
                     f"{path}: {key} is {tuple(t.shape)} in the file but {tuple(ref.shape)} in the model: "
                     "a different architecture"
                 )
-    originals = {}
-    try:
-        for name, layer in layers.items():
-            originals[name] = replace_module(model, name, layer)
-        model.load_state_dict(tensors, strict=True)
-    except Exception as err:  # not expected after the checks above; never leave a half-loaded model
-        for name, module in originals.items():
-            replace_module(model, name, module)
-        raise CheckpointError(f"{path}: cannot be loaded into {type(model).__name__}: {err}") from err
+    _swap_in(path, model, layers, tensors)
     logger.info("loaded %d quantized layers from %s", len(specs), path)
     return model
