@@ -94,7 +94,8 @@ _REGISTRY: dict[type, _Entry] = {}
 
 def register(config_type: type, workflow: str, label: str | None = None) -> Callable[[Handler], Handler]:
     """Decorator: make ``fn(model, config, calibration, **options) -> ConversionSummary`` the handler of
-    ``config_type`` in ``workflow``; ``label`` names the type in error messages (default: its name)."""
+    ``config_type`` (exactly that type, not its subclasses) in ``workflow``; ``label`` names the type in error
+    messages (default: its name)."""
 
     def deco(fn: Handler) -> Handler:
         _REGISTRY[config_type] = _Entry(workflow, fn, label or config_type.__name__)
@@ -115,7 +116,7 @@ def workflow_of(config: object) -> str | None:
 
 
 def _lookup(config: object) -> _Entry | None:
-    return next((_REGISTRY[t] for t in type(config).__mro__ if t in _REGISTRY), None)
+    return _REGISTRY.get(type(config))  # the exact type, as ptq.quantize always dispatched
 
 
 def handler_for(config: object) -> Handler:

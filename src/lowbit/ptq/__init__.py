@@ -2,9 +2,11 @@
 
 Typical use::
 
+    import lowbit
     from lowbit import ptq
     calib = ptq.calibrate(model, batches, observer="max")          # observe each encoder linear's input
-    summary = ptq.quantize(model, ptq.PTQConfig("fp8-e4m3", "fp8-e4m3"), calib)   # in place
+    summary = lowbit.convert(model, ptq.PTQConfig("fp8-e4m3", "fp8-e4m3"), calib)   # in place
+    # (ptq.quantize(model, config, calib) is the same conversion, returning the PTQSummary: summary.details)
     ptq.save_quantized(model, "model.safetensors")                 # codes + scales + formats, atomic
     ptq.load_quantized(fresh_fp32_model, "model.safetensors")      # rebuilds identical layers
 
