@@ -128,9 +128,11 @@ def handler_for(config: object) -> Handler:
             importlib.import_module(package)
         entry = _lookup(config)
     if entry is None:
-        accepted = ", ".join(f"{e.label} ({e.workflow})" for e in _REGISTRY.values())
+        order = [p.rpartition(".")[2] for p in WORKFLOW_PACKAGES]  # training, ptq, integer; then any other
+        workflows = order + sorted({e.workflow for e in _REGISTRY.values()} - set(order))
+        accepted = "; ".join(f"{w}: {', '.join(config_types(w))}" for w in workflows if config_types(w))
         raise TypeError(
-            f"lowbit.convert takes a config of one of these types: {accepted}; got {type(config).__name__}"
+            f"lowbit.convert takes a config of one of these types ({accepted}), got {type(config).__name__}"
         )
     return entry.handler
 

@@ -104,8 +104,8 @@ def convert(
     return summary
 
 
-@register(Recipe, "training")
-@register(str, "training", label="str (a training recipe's name)")
+@register(str, "training", label="str (a recipe name)")
+@register(Recipe, "training")  # decorators apply bottom-up: Recipe is listed first
 def _convert(
     model: nn.Module,
     config: str | Recipe,
