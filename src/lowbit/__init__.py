@@ -1,7 +1,8 @@
 """lowbit: train and run Transformers with real 4-bit/8-bit integer and 8-bit float arithmetic on the CPU.
 
 The top-level names are the one-call entry points; each lives in its own subpackage and is imported on first
-use, so ``import lowbit`` stays light.
+use, so ``import lowbit`` stays light. ``lowbit.convert(model, config, calibration=None)`` is the one verb of
+the three workflows (training recipes, PTQ configs, the integer-only config; :mod:`lowbit.conversion`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ _EXPORTS = {
     "pack_int4": "lowbit.quantizers",
     "unpack_int4": "lowbit.quantizers",
     "hadamard": "lowbit.transforms",
-    "convert": "lowbit.training",
+    "convert": "lowbit.conversion",
+    "ConversionSummary": "lowbit.conversion",
     "ptq": "lowbit.ptq",
     "integer": "lowbit.integer",
 }

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz_util import documented_errors, fuzz_settings, tensors
-from lowbit.integer import ConvertConfig, Dyadic, ScaledInt, add, convert, rescale
+from lowbit.integer import Dyadic, IntegerConfig, ScaledInt, add, convert, rescale
 from lowbit.models.gpt import GPT, GPTConfig
 
 VOCAB, BLOCK = 24, 8
@@ -106,7 +106,7 @@ def test_fuzz_integer_convert(param, value, whole, qmax, calib) -> None:
         "1d": [torch.randint(0, VOCAB, (BLOCK,), generator=g)],
     }[calib]
     with documented_errors():
-        cfg = ConvertConfig(act_qmax=qmax)
+        cfg = IntegerConfig(act_qmax=qmax)
         im = convert(model, batches, cfg)
         logits = im(torch.randint(0, VOCAB, (2, BLOCK), generator=g))
         assert bool(torch.isfinite(logits).all()), "silently non-finite logits"

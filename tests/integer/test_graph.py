@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowbit.integer import ConvertConfig, DtypeTrace, convert, integer_lm_loss
+from lowbit.integer import DtypeTrace, IntegerConfig, convert, integer_lm_loss
 from lowbit.models.gpt import GPT, GPTConfig, evaluate_lm_loss
 
 #: A random-init model's loss is ~ln(V); the integer graph must track FP32 to 1% (issue 6's target).
@@ -72,7 +72,7 @@ def test_trace_detects_a_float() -> None:
 
 @pytest.mark.parametrize("act_qmax", [127, 63], ids=["int8", "int7-act"])
 def test_loss_within_one_percent(tiny_gpt: GPT, act_qmax: int) -> None:
-    im = convert(tiny_gpt, [x for x, _ in _batches(4, 1)], ConvertConfig(act_qmax=act_qmax))
+    im = convert(tiny_gpt, [x for x, _ in _batches(4, 1)], IntegerConfig(act_qmax=act_qmax))
     held = _batches(4, 7)
     fp = evaluate_lm_loss(tiny_gpt, held)
     it = integer_lm_loss(im, held)
@@ -135,7 +135,7 @@ def test_fused_block_path_matches_unfused(
 
     if not native.available():
         pytest.skip(f"native kernels unavailable: {native.why_not_native()}")
-    im = convert(tiny_gpt, [x for x, _ in _batches(2, 1)], ConvertConfig(weight_qmax=weight_qmax))
+    im = convert(tiny_gpt, [x for x, _ in _batches(2, 1)], IntegerConfig(weight_qmax=weight_qmax))
     fused_parts = [blk.fused_linears() for blk in im.blocks]
     assert all(f is not None and f[4] == (128 if weight_qmax == 64 else 0) for f in fused_parts)
     x = _batches(1, 3)[0][0]
@@ -249,6 +249,6 @@ def test_dyadic_out_of_range_message_is_short() -> None:
 
 @pytest.mark.parametrize("value", [True, 127.0, "127"])
 def test_convert_config_takes_ints_only(value: object) -> None:
-    """Found by the fuzz suite: ConvertConfig(act_qmax=True) / 127.0 were accepted (bool, float)."""
+    """Found by the fuzz suite: IntegerConfig(act_qmax=True) / 127.0 were accepted (bool, float)."""
     with pytest.raises(TypeError, match="act_qmax must be an int"):
-        ConvertConfig(act_qmax=value)
+        IntegerConfig(act_qmax=value)

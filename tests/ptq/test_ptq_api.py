@@ -58,7 +58,7 @@ def test_quantize_replaces_layers_and_stays_close(tiny_bert, batches, config, la
     model = copy.deepcopy(tiny_bert)
     calib = ptq.calibrate(model, batches[:2])
     summary = ptq.quantize(model, config, calib)
-    quantized = [m for m in model.modules() if isinstance(m, ptq.QuantLinear)]
+    quantized = [m for m in model.modules() if isinstance(m, ptq.PTQLinear)]
     assert len(quantized) == ENCODER_LINEARS and all(isinstance(m, layer_type) for m in quantized)
     assert isinstance(model.pooler.dense, torch.nn.Linear) and summary.kept_fp32 == ["pooler.dense"]
     assert not any(isinstance(m, torch.nn.Linear) for m in model.encoder.modules())  # no FP32 copy left

@@ -92,7 +92,7 @@ def test_quantized_model_is_the_same_padded_or_not(tiny_bert) -> None:
         ptq.quantize(m, cfg, ptq.calibrate(m, batches))
         models.append(m)
     for name, layer in models[0].named_modules():
-        if isinstance(layer, ptq.QuantLinear):
+        if isinstance(layer, ptq.PTQLinear):
             other = models[1].get_submodule(name)
             assert abs(float(layer.act_scale) - float(other.act_scale)) <= 1e-6 * float(other.act_scale)
             diff = (layer.w_codes.float() != other.w_codes.float()).float().mean()

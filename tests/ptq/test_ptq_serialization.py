@@ -99,7 +99,7 @@ def test_wrong_architecture_is_refused_without_touching_the_model(tiny_bert, bat
     other = BertModel(cfg)
     with pytest.raises(CheckpointError, match="different architecture"):
         ptq.load_quantized(other, path)
-    assert not any(isinstance(m, ptq.QuantLinear) for m in other.modules())
+    assert not any(isinstance(m, ptq.PTQLinear) for m in other.modules())
     with pytest.raises(ValueError, match="no quantized layers"):
         ptq.save_quantized(tiny_bert, tmp_path / "plain.safetensors")
 
@@ -137,7 +137,7 @@ def test_layer_metadata_is_inside_the_digest(tiny_bert, batches, tmp_path: Path)
     fresh = copy.deepcopy(tiny_bert)
     with pytest.raises(CheckpointError, match="corrupt.*metadata"):
         ptq.load_quantized(fresh, edited)
-    assert not any(isinstance(m, ptq.QuantLinear) for m in fresh.modules())
+    assert not any(isinstance(m, ptq.PTQLinear) for m in fresh.modules())
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_inconsistent_metadata_is_refused_before_any_swap(
     with pytest.raises(CheckpointError, match=match) as info:
         ptq.load_quantized(fresh, path)
     assert isinstance(info.value, ValueError)
-    assert not any(isinstance(m, ptq.QuantLinear) for m in fresh.modules())
+    assert not any(isinstance(m, ptq.PTQLinear) for m in fresh.modules())
     after = fresh.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

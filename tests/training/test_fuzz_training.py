@@ -51,7 +51,7 @@ def test_fuzz_convert_and_run(kind, recipe, skip, keep_head, d_hidden, twice, x)
     model = _model(kind, 16, d_hidden)
     x = x.reshape(-1)[: (x.numel() // 16) * 16].reshape(-1, 16) if x.numel() >= 16 else torch.zeros(0, 16)
     with documented_errors():
-        summary = lowbit.convert(model, recipe, skip, keep_head=keep_head)
+        summary = lowbit.convert(model, recipe, skip=skip, keep_head=keep_head)
         assert len(summary.converted) == sum(isinstance(m, QuantLinear) for m in model.modules())
         if twice:
             lowbit.convert(model, "int8")  # a converted model: refused unless nothing was converted

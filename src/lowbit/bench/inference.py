@@ -326,7 +326,7 @@ def _profile(result: dict, im: object, model: torch.nn.Module, x: torch.Tensor) 
 
 def run(args: argparse.Namespace) -> int:
     """Train/load, convert, time and evaluate the three variants; print the table."""
-    from lowbit.integer import ConvertConfig, convert
+    from lowbit.integer import IntegerConfig, convert
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -338,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
     im = convert(
         model,
         infer.calibration(train, args),
-        ConvertConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax),
+        IntegerConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax),
     )
     dyn = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     batches = infer.held_out(val, args)

@@ -262,13 +262,13 @@ def generate_integer(im: object, tok: object, prompt: str, n: int, block: int, s
 
 def run_gpt(args: argparse.Namespace) -> dict[str, object]:
     """The gpt-shakespeare figures."""
-    from lowbit.integer import ConvertConfig, DtypeTrace, convert, integer_lm_loss
+    from lowbit.integer import DtypeTrace, IntegerConfig, convert, integer_lm_loss
     from lowbit.models.gpt import evaluate_lm_loss
 
     model, tok, train, val = prepare_gpt(args)
     batches = held_out(val, args)
     im = convert(
-        model, calibration(train, args), ConvertConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax)
+        model, calibration(train, args), IntegerConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax)
     )
     trace = DtypeTrace()
     im(batches[0][0][:2], trace)

@@ -2,13 +2,14 @@
 
 * :mod:`lowbit.integer.scaled` — :class:`ScaledInt` and the propagation rules, :class:`Dyadic` multipliers.
 * :mod:`lowbit.integer.kernels` — integer L1/standard LayerNorm, poly/softmax attention, i-exp, i-GELU.
-* :func:`convert` — lowbit's Integer-Transformer GPT → :class:`IntegerGPT`; :func:`convert_bert` — MiniLM.
+* :func:`convert` — lowbit's Integer-Transformer GPT → :class:`IntegerGPT`; :func:`convert_bert` — MiniLM;
+  both are what ``lowbit.convert(model, IntegerConfig(...), calibration=batches)`` runs.
 * :class:`DtypeTrace` — records the dtype of every intermediate tensor of a run (integer-only verification).
 """
 
 from __future__ import annotations
 
-from lowbit.integer.convert import ConvertConfig, convert
+from lowbit.integer.convert import ConvertConfig, IntegerConfig, convert
 from lowbit.integer.graph import DtypeTrace, IntegerGPT, integer_lm_loss
 from lowbit.integer.scaled import Dyadic, ScaledInt, add, concat, matmul, mul, requantize, rescale
 
@@ -16,6 +17,7 @@ __all__ = [
     "ConvertConfig",
     "DtypeTrace",
     "Dyadic",
+    "IntegerConfig",
     "IntegerGPT",
     "ScaledInt",
     "add",

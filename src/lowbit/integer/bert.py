@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,13 +21,12 @@ from lowbit.integer.convert import (
     RESIDUAL_BITS,
     RESIDUAL_HEADROOM,
     ROW_CONST_BITS,
-    ConvertConfig,
+    IntegerConfig,
     _act_scale,
     _dyadic32,
-    _Ranges,
     _weight_codes,
+    calibrate_ranges,
     check_finite_model,
-    check_finite_ranges,
     fold_linear,
     fold_norm,
 )
@@ -191,82 +190,93 @@ def _embed_codes(table: nn.Embedding, s_res: float, qmax: int) -> tuple[torch.Te
     return codes.t().contiguous(), mult, shift
 
 
+def _bert_watches(model: nn.Module) -> Iterator[tuple[nn.Module, str, str, bool]]:
+    """Where the encoder's activation ranges are calibrated: (module, key, "in" | "out", per_channel)."""
+    emb = model.embeddings
+    yield emb.LayerNorm, "emb_sum", "in", False
+    yield emb.LayerNorm, "emb_ln", "out", True
+    for i, lay in enumerate(model.encoder.layer):
+        for nm in ("query", "key", "value"):
+            yield getattr(lay.attention.self, nm), f"{i}.{nm}", "out", False
+        yield lay.attention.output.dense, f"{i}.ctx", "in", False
+        yield lay.attention.output.LayerNorm, f"{i}.r1", "in", False
+        yield lay.attention.output.LayerNorm, f"{i}.ln1", "out", True
+        yield lay.intermediate.dense, f"{i}.gelu_in", "out", False
+        yield lay.output.dense, f"{i}.hidden", "in", True
+        yield lay.output.LayerNorm, f"{i}.r2", "in", False
+        yield lay.output.LayerNorm, f"{i}.ln2", "out", True
+
+
+def _res_scale(a: dict, key: str) -> tuple[float, float]:
+    """The int32 residual's scale and (headroom-widened) absmax for calibrated key ``key``."""
+    absmax = a[key] * RESIDUAL_HEADROOM
+    return absmax / 2**RESIDUAL_BITS, absmax
+
+
+def _fold_layer(
+    lay: nn.Module, i: int, a: dict, s_x: float | torch.Tensor, cfg: IntegerConfig
+) -> IntBertLayer:
+    """Encoder layer ``i`` folded into integers, its int8 input at scale ``s_x``, from the ranges ``a``."""
+    qa = cfg.act_qmax
+    att = lay.attention.self
+    n_head = att.num_attention_heads
+    hd = att.attention_head_size
+    s_q, s_k, s_v = (_act_scale(a[f"{i}.{nm}"], qa) for nm in ("query", "key", "value"))
+    s_ctx = _act_scale(a[f"{i}.ctx"], qa)
+    s_r1, r1_abs = _res_scale(a, f"{i}.r1")
+    s_r2, r2_abs = _res_scale(a, f"{i}.r2")
+    s_x1 = _act_scale(a[f"{i}.ln1"], qa)
+    s_g = a[f"{i}.gelu_in"] / 2**GELU_BITS
+    s_h = _act_scale(a[f"{i}.hidden"], qa)
+    s_x2 = _act_scale(a[f"{i}.ln2"], qa)
+    c = lay.output.dense.out_features
+    g = kernels.gelu_constants(s_g)
+    # |i-GELU| <= q_max · 2·|1/S_L| with q_max = 2^(GELU_BITS+2) (4x calibration headroom)
+    bound = 2 ** (GELU_BITS + 2) * 2 * abs(g.one)
+    pre = max(0, math.ceil(math.log2(bound)) - 30)
+    gm, gs = _dyadic32(g.out_scale * 2**pre / s_h, lay.intermediate.dense.out_features)
+    return IntBertLayer(
+        q=fold_linear(att.query, s_x, s_q, cfg), k=fold_linear(att.key, s_x, s_k, cfg),
+        v=fold_linear(att.value, s_x, s_v, cfg),
+        attn=IntAttention(n_head, "softmax", round(2**ROW_CONST_BITS * s_v / (kernels.PROB_MAX * s_ctx)),
+                          kernels.ROW_FRAC_BITS + ROW_CONST_BITS,
+                          exp=kernels.exp_constants(s_q * s_k / math.sqrt(hd))),
+        x_to_r1=_dyadic32(s_x / s_r1, c),
+        out=fold_linear(lay.attention.output.dense, s_ctx, s_r1, cfg),
+        ln1=fold_norm(lay.attention.output.LayerNorm, "layer", s_r1, r1_abs, s_x1),
+        fc_in=fold_linear(lay.intermediate.dense, s_x1, s_g, cfg),
+        gelu=g, gelu_pre_shift=pre, gelu_mult=gm, gelu_shift=gs,
+        x1_to_r2=_dyadic32(s_x1 / s_r2, c),
+        fc_out=fold_linear(lay.output.dense, s_h, s_r2, cfg),
+        ln2=fold_norm(lay.output.LayerNorm, "layer", s_r2, r2_abs, s_x2),
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def convert_bert(
-    model: nn.Module, calib_batches: Iterable[dict[str, torch.Tensor]], config: ConvertConfig | None = None
+    model: nn.Module, calib_batches: Iterable[dict[str, torch.Tensor]], config: IntegerConfig | None = None
 ) -> IntegerBert:
-    """Convert a Hugging Face ``BertModel`` (GELU, LayerNorm, softmax); calib batches: tokenizer outputs."""
-    cfg = config or ConvertConfig()
+    """Convert a Hugging Face ``BertModel`` (GELU, LayerNorm, softmax); calib batches: tokenizer outputs.
+
+    ``lowbit.convert(model, IntegerConfig(...), calibration=calib_batches)`` is the same conversion.
+    """
+    cfg = config or IntegerConfig()
     check_finite_model(model, "convert_bert")
-    emb, layers = model.embeddings, model.encoder.layer
+    emb = model.embeddings
     act = getattr(model.config, "hidden_act", "gelu")
     if act != "gelu":
         raise ValueError(f"convert_bert implements hidden_act='gelu' (erf), got {act!r}")
-    ranges = _Ranges()
-    ranges.watch(emb.LayerNorm, "emb_sum", "in")
-    ranges.watch(emb.LayerNorm, "emb_ln", per_channel=True)
-    for i, lay in enumerate(layers):
-        for nm in ("query", "key", "value"):
-            ranges.watch(getattr(lay.attention.self, nm), f"{i}.{nm}")
-        ranges.watch(lay.attention.output.dense, f"{i}.ctx", "in")
-        ranges.watch(lay.attention.output.LayerNorm, f"{i}.r1", "in")
-        ranges.watch(lay.attention.output.LayerNorm, f"{i}.ln1", per_channel=True)
-        ranges.watch(lay.intermediate.dense, f"{i}.gelu_in")
-        ranges.watch(lay.output.dense, f"{i}.hidden", "in", per_channel=True)
-        ranges.watch(lay.output.LayerNorm, f"{i}.r2", "in")
-        ranges.watch(lay.output.LayerNorm, f"{i}.ln2", per_channel=True)
-    try:
-        n = sum(1 for batch in calib_batches if model(**batch) is not None)
-    finally:
-        ranges.remove()
-    if n == 0:
-        raise ValueError("convert_bert needs at least one calibration batch")
-    check_finite_ranges(ranges.absmax, "convert_bert")
-    a, qa = ranges.absmax, cfg.act_qmax
-
-    def res_scale(key: str) -> tuple[float, float]:
-        absmax = a[key] * RESIDUAL_HEADROOM
-        return absmax / 2**RESIDUAL_BITS, absmax
-
-    s_e, e_abs = res_scale("emb_sum")
-    s_x = _act_scale(a["emb_ln"], qa)
+    a = calibrate_ranges(
+        _bert_watches(model), calib_batches, lambda b: model(**b), "convert_bert", "convert_bert"
+    )
+    s_e, e_abs = _res_scale(a, "emb_sum")
+    s_x = _act_scale(a["emb_ln"], cfg.act_qmax)
     embeddings = tuple(_embed_codes(t, s_e, cfg.weight_qmax) for t in
                        (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings))  # fmt: skip
     ln_emb = fold_norm(emb.LayerNorm, "layer", s_e, e_abs, s_x)
     out_layers = []
-    for i, lay in enumerate(layers):
-        att = lay.attention.self
-        n_head = att.num_attention_heads
-        hd = att.attention_head_size
-        s_q, s_k, s_v = (_act_scale(a[f"{i}.{nm}"], qa) for nm in ("query", "key", "value"))
-        s_ctx = _act_scale(a[f"{i}.ctx"], qa)
-        s_r1, r1_abs = res_scale(f"{i}.r1")
-        s_r2, r2_abs = res_scale(f"{i}.r2")
-        s_x1 = _act_scale(a[f"{i}.ln1"], qa)
-        s_g = a[f"{i}.gelu_in"] / 2**GELU_BITS
-        s_h = _act_scale(a[f"{i}.hidden"], qa)
-        s_x2 = _act_scale(a[f"{i}.ln2"], qa)
-        c = lay.output.dense.out_features
-        g = kernels.gelu_constants(s_g)
-        # |i-GELU| <= q_max · 2·|1/S_L| with q_max = 2^(GELU_BITS+2) (4x calibration headroom)
-        bound = 2 ** (GELU_BITS + 2) * 2 * abs(g.one)
-        pre = max(0, math.ceil(math.log2(bound)) - 30)
-        gm, gs = _dyadic32(g.out_scale * 2**pre / s_h, lay.intermediate.dense.out_features)
-        out_layers.append(IntBertLayer(
-            q=fold_linear(att.query, s_x, s_q, cfg), k=fold_linear(att.key, s_x, s_k, cfg),
-            v=fold_linear(att.value, s_x, s_v, cfg),
-            attn=IntAttention(n_head, "softmax", round(2**ROW_CONST_BITS * s_v / (kernels.PROB_MAX * s_ctx)),
-                              kernels.ROW_FRAC_BITS + ROW_CONST_BITS,
-                              exp=kernels.exp_constants(s_q * s_k / math.sqrt(hd))),
-            x_to_r1=_dyadic32(s_x / s_r1, c),
-            out=fold_linear(lay.attention.output.dense, s_ctx, s_r1, cfg),
-            ln1=fold_norm(lay.attention.output.LayerNorm, "layer", s_r1, r1_abs, s_x1),
-            fc_in=fold_linear(lay.intermediate.dense, s_x1, s_g, cfg),
-            gelu=g, gelu_pre_shift=pre, gelu_mult=gm, gelu_shift=gs,
-            x1_to_r2=_dyadic32(s_x1 / s_r2, c),
-            fc_out=fold_linear(lay.output.dense, s_h, s_r2, cfg),
-            ln2=fold_norm(lay.output.LayerNorm, "layer", s_r2, r2_abs, s_x2),
-        ))  # fmt: skip
-        s_x = s_x2
+    for i, lay in enumerate(model.encoder.layer):
+        out_layers.append(_fold_layer(lay, i, a, s_x, cfg))
+        s_x = _act_scale(a[f"{i}.ln2"], cfg.act_qmax)
     logger.info("converted BERT: %d layers integer-only", len(out_layers))
     return IntegerBert(embeddings, ln_emb, tuple(out_layers), torch.as_tensor(s_x).to(torch.float32))

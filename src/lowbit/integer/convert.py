@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from lowbit.conversion import ConversionSummary, register
 from lowbit.formats import INT8_SYMMETRIC, CodeRange
 from lowbit.integer import kernels
 from lowbit.integer.graph import IntAttention, IntegerGPT, IntGPTBlock, IntLinear, IntNorm
 from lowbit.integer.scaled import Dyadic
+from lowbit.modules import RunningAbsmax, capture
 from lowbit.quantizers import absmax, symmetric_codes, symmetric_scale
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,20 @@ ACT_ABSMAX_FLOOR = 1e-8
 
 
 @dataclass(frozen=True)
-class ConvertConfig:
-    """Choices of the conversion: activation qmax (127 = full int8; 63 = 7-bit, the faster GEMM path)."""
+class IntegerConfig:
+    """The integer-only conversion's config: ``lowbit.convert(model, IntegerConfig(), calibration=batches)``.
+
+    Weights become int8 codes with one scale per output channel, activations int8 codes with one calibrated
+    scale per tensor; the two fields bound the codes' magnitude, which fixes their resolution and so which
+    integer GEMM kernel runs (``docs/DESIGN.md``, "integer/").
+
+    Attributes:
+        act_qmax: largest activation code: every activation tensor maps its calibrated absmax to ``act_qmax``
+            (codes in ``[-act_qmax, act_qmax]``). An int in [1, 127]; 127 (default) is full int8.
+        weight_qmax: largest weight code, per output channel (absmax -> ``weight_qmax``). An int in [1, 127];
+            127 (default) is full int8; 64 or less makes 7-bit weights, which take the faster fused u8 x s8
+            GEMM (``vpmaddubsw``) instead of the exact int16 one. ``lowbit infer`` converts the GPT with 64.
+    """
 
     act_qmax: int = INT8_SYMMETRIC.hi
     weight_qmax: int = INT8_SYMMETRIC.hi
@@ -46,37 +60,12 @@ class ConvertConfig:
         for name in ("act_qmax", "weight_qmax"):
             v, top = getattr(self, name), INT8_SYMMETRIC.hi
             if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"ConvertConfig.{name} must be an int in [1, {top}], got {v!r}")
+                raise TypeError(f"IntegerConfig.{name} must be an int in [1, {top}], got {v!r}")
             if not 1 <= v <= top:
-                raise ValueError(f"ConvertConfig.{name} must be in [1, {top}], got {getattr(self, name)}")
+                raise ValueError(f"IntegerConfig.{name} must be in [1, {top}], got {getattr(self, name)}")
 
 
-class _Ranges:
-    """Forward hooks recording the running absmax of named module inputs/outputs."""
-
-    def __init__(self) -> None:
-        self.absmax: dict[str, float | torch.Tensor] = {}
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def _update(self, key: str, t: torch.Tensor, per_channel: bool) -> None:
-        t = t.detach().abs()
-        if per_channel:  # float64 (C,) over every dim but the last
-            v = t.reshape(-1, t.shape[-1]).amax(0).to(torch.float64)
-            old = self.absmax.get(key)
-            self.absmax[key] = v if old is None else torch.maximum(old, v)
-        else:
-            self.absmax[key] = max(self.absmax.get(key, 0.0), float(t.max()))
-
-    def watch(self, module: nn.Module, key: str, where: str = "out", per_channel: bool = False) -> None:
-        if where == "out":
-            hook = module.register_forward_hook(lambda m, i, o: self._update(key, o, per_channel))
-        else:
-            hook = module.register_forward_pre_hook(lambda m, i: self._update(key, i[0], per_channel))
-        self.handles.append(hook)
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+ConvertConfig = IntegerConfig  # its name before lowbit.convert took every workflow's config
 
 
 def check_finite_model(model: nn.Module, what: str) -> None:
@@ -130,7 +119,7 @@ def fold_linear(
     lin: nn.Linear,
     s_x: float | torch.Tensor,
     s_y: float | torch.Tensor,
-    cfg: ConvertConfig,
+    cfg: IntegerConfig,
     relu: bool = False,
 ) -> IntLinear:
     """Fold an FP32 linear with int8 input at ``s_x`` and output at ``s_y`` (int8, or the int32 residual).
@@ -166,17 +155,35 @@ def fold_norm(
     return IntNorm(kind, k)
 
 
-@torch.no_grad()
-def convert(
-    model: nn.Module, calib_batches: Iterable[torch.Tensor], config: ConvertConfig | None = None
-) -> IntegerGPT:
-    """Convert lowbit's Integer-Transformer ``GPT`` (attention "poly", norm "l1", activation "relu").
+def calibrate_ranges(
+    watches: Iterable[tuple[nn.Module, str, str, bool]],
+    batches: Iterable[object],
+    run: Callable[[object], object],
+    what: str,
+    name: str,
+) -> dict[str, float | torch.Tensor]:
+    """Run each batch (``run(batch)``) through the FP32 model and return the running absmax recorded at every
+    watch ``(module, key, "in" | "out", per_channel)``: the module's input or output, one float or (per
+    channel) a float64 ``(C,)``; several watches may feed one key. ``ValueError`` for no batch (``name``
+    needs at least one) or non-finite ranges (named after ``what``)."""
+    watches = list(watches)
+    absmax = RunningAbsmax([key for _, key, _, per_channel in watches if per_channel])
+    inputs = [(key, module) for module, key, where, _ in watches if where == "in"]
+    outputs = [(key, module) for module, key, where, _ in watches if where == "out"]
+    n_batches = 0
+    with capture(inputs, absmax), capture(outputs, absmax, what="output"):
+        for batch in batches:
+            run(batch)
+            n_batches += 1
+    if n_batches == 0:
+        raise ValueError(f"{name} needs at least one calibration batch")
+    check_finite_ranges(absmax.values, what)
+    return absmax.values
 
-    ``calib_batches``: token-id tensors (B, T) run through the FP32 model to calibrate activation ranges.
-    """
+
+def _check_gpt(model: nn.Module) -> None:
     from lowbit.models.gpt import GPT
 
-    cfg = config or ConvertConfig()
     if not isinstance(model, GPT):
         raise TypeError(
             f"convert takes lowbit.models.gpt.GPT (MiniLM: convert_bert), got {type(model).__name__}"
@@ -188,71 +195,82 @@ def convert(
             f"attention={mc.attention!r}, norm={mc.norm!r}, activation={mc.activation!r}"
         )
     check_finite_model(model, "integer.convert")
-    model.eval()
-    ranges = _Ranges()
+
+
+def _gpt_watches(model: nn.Module) -> Iterator[tuple[nn.Module, str, str, bool]]:
+    """Where the GPT's activation ranges are calibrated: (module, key, "in" | "out", per_channel)."""
     for i, blk in enumerate(model.blocks):
-        ranges.watch(blk, "residual", "in")
-        ranges.watch(blk, "residual")
+        yield blk, "residual", "in", False
+        yield blk, "residual", "out", False
         for nm in ("norm1", "norm2"):
-            ranges.watch(getattr(blk, nm), f"{i}.{nm}")
+            yield getattr(blk, nm), f"{i}.{nm}", "out", False
         for nm in ("q_proj", "k_proj", "v_proj"):
-            ranges.watch(getattr(blk.attn, nm), f"{i}.{nm}")
-        ranges.watch(blk.attn.out_proj, f"{i}.attn_y", "in")
-        ranges.watch(blk.mlp.fc_out, f"{i}.hidden", "in")
-    ranges.watch(model.ln_f, "ln_f")
-    n_batches = 0
-    try:
-        for idx in calib_batches:
-            model(idx)
-            n_batches += 1
-    finally:
-        ranges.remove()
-    if n_batches == 0:
-        raise ValueError("convert needs at least one calibration batch")
-    check_finite_ranges(ranges.absmax, "integer.convert")
-    a = ranges.absmax
+            yield getattr(blk.attn, nm), f"{i}.{nm}", "out", False
+        yield blk.attn.out_proj, f"{i}.attn_y", "in", False
+        yield blk.mlp.fc_out, f"{i}.hidden", "in", False
+    yield model.ln_f, "ln_f", "out", False
+
+
+def _fold_block(
+    blk: nn.Module, i: int, a: dict, s_res: float, res_absmax: float, cfg: IntegerConfig
+) -> IntGPTBlock:
+    """Block ``i`` of the GPT folded into integers, from the calibrated ranges ``a``."""
+    qa = cfg.act_qmax
+    s_n1, s_n2 = (_act_scale(a[f"{i}.{nm}"], qa) for nm in ("norm1", "norm2"))
+    s_q, s_k, s_v = (_act_scale(a[f"{i}.{nm}"], qa) for nm in ("q_proj", "k_proj", "v_proj"))
+    s_y, s_h = _act_scale(a[f"{i}.attn_y"], qa), _act_scale(a[f"{i}.hidden"], qa)
+    att = blk.attn
+    s_sc = s_q * s_k / math.sqrt(att.head_dim)
+    bias = torch.round(att.poly_b.detach().to(torch.float64) / s_sc).to(torch.int64)
+    delta = round(abs(float(att.poly_delta)) / s_sc**2)
+    row_const = round(2**ROW_CONST_BITS * s_v / (kernels.PROB_MAX * s_y))
+    if att.poly_power != 2:
+        raise ValueError(f"integer poly attention implements n=2, got {att.poly_power}")
+    return IntGPTBlock(
+        norm1=fold_norm(blk.norm1, "l1", s_res, res_absmax, s_n1),
+        q=fold_linear(att.q_proj, s_n1, s_q, cfg),
+        k=fold_linear(att.k_proj, s_n1, s_k, cfg),
+        v=fold_linear(att.v_proj, s_n1, s_v, cfg),
+        attn=IntAttention(
+            att.n_head,
+            "poly",
+            row_const,
+            kernels.ROW_FRAC_BITS + ROW_CONST_BITS,
+            bias=bias,
+            delta=max(delta, 0),
+        ),
+        out=fold_linear(att.out_proj, s_y, s_res, cfg),
+        norm2=fold_norm(blk.norm2, "l1", s_res, res_absmax, s_n2),
+        fc_in=fold_linear(blk.mlp.fc_in, s_n2, s_h, cfg, relu=True),
+        fc_out=fold_linear(blk.mlp.fc_out, s_h, s_res, cfg),
+    )
+
+
+@torch.no_grad()
+def convert(
+    model: nn.Module, calib_batches: Iterable[torch.Tensor], config: IntegerConfig | None = None
+) -> IntegerGPT:
+    """Convert lowbit's Integer-Transformer ``GPT`` (attention "poly", norm "l1", activation "relu").
+
+    ``calib_batches``: token-id tensors (B, T) run through the FP32 model to calibrate activation ranges.
+    ``lowbit.convert(model, IntegerConfig(...), calibration=calib_batches)`` is the same conversion.
+    """
+    cfg = config or IntegerConfig()
+    _check_gpt(model)
+    model.eval()
+    a = calibrate_ranges(_gpt_watches(model), calib_batches, model, "integer.convert", "convert")
     res_absmax = a["residual"] * RESIDUAL_HEADROOM
     s_res = res_absmax / 2**RESIDUAL_BITS
     qa = cfg.act_qmax
 
+    mc = model.config
     c = mc.n_embd
     wte, s_wte = _weight_codes(model.wte.weight.t(), cfg.weight_qmax)  # per embedding channel
     wpe, s_wpe = _weight_codes(model.wpe.weight.t(), cfg.weight_qmax)
     wte_mult, wte_shift = _dyadic32(s_wte / s_res, c)
     wpe_mult, wpe_shift = _dyadic32(s_wpe / s_res, c)
 
-    blocks = []
-    for i, blk in enumerate(model.blocks):
-        s_n1, s_n2 = (_act_scale(a[f"{i}.{nm}"], qa) for nm in ("norm1", "norm2"))
-        s_q, s_k, s_v = (_act_scale(a[f"{i}.{nm}"], qa) for nm in ("q_proj", "k_proj", "v_proj"))
-        s_y, s_h = _act_scale(a[f"{i}.attn_y"], qa), _act_scale(a[f"{i}.hidden"], qa)
-        att = blk.attn
-        s_sc = s_q * s_k / math.sqrt(att.head_dim)
-        bias = torch.round(att.poly_b.detach().to(torch.float64) / s_sc).to(torch.int64)
-        delta = round(abs(float(att.poly_delta)) / s_sc**2)
-        row_const = round(2**ROW_CONST_BITS * s_v / (kernels.PROB_MAX * s_y))
-        if att.poly_power != 2:
-            raise ValueError(f"integer poly attention implements n=2, got {att.poly_power}")
-        blocks.append(
-            IntGPTBlock(
-                norm1=fold_norm(blk.norm1, "l1", s_res, res_absmax, s_n1),
-                q=fold_linear(att.q_proj, s_n1, s_q, cfg),
-                k=fold_linear(att.k_proj, s_n1, s_k, cfg),
-                v=fold_linear(att.v_proj, s_n1, s_v, cfg),
-                attn=IntAttention(
-                    att.n_head,
-                    "poly",
-                    row_const,
-                    kernels.ROW_FRAC_BITS + ROW_CONST_BITS,
-                    bias=bias,
-                    delta=max(delta, 0),
-                ),
-                out=fold_linear(att.out_proj, s_y, s_res, cfg),
-                norm2=fold_norm(blk.norm2, "l1", s_res, res_absmax, s_n2),
-                fc_in=fold_linear(blk.mlp.fc_in, s_n2, s_h, cfg, relu=True),
-                fc_out=fold_linear(blk.mlp.fc_out, s_h, s_res, cfg),
-            )
-        )
+    blocks = [_fold_block(blk, i, a, s_res, res_absmax, cfg) for i, blk in enumerate(model.blocks)]
     s_f = _act_scale(a["ln_f"], qa)
     head, s_head = _weight_codes(model.lm_head.weight, cfg.weight_qmax)
     logger.info("converted GPT: residual scale %.3g (absmax %.3g), %d blocks", s_res, res_absmax, len(blocks))
@@ -269,3 +287,36 @@ def convert(
         logit_scale=(s_f * s_head).to(torch.float32),
         block_size=mc.block_size,
     )
+
+
+@register(IntegerConfig, "integer")
+def _convert(model: nn.Module, config: IntegerConfig, calibration: object = None) -> ConversionSummary:
+    """``lowbit.convert``'s handler of :class:`IntegerConfig`: lowbit's Integer-Transformer GPT through
+    :func:`convert`, a Hugging Face ``BertModel`` (``embeddings`` + ``encoder``) through ``convert_bert``;
+    ``calibration``: the FP32 batches. The summary's ``model`` is the new integer graph."""
+    from lowbit.integer.bert import convert_bert
+    from lowbit.models.gpt import GPT
+
+    if calibration is None:
+        raise ValueError(
+            "IntegerConfig calibrates activation ranges on FP32 runs: pass calibration=batches (token-id "
+            "tensors for lowbit's GPT, tokenizer outputs for a BertModel)"
+        )
+    if isinstance(model, GPT):
+        graph, scope = convert(model, calibration, config), None
+    elif isinstance(model, nn.Module) and all(hasattr(model, a) for a in ("embeddings", "encoder")):
+        graph, scope = convert_bert(model, calibration, config), "encoder"
+    else:
+        raise TypeError(
+            "IntegerConfig converts lowbit's Integer-Transformer GPT (lowbit.models.gpt.GPT) or a Hugging "
+            f"Face BertModel, got {type(model).__name__}"
+        )
+    recipe = f"integer act_qmax={config.act_qmax} weight_qmax={config.weight_qmax}"
+    summary = ConversionSummary(recipe, workflow="integer", config=config, model=graph)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            inside = scope is None or scope in name.split(".")
+            summary.add(
+                name, module, None if inside else "not part of the integer graph (outputs mean-pooled)"
+            )
+    return summary

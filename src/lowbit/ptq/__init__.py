@@ -2,9 +2,11 @@
 
 Typical use::
 
+    import lowbit
     from lowbit import ptq
     calib = ptq.calibrate(model, batches, observer="max")          # observe each encoder linear's input
-    summary = ptq.quantize(model, ptq.PTQConfig("fp8-e4m3", "fp8-e4m3"), calib)   # in place
+    summary = lowbit.convert(model, ptq.PTQConfig("fp8-e4m3", "fp8-e4m3"), calib)   # in place
+    # (ptq.quantize(model, config, calib) is the same conversion, returning the PTQSummary: summary.details)
     ptq.save_quantized(model, "model.safetensors")                 # codes + scales + formats, atomic
     ptq.load_quantized(fresh_fp32_model, "model.safetensors")      # rebuilds identical layers
 
@@ -13,9 +15,10 @@ pooler and any task head stay FP32.
 """
 
 from lowbit.ptq.api import LayerReport, PTQSummary, model_nbytes, quantize, register_handler
+from lowbit.ptq.base import LayerSpec, PTQLinear
 from lowbit.ptq.calibrate import Calibration, calibrate, select_linears
 from lowbit.ptq.config import PTQConfig, WeightOnlyConfig
-from lowbit.ptq.modules import EmulatedLinear, FP8Linear, Int8Linear, LayerSpec, QuantLinear
+from lowbit.ptq.modules import EmulatedLinear, FP8Linear, Int8Linear
 from lowbit.ptq.observers import HistogramObserver, ObserverSpec
 from lowbit.ptq.serialization import FORMAT_VERSION, CheckpointError, load_quantized, save_quantized
 
@@ -31,8 +34,8 @@ __all__ = [
     "LayerSpec",
     "ObserverSpec",
     "PTQConfig",
+    "PTQLinear",
     "PTQSummary",
-    "QuantLinear",
     "WeightOnlyConfig",
     "calibrate",
     "load_quantized",

@@ -1,13 +1,15 @@
 """``lowbit.ptq.quantize(model, config, calibration)``: the one PTQ entry point, dispatching on config type.
 
-Handlers are registered per config class with :func:`register_handler`; an unknown config raises
-``TypeError`` listing the known ones. Quantization replaces the selected ``nn.Linear`` modules *in place*
-(deep-copy the model first to keep the FP32 one) and returns a :class:`PTQSummary`.
+Handlers are registered per config class with :func:`register_handler`, into the one registry of
+``lowbit.convert`` (:mod:`lowbit.conversion`); an unknown config raises ``TypeError`` listing the known
+ones. Quantization replaces the selected ``nn.Linear`` modules *in place* (deep-copy the model first to
+keep the FP32 one) and returns a :class:`PTQSummary`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,28 +18,57 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit import conversion
+from lowbit.conversion import ConversionSummary as Summary
 from lowbit.formats import MXFormat
+from lowbit.modules import swap_modules
+from lowbit.ptq.base import LayerSpec, PTQLinear
 from lowbit.ptq.calibrate import Calibration, observe_linears, select_linears
 from lowbit.ptq.config import PTQConfig, WeightOnlyConfig
 from lowbit.ptq.gptq import gram_matrix
-from lowbit.ptq.modules import LayerSpec, QuantLinear, build_layer
+from lowbit.ptq.modules import build_layer
 from lowbit.ptq.sequential import SEQUENTIAL_ROUNDINGS, fake_quant_activation, sequential_gptq
 from lowbit.ptq.weights import encode_weight
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[nn.Module, object, Calibration | None], "PTQSummary"]
-_HANDLERS: dict[type, Handler] = {}
 
 
 def register_handler(config_type: type) -> Callable[[Handler], Handler]:
-    """Decorator: make ``fn(model, config, calibration)`` the handler of ``config_type``."""
+    """Decorator: make ``fn(model, config, calibration) -> PTQSummary`` the PTQ handler of ``config_type``,
+    in the one registry of :func:`lowbit.convert` (which returns a :class:`~lowbit.ConversionSummary` whose
+    ``details`` is the :class:`PTQSummary`; :func:`quantize` returns the latter)."""
 
     def deco(fn: Handler) -> Handler:
-        _HANDLERS[config_type] = fn
+        def handler(model: nn.Module, config: object, calibration: Calibration | None = None) -> Summary:
+            _check_model(model)
+            linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            details = fn(model, config, calibration)
+            summary = Summary(details.recipe, workflow="ptq", config=config, model=model, details=details)
+            done = {r.name for r in details.layers}
+            for name, linear in linears:
+                summary.add(name, linear, None if name in done else _why_kept(name, config))
+            return summary
+
+        conversion.register(config_type, "ptq")(handler)
         return fn
 
     return deco
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if any(isinstance(m, PTQLinear) for m in model.modules()):
+        raise ValueError("model already holds quantized layers; quantize a fresh FP32 copy instead")
+
+
+def _why_kept(name: str, config: object) -> str:
+    exclude = getattr(config, "exclude", ())
+    if any(name == p or fnmatch.fnmatchcase(name, p) for p in exclude):
+        return "matches exclude (kept in FP32)"
+    return "not selected by the config's modules (kept in FP32)"
 
 
 @dataclass(frozen=True)
@@ -111,47 +142,41 @@ def quantize(model: nn.Module, config: object, calibration: Calibration | None =
     """Quantize ``model`` in place under ``config`` (:class:`PTQConfig` or :class:`WeightOnlyConfig`).
 
     ``calibration`` (from :func:`lowbit.ptq.calibrate`) is required when the config quantizes activations
-    with static per-tensor scales. Returns a :class:`PTQSummary`.
+    with static per-tensor scales. Returns a :class:`PTQSummary`. ``lowbit.convert(model, config,
+    calibration)`` is the same conversion, returning the workflow-independent summary (this one in its
+    ``details``).
     """
-    handler = _HANDLERS.get(type(config))
-    if handler is None:
-        known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
+    if conversion.workflow_of(config) != "ptq":
+        known = ", ".join(sorted(conversion.config_types("ptq")))
         raise TypeError(f"no PTQ handler for config of type {type(config).__name__}; known configs: {known}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if any(isinstance(m, QuantLinear) for m in model.modules()):
-        raise ValueError("model already holds quantized layers; quantize a fresh FP32 copy instead")
-    return handler(model, config, calibration)
+    return conversion.handler_for(config)(model, config, calibration).details
 
 
 def _run(
     model: nn.Module,
     config: PTQConfig | WeightOnlyConfig,
-    make: Callable[[str, nn.Linear], QuantLinear],
+    make: Callable[[str, nn.Linear], PTQLinear],
 ) -> PTQSummary:
     names = select_linears(model, config.modules, config.exclude)
     before = model_nbytes(model)
     summary = PTQSummary(config.describe(), model_bytes_before=before)
     chosen = set(names)
     summary.kept_fp32 = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in chosen]
-    built: dict[str, QuantLinear] = {}
-    with torch.no_grad():
-        for name in names:  # build every layer first: an error leaves the model untouched
-            built[name] = make(name, model.get_submodule(name))
-    for name, qlayer in built.items():
-        fp32_bytes = model.get_submodule(name).weight.numel() * 4
+    fp32_bytes = {name: model.get_submodule(name).weight.numel() * 4 for name in names}
+    with torch.no_grad():  # every layer is built before the first swap: an error leaves the model untouched
+        swapped = swap_modules(model, lambda name, _module: name in chosen, make)
+    for name in swapped:
+        qlayer = model.get_submodule(name)
         scale = float(qlayer.act_scale) if qlayer.act_scale is not None else None
         summary.layers.append(
-            LayerReport(name, qlayer.compute_path(), fp32_bytes, qlayer.weight_nbytes(), scale)
+            LayerReport(name, qlayer.compute_path(), fp32_bytes[name], qlayer.weight_nbytes(), scale)
         )
-        model.set_submodule(name, qlayer)
     summary.model_bytes_after = model_nbytes(model)
     logger.info("%s", summary.table())
     return summary
 
 
-@register_handler(PTQConfig)
-def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibration | None) -> PTQSummary:
+def _check_calibration(config: PTQConfig, calibration: Calibration | None) -> None:
     if config.needs_calibration and calibration is None:
         raise ValueError(
             f"{config.describe()} uses static activation scales, GPTQ rounding or bias correction: pass "
@@ -162,17 +187,26 @@ def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibrati
     if needs_inputs and not calibration.inputs:
         raise ValueError("GPTQ rounding and bias correction rerun the calibration batches: this Calibration "
                          "holds none (build it with lowbit.ptq.calibrate)")  # fmt: skip
-    kind = config.kind
-    names = select_linears(model, config.modules, config.exclude)
+
+
+def _fp32_grams(model: nn.Module, names: list[str], batches: list) -> dict[str, torch.Tensor]:
+    """Gram matrices of the FP32 model's inputs to each layer (plain GPTQ)."""
     grams: dict[str, torch.Tensor] = {}
-    if config.weight_rounding == "gptq":  # Gram matrices of the FP32 model's inputs to each layer
 
-        def add_gram(name: str, x2: torch.Tensor, _y2: torch.Tensor) -> None:
-            g = gram_matrix(x2)
-            grams[name] = grams[name] + g if name in grams else g
+    def add_gram(name: str, x2: torch.Tensor, _y2: torch.Tensor) -> None:
+        g = gram_matrix(x2)
+        grams[name] = grams[name] + g if name in grams else g
 
-        observe_linears(model, names, calibration.inputs, add_gram)
-    originals = {n: model.get_submodule(n) for n in names}
+    observe_linears(model, names, batches, add_gram)
+    return grams
+
+
+def _layer_builder(
+    config: PTQConfig, calibration: Calibration | None, grams: dict[str, torch.Tensor]
+) -> Callable[..., PTQLinear]:
+    """``make(name, linear, gram=None, target=None)``: the quantized layer of one linear under ``config``
+    (rounding ``target`` instead of the weight, under ``gram`` instead of the FP32 one, when given)."""
+    kind = config.kind
     if kind == "mx":
         layer_kind, act_gran = "emulated", "block"
     else:
@@ -180,7 +214,7 @@ def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibrati
 
     def make(
         name: str, linear: nn.Linear, gram: torch.Tensor | None = None, target: torch.Tensor | None = None
-    ) -> QuantLinear:
+    ) -> PTQLinear:
         spec = LayerSpec(
             kind=layer_kind,
             in_features=linear.in_features,
@@ -207,17 +241,35 @@ def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibrati
             act_scale = calibration.scale(name, config.activation_code_format, config.observer)
         return build_layer(spec, buffers, linear.bias, act_scale)
 
+    return make
+
+
+def _sequential_layers(
+    model: nn.Module, names: list[str], config: PTQConfig, calibration: Calibration, make: Callable
+) -> dict[str, PTQLinear]:
+    """The layers of the sequential GPTQ variants, each rounded on the inputs it gets from the layers
+    quantized before it (:mod:`lowbit.ptq.sequential`)."""
+    code_fmt = config.activation_code_format
+    static = config.activation_granularity == "tensor"
+
+    def act_quant(name: str, x: torch.Tensor) -> torch.Tensor:
+        scale = calibration.scale(name, code_fmt, config.observer) if static else None
+        return fake_quant_activation(x, code_fmt, scale)
+
+    return sequential_gptq(
+        model, names, calibration.inputs, act_quant, make, config.weight_rounding == "gptq-asym"
+    )
+
+
+@register_handler(PTQConfig)
+def _quantize_static(model: nn.Module, config: PTQConfig, calibration: Calibration | None) -> PTQSummary:
+    _check_calibration(config, calibration)
+    names = select_linears(model, config.modules, config.exclude)
+    grams = _fp32_grams(model, names, calibration.inputs) if config.weight_rounding == "gptq" else {}
+    originals = {n: model.get_submodule(n) for n in names}
+    make = _layer_builder(config, calibration, grams)
     if config.weight_rounding in SEQUENTIAL_ROUNDINGS:
-        code_fmt = config.activation_code_format
-        static = config.activation_granularity == "tensor"
-
-        def act_quant(name: str, x: torch.Tensor) -> torch.Tensor:
-            scale = calibration.scale(name, code_fmt, config.observer) if static else None
-            return fake_quant_activation(x, code_fmt, scale)
-
-        prebuilt = sequential_gptq(
-            model, names, calibration.inputs, act_quant, make, config.weight_rounding == "gptq-asym"
-        )
+        prebuilt = _sequential_layers(model, names, config, calibration, make)
         summary = _run(model, config, lambda name, _linear: prebuilt[name])
     else:
         summary = _run(model, config, make)
@@ -263,7 +315,7 @@ def _quantize_weight_only(
 
     def make(
         name: str, linear: nn.Linear, gram: torch.Tensor | None = None, target: torch.Tensor | None = None
-    ) -> QuantLinear:
+    ) -> PTQLinear:
         spec = LayerSpec(
             kind="emulated",
             in_features=linear.in_features,

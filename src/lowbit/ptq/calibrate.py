@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lowbit.formats import Format
+from lowbit.modules import capture
 from lowbit.ptq.observers import HistogramObserver, ObserverSpec
 
 logger = logging.getLogger(__name__)
@@ -146,25 +147,20 @@ def calibrate(
     module_of = dict(model.named_modules())
     calib = Calibration(spec, {n: HistogramObserver(spec) for n in names})
     mask: list[torch.Tensor | None] = [None]
-    handles = []
-    for name in names:
-        obs = calib.observers[name]
 
-        def hook(_mod: nn.Module, args: tuple, obs: HistogramObserver = obs) -> None:
-            obs.update(real_rows(args[0], mask[0]))
+    def observe(name: str, x: torch.Tensor) -> None:
+        calib.observers[name].update(real_rows(x, mask[0]))
 
-        handles.append(module_of[name].register_forward_pre_hook(hook))
     was_training = model.training
     model.eval()
     try:
-        for batch in batches:
-            mask[0] = token_mask(batch)
-            run_batch(model, batch)
-            calib.batches += 1
-            calib.inputs.append(batch)
+        with capture([(n, module_of[n]) for n in names], observe):
+            for batch in batches:
+                mask[0] = token_mask(batch)
+                run_batch(model, batch)
+                calib.batches += 1
+                calib.inputs.append(batch)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     if calib.batches == 0:
         raise ValueError("calibrate got no batches; pass at least one batch of model inputs")
@@ -186,20 +182,15 @@ def observe_linears(
     module_of = dict(model.named_modules())
     mask: list[torch.Tensor | None] = [None]
 
-    def make(name: str) -> Callable:
-        def hook(_mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            fn(name, real_rows(args[0], mask[0]), real_rows(out, mask[0]))
+    def seen(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        fn(name, real_rows(x, mask[0]), real_rows(y, mask[0]))
 
-        return hook
-
-    handles = [module_of[n].register_forward_hook(make(n)) for n in names]
     was_training = model.training
     model.eval()
     try:
-        for batch in batches:
-            mask[0] = token_mask(batch)
-            run_batch(model, batch)
+        with capture([(n, module_of[n]) for n in names], seen, what="both"):
+            for batch in batches:
+                mask[0] = token_mask(batch)
+                run_batch(model, batch)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)

@@ -85,35 +85,57 @@ def _check_common(cfg: PTQConfig | WeightOnlyConfig) -> None:
 
 @dataclass(frozen=True)
 class PTQConfig:
-    """Static post-training quantization of weights and activations of linear layers.
+    """Static post-training quantization of the weights and activations of linear layers:
+    ``lowbit.convert(model, PTQConfig(...), calibration)`` (or ``lowbit.ptq.quantize``).
 
-    weight / activation: format names (``"fp8-e4m3"``, ``"fp8-e5m2"``, ``"int8"``, ``"mxfp8-e4m3"``,
-    ``"mxfp4"``) or format objects. FP8 and INT8 may not be mixed with each other; MX weights go with MX
-    activations. weight_granularity: ``"tensor"`` (the paper), ``"channel"`` (one scale per output row).
-    activation_granularity: ``"tensor"`` (static scale from calibration, the paper) or ``"token"``
-    (dynamic, one scale per row at run time; no calibration needed). weight_scale: ``"absmax"`` or ``"mse"``.
-    observer: the calibration rule for static activation scales — ``"max"`` (the paper), ``"percentile"``
-    / ``("percentile", p)``, ``"mse"`` or an :class:`~lowbit.ptq.observers.ObserverSpec`; None uses the rule
-    given to :func:`~lowbit.ptq.calibrate` (the statistics serve every rule, so one calibration is enough).
-    fp8_compute: ``"auto"`` (default: ``"bf16_dot"`` on CPUs with AVX512-BF16 when no gradient is needed, else
-    ``"emulated"``), ``"bf16_dot"`` (FP8 x FP8 products on ``vdpbf16ps``: exact products, float32 sums),
-    ``"emulated"`` (FP8 codes upcast exactly to FP32, one FP32 GEMM, scales in the epilogue) or
-    ``"scaled_mm"`` (``torch._scaled_mm`` on float8 operands); see :mod:`lowbit.ptq.modules`.
-    int8_kernel (INT8 recipes): which code ranges, hence which integer-engine kernel — ``"w7"`` (weight codes
-    in [-63, 63], 8-bit activations: the fast u8 x s8 kernel), ``"a7"`` (8-bit weights, activation codes in
-    [-64, 63]: also u8 x s8) or ``"exact"`` (full int8 range on both sides, the paper's INT8, exact int16
-    kernel at ~0.7x the speed). Storage is int8 codes in every case. ``"auto"`` (default) picks ``"w7"`` for
-    per-channel weight scales and ``"exact"`` for a per-tensor weight scale: measured on MiniLM / Rotten
-    Tomatoes (400 held-out snippets), 7-bit weights cost little per channel (cosine 0.9969 -> 0.9954 with
-    per-token activations; 7-bit activations: 0.9932) but a lot per tensor (0.943 -> 0.850; a7: 0.853).
-    weight_rounding: ``"nearest"`` (the paper) or ``"gptq"`` (error-compensating rounding onto the same grid
-    with the same scales, using the Gram matrix of each layer's calibration inputs; :mod:`lowbit.ptq.gptq`).
-    ``"gptq-seq"``: GPTQ with each layer's Gram matrix taken from the inputs it receives when every earlier
-    layer is already quantized (activation-rounded as its GEMM sees them); ``"gptq-asym"``: the same, rounding
-    toward the FP32 layer's output on the FP32 model's inputs (:mod:`lowbit.ptq.sequential`).
-    gptq_act_order: GPTQ rounds the input columns by decreasing Gram diagonal instead of left to right.
-    bias_correction: after quantizing, subtract from each layer's bias the mean error of its outputs
-    (quantized layer vs the FP32 weights on the same inputs) over the calibration tokens.
+    Frozen; validated on construction (``ValueError`` naming the field). Format names are resolved to
+    format objects, ``observer`` to an :class:`~lowbit.ptq.observers.ObserverSpec` and ``int8_kernel="auto"``
+    to the kernel it picks, so a config reads back what runs.
+
+    Attributes:
+        weight: the weight format: a name (``"fp8-e4m3"``, ``"fp8-e5m2"``, ``"int8"``, ``"mxfp8-e4m3"``,
+            ``"mxfp4"``, ...) or a format object. FP8 and INT8 may not be mixed with each other; MX weights
+            go with MX activations (INT4 and other weight-only formats: :class:`WeightOnlyConfig`).
+        activation: the activation format, named or given as ``weight`` is.
+        weight_granularity: ``"tensor"`` (one weight scale, the paper) or ``"channel"`` (one scale per
+            output row). MX formats carry their own 32-element block scales and leave it ``"tensor"``.
+        activation_granularity: ``"tensor"`` (one static scale per linear input, from calibration; the
+            paper) or ``"token"`` (dynamic: one scale per row at run time, no calibration needed).
+        weight_scale: how weight scales are chosen: ``"absmax"`` or ``"mse"`` (the scale minimising the
+            rounding error).
+        group_size: not used by this config (groups are :class:`WeightOnlyConfig`'s); leave it None.
+        modules: which ``nn.Linear`` layers are quantized: None (every one under a submodule named
+            ``encoder``; embeddings, LayerNorm, softmax, GELU, the pooler and task heads stay FP32) or a
+            tuple of qualified names / ``fnmatch`` patterns (``"encoder.layer.*.attention.self.query"``).
+        exclude: names / patterns removed from that selection (a tuple).
+        fp8_compute: how FP8 products run: ``"auto"`` (default: ``"bf16_dot"`` on CPUs with AVX512-BF16
+            when no gradient is needed, else ``"emulated"``), ``"bf16_dot"`` (FP8 x FP8 products on
+            ``vdpbf16ps``: exact products, float32 sums), ``"emulated"`` (FP8 codes upcast exactly to FP32,
+            one FP32 GEMM, scales in the epilogue) or ``"scaled_mm"`` (``torch._scaled_mm`` on float8
+            operands; FP8 formats only); see :mod:`lowbit.ptq.modules`.
+        observer: the calibration rule of static activation scales: ``"max"`` (the paper),
+            ``"percentile"`` / ``("percentile", p)``, ``"mse"`` or an ``ObserverSpec``; None uses the rule
+            given to :func:`~lowbit.ptq.calibrate` (the statistics serve every rule, so one calibration is
+            enough).
+        int8_kernel: INT8 recipes' code ranges, hence the integer-engine kernel: ``"w7"`` (weight codes in
+            [-63, 63], 8-bit activations: the fast u8 x s8 kernel), ``"a7"`` (8-bit weights, activation
+            codes in [-64, 63]: also u8 x s8) or ``"exact"`` (full int8 range on both sides, the paper's
+            INT8, exact int16 kernel at ~0.7x the speed). Storage is int8 codes in every case. ``"auto"``
+            (default) picks ``"w7"`` for per-channel weight scales and ``"exact"`` for a per-tensor one:
+            measured on MiniLM / Rotten Tomatoes (400 held-out snippets), 7-bit weights cost little per
+            channel (cosine 0.9969 -> 0.9954 with per-token activations; 7-bit activations: 0.9932) but a
+            lot per tensor (0.943 -> 0.850; a7: 0.853).
+        weight_rounding: ``"nearest"`` (the paper); ``"gptq"`` (error-compensating rounding onto the same
+            grid with the same scales, using the Gram matrix of each layer's calibration inputs;
+            :mod:`lowbit.ptq.gptq`); ``"gptq-seq"`` (GPTQ with each layer's Gram matrix taken from the inputs
+            it receives when every earlier layer is already quantized, activation-rounded as its GEMM sees
+            them); ``"gptq-asym"`` (the same, rounding toward the FP32 layer's output on the FP32 model's
+            inputs; :mod:`lowbit.ptq.sequential`). Not for MX formats.
+        bias_correction: after quantizing, subtract from each layer's bias the mean error of its outputs
+            (quantized layer vs the FP32 weights on the same inputs) over the calibration tokens. A bool;
+            not for MX formats.
+        gptq_act_order: GPTQ rounds the input columns by decreasing Gram diagonal instead of left to right.
+            A bool; needs a GPTQ ``weight_rounding``.
     """
 
     weight: str | Format = "fp8-e4m3"
@@ -239,10 +261,22 @@ class PTQConfig:
 
 @dataclass(frozen=True)
 class WeightOnlyConfig:
-    """Weight-only quantization: weights stored in ``weight`` (``"int4"`` packed two per byte, ``"int8"``,
-    ``"fp8-e4m3"``, ``"mxfp4"``, ...), activations stay FP32; the layer computes in FP32 on the
-    dequantized weight. ``weight_granularity``: ``"tensor"``, ``"channel"`` or ``"group"`` (``group_size``
-    along K; INT4 usually wants groups of 32–128). MX formats always use their 32-element blocks.
+    """Weight-only quantization: the weights stored in a low-precision format, activations stay FP32 and the
+    layer computes in FP32 on the dequantized weight: ``lowbit.convert(model, WeightOnlyConfig(...))``.
+
+    Frozen; validated on construction (``ValueError`` naming the field).
+
+    Attributes:
+        weight: the weight format, a name or a format object: ``"int4"`` (packed two per byte), ``"int8"``,
+            ``"fp8-e4m3"``, ``"fp8-e5m2"``, or an MX format with 8- or 4-bit elements (``"mxfp8-e4m3"``,
+            ``"mxint8"``, ``"mxfp4"``, ...).
+        weight_granularity: ``"tensor"``, ``"channel"`` (default; one scale per output row) or ``"group"``
+            (``group_size`` consecutive weights along K share a scale; INT4 usually wants groups of 32–128).
+            MX formats always use their 32-element blocks (``"tensor"`` or ``"channel"`` only).
+        weight_scale: how weight scales are chosen: ``"absmax"`` or ``"mse"``.
+        group_size: the group length for ``weight_granularity="group"``: an even int >= 2.
+        modules: which ``nn.Linear`` layers are quantized, as :attr:`PTQConfig.modules`.
+        exclude: names / patterns removed from that selection, as :attr:`PTQConfig.exclude`.
     """
 
     weight: str | Format = "int4"

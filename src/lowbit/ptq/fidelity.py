@@ -12,7 +12,8 @@ from torch import nn
 
 from lowbit.files import atomic_savefig
 from lowbit.models.bert import encode_sentences, tokenize
-from lowbit.ptq.modules import QuantLinear
+from lowbit.modules import capture
+from lowbit.ptq.base import PTQLinear
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
@@ -55,40 +56,22 @@ def layer_sqnr(
     accumulate; *isolated* feeds each quantized layer the FP32 model's own input to that layer, measuring
     the layer's own quantization error. Padding positions are excluded.
     """
-    names = [n for n, m in q_model.named_modules() if isinstance(m, QuantLinear)]
+    names = [n for n, m in q_model.named_modules() if isinstance(m, PTQLinear)]
     if not names:
         raise ValueError("q_model holds no quantized layers")
     batch = tokenize(tokenizer, texts, max_length)
     keep = batch["attention_mask"].reshape(-1).bool()  # (B*T,) real tokens
-    fp_in: dict[str, torch.Tensor] = {}
-    fp_out: dict[str, torch.Tensor] = {}
-    q_out: dict[str, torch.Tensor] = {}
-
-    def recorder(name: str, store_in: dict | None, store_out: dict):
-        def hook(_mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            if store_in is not None:
-                store_in[name] = args[0]
-            store_out[name] = out
-
-        return hook
-
-    handles = []
-    try:
-        for name in names:
-            handles.append(
-                fp32_model.get_submodule(name).register_forward_hook(recorder(name, fp_in, fp_out))
-            )
-            handles.append(q_model.get_submodule(name).register_forward_hook(recorder(name, None, q_out)))
+    with capture([(n, fp32_model.get_submodule(n)) for n in names], what="both", record=True) as fp:
         fp32_model.eval()(**batch)
+    with capture([(n, q_model.get_submodule(n)) for n in names], what="output", record=True) as q:
         q_model.eval()(**batch)
-    finally:
-        for h in handles:
-            h.remove()
+    fp_calls, q_calls = fp.last(), q.last()  # name -> (input, output) / (output,) of its last call
     in_model, isolated = {}, {}
     for name in names:
-        ref = fp_out[name].reshape(keep.numel(), -1)[keep]
-        in_model[name] = sqnr_db(ref, q_out[name].reshape(keep.numel(), -1)[keep])
-        alone = q_model.get_submodule(name)(fp_in[name])
+        fp_in, fp_out = fp_calls[name]
+        ref = fp_out.reshape(keep.numel(), -1)[keep]
+        in_model[name] = sqnr_db(ref, q_calls[name][0].reshape(keep.numel(), -1)[keep])
+        alone = q_model.get_submodule(name)(fp_in)
         isolated[name] = sqnr_db(ref, alone.reshape(keep.numel(), -1)[keep])
     return in_model, isolated
 

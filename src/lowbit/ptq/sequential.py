@@ -24,19 +24,16 @@ import torch
 from torch import nn
 
 from lowbit.formats import Format
+from lowbit.modules import StopForward, capture, replace_module
+from lowbit.ptq.base import PTQLinear
 from lowbit.ptq.calibrate import real_rows, run_batch, token_mask
 from lowbit.ptq.gptq import asymmetric_target
-from lowbit.ptq.modules import QuantLinear
 from lowbit.quantizers import quantize
 
 SEQUENTIAL_ROUNDINGS = ("gptq-seq", "gptq-asym")
 
 ActQuant = Callable[[str, torch.Tensor], torch.Tensor]
-Build = Callable[[str, nn.Linear, torch.Tensor, torch.Tensor], QuantLinear]
-
-
-class _Stop(Exception):
-    """Raised by a hook once the inputs of interest are captured: the rest of the forward is not needed."""
+Build = Callable[[str, nn.Linear, torch.Tensor, torch.Tensor], PTQLinear]
 
 
 def fake_quant_activation(x: torch.Tensor, fmt: Format, scale: float | None) -> torch.Tensor:
@@ -50,21 +47,9 @@ def fake_quant_activation(x: torch.Tensor, fmt: Format, scale: float | None) -> 
 def input_groups(model: nn.Module, names: list[str], batch: object) -> list[list[str]]:
     """``names`` in call order, split into runs of consecutive layers that read the same input tensor."""
     module_of = dict(model.named_modules())
-    seen: list[tuple[str, torch.Tensor]] = []  # the tensors themselves: kept alive, compared by identity
-
-    def make(name: str) -> Callable:
-        def hook(_mod: nn.Module, args: tuple) -> None:
-            seen.append((name, args[0]))
-
-        return hook
-
-    handles = [module_of[n].register_forward_pre_hook(make(n)) for n in names]
-    try:
-        with torch.no_grad():
-            run_batch(model.eval(), batch)
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), capture([(n, module_of[n]) for n in names], record=True) as calls:
+        run_batch(model.eval(), batch)
+    seen = calls.calls  # (name, input): the tensors themselves, kept alive, compared by identity
     groups: list[list[str]] = []
     last: torch.Tensor | None = None
     for name, x in seen:
@@ -86,17 +71,12 @@ def _capture(model: nn.Module, name: str, batch: object) -> torch.Tensor:
     out: list[torch.Tensor] = []
     mask = token_mask(batch)
 
-    def hook(_mod: nn.Module, args: tuple) -> None:
-        out.append(real_rows(args[0], mask).float().clone())
-        raise _Stop
+    def first(_name: str, x: torch.Tensor) -> None:
+        out.append(real_rows(x, mask).float().clone())
+        raise StopForward
 
-    handle = model.get_submodule(name).register_forward_pre_hook(hook)
-    try:
+    with capture({name: model.get_submodule(name)}, first):
         run_batch(model, batch)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
     if not out:
         raise ValueError(f"module {name!r} was not called by the model's forward")
     return out[0]
@@ -110,7 +90,7 @@ def sequential_gptq(
     act_quant: ActQuant,
     build: Build,
     asymmetric: bool,
-) -> dict[str, QuantLinear]:
+) -> dict[str, PTQLinear]:
     """Quantize ``names`` of a copy of ``model`` one input group at a time (see module doc); returns the
     quantized layers. ``act_quant(name, x)``: the layer's activation rounding; ``build(name, linear, gram,
     target)``: the quantized layer rounding ``target`` with GPTQ under ``gram``. ``model`` is not modified.
@@ -120,7 +100,7 @@ def sequential_gptq(
     was_training = model.training
     model.eval()
     work = copy.deepcopy(model)
-    built: dict[str, QuantLinear] = {}
+    built: dict[str, PTQLinear] = {}
     try:
         for group in input_groups(model, names, batches[0]):
             first = group[0]
@@ -142,7 +122,7 @@ def sequential_gptq(
                 if asymmetric:
                     target = asymmetric_target(target, grams[name], crosses[name])
                 built[name] = build(name, linear, grams[name], target)
-                work.set_submodule(name, built[name])
+                replace_module(work, name, built[name])
     finally:
         model.train(was_training)
     del work

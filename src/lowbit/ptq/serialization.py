@@ -31,8 +31,10 @@ from torch import nn
 
 from lowbit.files import atomic_write_bytes
 from lowbit.formats import FloatFormat, IntFormat, MXFormat, get_format
+from lowbit.modules import replace_module
+from lowbit.ptq.base import LayerSpec, PTQLinear
 from lowbit.ptq.config import FP8_COMPUTE
-from lowbit.ptq.modules import LayerSpec, QuantLinear, build_layer
+from lowbit.ptq.modules import build_layer
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module quantized by lowbit.ptq, got {type(model).__name__}")
-    layers = {name: m.spec for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    layers = {name: m.spec for name, m in model.named_modules() if isinstance(m, PTQLinear)}
     if not layers:
         raise ValueError("model holds no quantized layers; run lowbit.ptq.quantize(model, config) first")
     # Clone so that tied/shared tensors become separate entries (safetensors refuses shared storage).
@@ -271,7 +273,7 @@ def _check_keys(path: Path, model: nn.Module, specs: dict[str, LayerSpec], tenso
         )
 
 
-def _build_layers(path: Path, specs: dict[str, LayerSpec], tensors: dict) -> dict[str, nn.Module]:
+def _build_layers(path: Path, specs: dict[str, LayerSpec], tensors: dict) -> dict[str, PTQLinear]:
     """Every quantized layer built, loaded and run once on a zero row (a spec it cannot run fails here)."""
     layers = {}
     for name, spec in specs.items():
@@ -303,20 +305,16 @@ def _check_other_shapes(path: Path, model: nn.Module, specs: dict[str, LayerSpec
                 )
 
 
-def _swap_in(path: Path, model: nn.Module, layers: dict[str, nn.Module], tensors: dict) -> None:
+def _swap_in(path: Path, model: nn.Module, layers: dict[str, PTQLinear], tensors: dict) -> None:
     """Replace the layers and load every tensor; on any failure put the original layers back."""
     originals = {}
     try:
         for name, layer in layers.items():
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            originals[name] = getattr(parent, child)
-            setattr(parent, child, layer)
+            originals[name] = replace_module(model, name, layer)
         model.load_state_dict(tensors, strict=True)
     except Exception as err:  # not expected after the checks above; never leave a half-loaded model
         for name, module in originals.items():
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+            replace_module(model, name, module)
         raise CheckpointError(f"{path}: cannot be loaded into {type(model).__name__}: {err}") from err
 
 

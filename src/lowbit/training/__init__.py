@@ -1,8 +1,8 @@
 """INT4/INT8 training (Xi et al. 2023): recipes, ``QuantLinear`` and its autograd Functions, ``convert``.
 
-``convert(model, "int4")`` replaces a model's ``nn.Linear`` layers (the output head kept in full precision)
-by :class:`QuantLinear`, whose forward, activation-gradient and weight-gradient products all run on
-``lowbit.ops``' integer engine.
+``lowbit.convert(model, "int4")`` (or this package's ``convert``) replaces a model's ``nn.Linear`` layers
+(the output head kept in full precision) by :class:`QuantLinear`, whose forward, activation-gradient and
+weight-gradient products all run on ``lowbit.ops``' integer engine.
 """
 
 from __future__ import annotations

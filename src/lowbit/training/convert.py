@@ -1,5 +1,8 @@
 """``convert(model, recipe, skip=...)``: replace a model's ``nn.Linear`` layers by ``QuantLinear`` in place.
 
+The training workflow's handler of ``lowbit.convert(model, recipe)`` (a :class:`Recipe` or a registered
+recipe name); ``lowbit.training.convert`` is the same function with the recipe's options as parameters.
+
 Which layers stay in full precision (the paper keeps the final classifier in floating point):
 
 1. every Linear whose qualified name matches one of ``skip`` (exact names or ``fnmatch`` globs, e.g.
@@ -19,39 +22,18 @@ from __future__ import annotations
 import fnmatch
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from lowbit.conversion import ConversionSummary, register
+from lowbit.modules import swap_modules
 from lowbit.training.layers import _LAZY_KEYS, QuantLinear
 from lowbit.training.recipes import Recipe, get_recipe
 
 HEAD_NAMES = frozenset(
     {"lm_head", "classifier", "head", "heads", "cls", "score", "qa_outputs", "output_head"}
 )
-
-
-@dataclass
-class ConversionSummary:
-    """What ``convert`` did: converted and kept Linear names (with the reason kept) and parameter counts."""
-
-    recipe: str
-    converted: list[str] = field(default_factory=list)
-    kept: dict[str, str] = field(default_factory=dict)
-    converted_params: int = 0
-    kept_params: int = 0
-
-    def __str__(self) -> str:
-        total = self.converted_params + self.kept_params
-        share = 100.0 * self.converted_params / total if total else 0.0
-        lines = [
-            f"recipe {self.recipe}: {len(self.converted)} Linear layers converted "
-            f"({self.converted_params:,} parameters, {share:.1f}% of Linear parameters), "
-            f"{len(self.kept)} kept in full precision ({self.kept_params:,} parameters)"
-        ]
-        lines += [f"  kept {name}: {why}" for name, why in self.kept.items()]
-        return "\n".join(lines)
 
 
 def _layer_seed(seed: int, name: str) -> int:
@@ -65,9 +47,18 @@ def _head_names(linears: list[str]) -> set[str]:
     return {linears[-1]}
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+def _check_model(model: nn.Module, rec: Recipe) -> None:
+    if type(model) is nn.Linear:
+        raise ValueError("model is a bare nn.Linear: use QuantLinear.from_linear(model, recipe) instead")
+    done = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    if done:
+        name, layer = done[0]
+        raise ValueError(
+            f"model is already converted: {len(done)} QuantLinear layers (e.g. {name or 'model'!r}, recipe "
+            f"{layer.recipe.name!r}); convert starts from nn.Linear layers. To switch to {rec.name!r}, load "
+            "the weights into a fresh FP32 model (lowbit.training.fp32_state_dict(model.state_dict())) and "
+            "convert that"
+        )
 
 
 def convert(
@@ -80,7 +71,8 @@ def convert(
 ) -> ConversionSummary:
     """Replace every ``nn.Linear`` of ``model`` (in place) by a ``QuantLinear`` running ``recipe``.
 
-    The new layers share the old weight/bias Parameters. Returns a :class:`ConversionSummary`. Raises
+    The new layers share the old weight/bias Parameters. Returns a :class:`~lowbit.ConversionSummary`
+    (``lowbit.convert(model, recipe, skip=..., keep_head=..., seed=...)`` is the same call). Raises
     ``TypeError`` for a model that is not an ``nn.Module`` and ``ValueError`` for an unknown recipe name,
     a model that is a bare ``nn.Linear`` (it cannot be replaced in place; wrap it or use ``QuantLinear``) or
     a model that already holds ``QuantLinear`` layers (no re-conversion: convert a fresh FP32 model, loaded
@@ -89,23 +81,12 @@ def convert(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     rec = get_recipe(recipe)
-    if type(model) is nn.Linear:
-        raise ValueError("model is a bare nn.Linear: use QuantLinear.from_linear(model, recipe) instead")
-    done = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
-    if done:
-        name, layer = done[0]
-        raise ValueError(
-            f"model is already converted: {len(done)} QuantLinear layers (e.g. {name or 'model'!r}, recipe "
-            f"{layer.recipe.name!r}); convert starts from nn.Linear layers. To switch to {rec.name!r}, load "
-            "the weights into a fresh FP32 model (lowbit.training.fp32_state_dict(model.state_dict())) and "
-            "convert that"
-        )
+    _check_model(model, rec)
     patterns = [skip] if isinstance(skip, str) else list(skip)
-    summary = ConversionSummary(rec.name)
+    summary = ConversionSummary(rec.name, workflow="training", config=rec, model=model)
     linears = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
     heads = _head_names([n for n, _ in linears]) if keep_head else set()
     for name, lin in linears:
-        n_params = sum(p.numel() for p in lin.parameters())
         reason = None
         if any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns):
             reason = "matches skip"
@@ -113,14 +94,34 @@ def convert(
             reason = "output head (kept in full precision)"
         elif not rec.converts:
             reason = "fp32 recipe"
-        if reason is not None:
-            summary.kept[name] = reason
-            summary.kept_params += n_params
-            continue
-        _set_submodule(model, name, QuantLinear.from_linear(lin, rec, seed=_layer_seed(seed, name)))
-        summary.converted.append(name)
-        summary.converted_params += n_params
+        summary.add(name, lin, kept=reason)
+    chosen = set(summary.converted)
+    swap_modules(
+        model,
+        lambda name, _module: name in chosen,
+        lambda name, lin: QuantLinear.from_linear(lin, rec, seed=_layer_seed(seed, name)),
+    )
     return summary
+
+
+@register(str, "training", label="str (a recipe name)")
+@register(Recipe, "training")  # decorators apply bottom-up: Recipe is listed first
+def _convert(
+    model: nn.Module,
+    config: str | Recipe,
+    calibration: object = None,
+    *,
+    skip: Iterable[str] = (),
+    keep_head: bool = True,
+    seed: int = 0,
+) -> ConversionSummary:
+    """``lowbit.convert``'s handler of training recipes: :func:`convert` (nothing to calibrate)."""
+    if calibration is not None:
+        raise TypeError(
+            "a training recipe takes no calibration; its options are keywords: "
+            "lowbit.convert(model, recipe, skip=[...], keep_head=..., seed=...)"
+        )
+    return convert(model, config, skip, keep_head=keep_head, seed=seed)
 
 
 def fp32_state_dict(state: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

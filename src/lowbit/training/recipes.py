@@ -36,7 +36,13 @@ ROUNDINGS = ("nearest", "stochastic")
 
 @dataclass(frozen=True)
 class OperandSpec:
-    """How one operand of one product is quantized: integer ``bits`` (0 = float) and ``algorithm``."""
+    """How one operand of one product is quantized.
+
+    Attributes:
+        bits: integer code width: 4 or 8, or 0 for an operand kept in floating point.
+        algorithm: how the codes and scales are made, one of :data:`ALGORITHMS` (the comments there say what
+            each does); ``"none"`` exactly when ``bits`` is 0.
+    """
 
     bits: int
     algorithm: str
@@ -52,7 +58,12 @@ class OperandSpec:
 
 @dataclass(frozen=True)
 class ProductSpec:
-    """The two operands of one product, in the order they are multiplied (e.g. fprop: input, weight)."""
+    """The two operands of one product, in the order they are multiplied.
+
+    Attributes:
+        lhs: the left operand (fprop: the input X; dgrad and wgrad: the output gradient ∇Y).
+        rhs: the right operand (fprop and dgrad: the weight W; wgrad: the input X).
+    """
 
     lhs: OperandSpec
     rhs: OperandSpec
@@ -63,29 +74,48 @@ _FLOAT = OperandSpec(0, "none")
 
 @dataclass(frozen=True)
 class Recipe:
-    """A complete training quantization recipe.
+    """A complete training quantization recipe: ``lowbit.convert(model, recipe)``.
 
-    ``fprop`` = (input, weight), ``dgrad`` = (grad_output, weight), ``wgrad`` = (grad_output, input).
-    ``hadamard_block``: fixed block size of the Hadamard quantizer, or None (default, the paper's released
-    training script) to search g in {1, ..., 1024} (dividing D) at the first forward; a fixed size (the
-    released code's fixed default is 32) is capped per layer to the largest power of two dividing D. ``lss``:
-    leverage-score row selection in both backward products ("nonzero": keep every non-zero row, released code;
-    "sample": Bernoulli with Σp = N and 1/p reweighting, paper text; "none"). ``grad_rounding``: rounding of
-    the low half of the bit split ("stochastic" makes it unbiased; "nearest" is deterministic).
-    ``cold_start_steps``: for this many training forwards the LSQ steps are reset to their ``lsq_init`` value
-    instead of learned. ``split_clamp``: the hi/lo code range ±split_clamp (see ``bit_split``). ``lsq_lr``:
-    the relative learning rate of the LSQ step sizes: each step's Adam learning rate is ``lsq_lr × |s|`` (×
-    the model's schedule factor), so an update changes a step by at most about ``lsq_lr`` of itself, whatever
-    the model's learning rate (see ``lowbit.training.optim``). ``lsq_init``: how a step is (re)initialised at
-    the first forward, from the Hadamard-transformed tensor: "paper" (``2·mean|x|/√7``) or "mse" (the
-    per-tensor step minimising the quantization MSE, ``lowbit.training.lsq.lsq_init_mse``); the learned LSQ
-    step continues from it either way. None (``int4``, ``int4-sample``): the training task's choice (``lowbit
-    train``: "mse" for bert-rt, fine-tuning a pretrained model; "paper" for the from-scratch tasks, see
-    docs/DESIGN.md), "paper" when the recipe is used outside a task. ``group``: the ``torch.distributed``
-    process group whose processes each hold a shard of the batch (data parallelism), or None (one process);
-    with a group the per-tensor statistics over the batch (LSQ step init and gradient scale, block search,
-    bit-split scale and noise counter, leverage normalisation) are all-reduced over it
-    (``lowbit.training.distributed``). Not part of the recipe's identity (compare/hash/repr).
+    ``hadamard_block``, ``lss``, ``grad_rounding``, ``cold_start_steps``, ``split_clamp``, ``lsq_lr`` and
+    ``lsq_init`` tune the ``int4`` kind (Xi et al.); the other kinds ignore them. Frozen: derive variants
+    with ``dataclasses.replace(recipe, ...)``.
+
+    Attributes:
+        name: the recipe's name in :data:`RECIPES`, reports and summaries.
+        kind: which layer implementation runs (``QuantLinear`` dispatches on it), one of :data:`KINDS`:
+            ``"fp32"`` (nothing converted), ``"int8"`` (per-token / per-channel INT8 on all three products),
+            ``"int4"`` (Hadamard quantizer + LSQ forward, bit-split backward), ``"int4-naive"`` (per-tensor
+            round-to-nearest INT4 everywhere).
+        fprop / dgrad / wgrad: :class:`ProductSpec` of the forward ``X Wᵀ`` = (input, weight), the activation
+            gradient ``∇Y W`` = (grad_output, weight) and the weight gradient ``∇Yᵀ X`` = (grad_output,
+            input). They describe what ``kind`` does to each operand (for reports); the kind selects the code.
+        hadamard_block: the Hadamard quantizer's block size, a power of two, or None (default, the paper's
+            released training script): search g in {1, ..., 1024} dividing D at the first forward. A fixed
+            size (the released code's fixed default is 32) is capped per layer to the largest power of two
+            dividing D.
+        lss: leverage-score row selection in both backward products: ``"nonzero"`` (keep every non-zero row;
+            the released code), ``"sample"`` (Bernoulli with Σp = N and 1/p reweighting; the paper's text) or
+            ``"none"``.
+        grad_rounding: rounding of the low half of the bit split: ``"stochastic"`` (unbiased) or
+            ``"nearest"`` (deterministic).
+        cold_start_steps: for this many training forwards (an int >= 0) the LSQ steps are reset to their
+            ``lsq_init`` value instead of learned; 0 in the registered recipes.
+        split_clamp: the bit split's hi/lo code range ±split_clamp: 7 (default; unbiased, see ``bit_split``)
+            or 6 (SPEC's text, which clips the largest gradients).
+        lsq_lr: the relative learning rate of the LSQ step sizes, a finite number >= 0: each step's Adam
+            learning rate is ``lsq_lr × |s|`` (× the model's schedule factor), so an update changes a step by
+            at most about ``lsq_lr`` of itself whatever the model's learning rate (``lowbit.training.optim``).
+        lsq_init: how a step is (re)initialised at the first forward from the Hadamard-transformed tensor:
+            ``"paper"`` (``2·mean|x|/√7``) or ``"mse"`` (the per-tensor step minimising the quantization MSE,
+            ``lowbit.training.lsq.lsq_init_mse``); the learned step continues from it either way. None
+            (``int4``, ``int4-sample``): the training task's choice (``lowbit train``: "mse" for bert-rt,
+            fine-tuning a pretrained model; "paper" for the from-scratch tasks, see docs/DESIGN.md), "paper"
+            outside a task.
+        group: the ``torch.distributed`` process group whose processes each hold a shard of the batch (data
+            parallelism), or None (one process). With a group the per-tensor statistics over the batch (LSQ
+            step init and gradient scale, block search, bit-split scale and noise counter, leverage
+            normalisation) are all-reduced over it (``lowbit.training.distributed``). Not part of the
+            recipe's identity (compare/hash/repr).
     """
 
     name: str
