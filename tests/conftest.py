@@ -1,4 +1,5 @@
-"""Shared test helpers: seeded generators and the one SQNR definition."""
+"""Fixtures shared by several test folders. Plain helpers (``sqnr_db``, backend parameters, fuzz settings,
+float64 references) live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -6,17 +7,24 @@ import pytest
 import torch
 
 
-def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB of ``approx`` against ``ref`` (computed in float64)."""
-    ref64, approx64 = ref.double(), approx.double()
-    noise = (ref64 - approx64).pow(2).sum()
-    signal = ref64.pow(2).sum()
-    if noise == 0:
-        return float("inf")
-    return float(10 * torch.log10(signal / noise))
-
-
 @pytest.fixture
 def gen() -> torch.Generator:
     """A fresh, seeded CPU generator per test."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def tiny_bert() -> torch.nn.Module:
+    """A 2-layer BertModel (hidden 64, FFN 128) with seeded random weights, eval mode."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=120,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+    )
+    return BertModel(cfg).eval()

@@ -9,10 +9,10 @@ import math
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import documented_errors, fuzz_settings, tensors, warnings_off
 
 import lowbit
 import lowbit.formats as F
-from fuzz_util import documented_errors, fuzz_settings, tensors, warnings_off
 from lowbit.quantizers import QTensor
 from lowbit.rounding import round_to_format
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.helpers import ref_mx, ref_round
 
 import lowbit.formats as F
 from lowbit.quantizers import Granularity, QTensor, pack_int4, quantize, unpack_int4
-from quant_refs import ref_mx, ref_round
 
 
 # ------------------------------------------------------------------------------------------- MX formats

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.helpers import boundary_values, ref_round
 
 import lowbit.formats as F
 from lowbit.quantizers import quantize
 from lowbit.rounding import round_float, round_to_format
-from quant_refs import boundary_values, ref_round
 
 FP8 = [(F.FP8_E4M3, torch.float8_e4m3fn), (F.FP8_E5M2, torch.float8_e5m2)]
 MINIFLOATS = [

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.helpers import ref_round
 
 import lowbit.formats as F
 from lowbit.quantizers import MSE_RATIOS, quantize
-from quant_refs import ref_round
 
 FORMATS = [F.INT4, F.INT8, F.FP8_E4M3, F.FP4_E2M1]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.ops.backend_cases import BACKENDS
+from tests.helpers import BACKENDS
 
 import lowbit.ops as ops
 from lowbit.formats import INT4_SYMMETRIC, IntFormat, int_format

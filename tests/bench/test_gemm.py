@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.ops.backend_cases import BACKENDS
+from tests.helpers import BACKENDS
 
 import lowbit.ops as ops
 from lowbit.experiments import bench

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.helpers import fuzz_settings
 
-from fuzz_util import fuzz_settings
 from lowbit.data.fashion_mnist import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
 from lowbit.data.rotten_tomatoes import load_text_csv
 from lowbit.data.text import load_text_file

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from tests.helpers import single_thread  # noqa: F401  (autouse: this folder runs on one thread)
 
 from lowbit.experiments.config import TrainConfig
 
@@ -71,14 +72,3 @@ def tiny_config(task: str, out: Path, data: Path | None = None, **overrides: obj
 def tiny():
     """``tiny_config`` as a fixture (test modules cannot import a conftest by name)."""
     return tiny_config
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One CPU thread: tiny models only lose time to thread spin-waits on a shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

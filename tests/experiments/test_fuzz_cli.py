@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.helpers import check_error, fuzz_settings
 
-from fuzz_util import check_error, fuzz_settings
 from lowbit import cli
 from lowbit.experiments import checkpoint as ckpt
 from lowbit.experiments.checkpoint import CheckpointError

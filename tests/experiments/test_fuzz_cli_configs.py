@@ -8,8 +8,8 @@ import argparse
 
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import check_error, fuzz_settings
 
-from fuzz_util import check_error, fuzz_settings
 from lowbit.experiments import bench, main_job, ptq_formats
 from lowbit.experiments import ptq as ptq_cli
 from lowbit.experiments.guard import UserError

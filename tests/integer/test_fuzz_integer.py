@@ -11,8 +11,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import documented_errors, fuzz_settings, tensors
 
-from fuzz_util import documented_errors, fuzz_settings, tensors
 from lowbit.integer import Dyadic, IntegerConfig, ScaledInt, add, convert, rescale
 from lowbit.models.gpt import GPT, GPTConfig
 

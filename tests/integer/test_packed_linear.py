@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.ops.backend_cases import NATIVE_ISAS
+from tests.helpers import NATIVE_ISAS
 
 from lowbit.integer.fast import PackedLinear, requant_channels, to_offset
 from lowbit.ops import backends, int_matmul, native

@@ -8,8 +8,8 @@ import functools
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import documented_errors, fuzz_settings
 
-from fuzz_util import documented_errors, fuzz_settings
 from lowbit.models.gpt import GPT, GPTConfig
 
 VOCAB, BLOCK = 13, 6

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from tests.ops.backend_cases import BACKENDS, NATIVE_ISAS
+from tests.helpers import BACKENDS, NATIVE_ISAS
 
 import lowbit.ops as ops
 from lowbit.ops import backends, native

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.fuzz_util import SPECIALS, documented_errors, fuzz_settings
+from tests.helpers import SPECIALS, documented_errors, fuzz_settings
 
 import lowbit.ops as ops
 from lowbit.ops import backends, reference

@@ -9,7 +9,7 @@ import lowbit.ops as ops
 from lowbit.ops import native, reference
 
 needs_native = pytest.mark.skipif(not native.available(), reason=native.why_not_native() or "native")
-from tests.ops.backend_cases import BACKENDS  # noqa: E402
+from tests.helpers import BACKENDS  # noqa: E402
 
 
 def exact_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

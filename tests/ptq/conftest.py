@@ -1,37 +1,10 @@
-"""PTQ test fixtures: a tiny randomly initialised BertModel and token batches (single-threaded tests)."""
+"""PTQ test fixtures: token batches for the tiny BertModel of tests/conftest.py (single-threaded tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny matmuls on a shared CPU run faster on one thread; restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture
-def tiny_bert() -> torch.nn.Module:
-    """A 2-layer BertModel (hidden 64, FFN 128) with seeded random weights, eval mode."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=120,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    return BertModel(cfg).eval()
+from tests.helpers import single_thread  # noqa: F401  (autouse: this folder runs on one thread)
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import struct
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import check_error, fuzz_settings
 
-from fuzz_util import check_error, fuzz_settings
 from lowbit import ptq
 from lowbit.ptq import CheckpointError, PTQConfig
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests.helpers import ref_round
 
 import lowbit.formats as F
 from lowbit.ptq.observers import HistogramObserver, ObserverSpec
-from quant_refs import ref_round
 
 
 def _data(gen: torch.Generator) -> list[torch.Tensor]:

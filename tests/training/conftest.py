@@ -3,15 +3,4 @@ milliseconds per op (measured: torch.round on 64x48 took 13 ms with 2 threads, 2
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.helpers import single_thread  # noqa: F401  (autouse: this folder runs on one thread)

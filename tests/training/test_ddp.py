@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tests.conftest import sqnr_db
+from tests.helpers import sqnr_db
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 

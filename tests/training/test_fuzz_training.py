@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import documented_errors, fuzz_settings, tensors
 from torch import nn
 
 import lowbit
-from fuzz_util import documented_errors, fuzz_settings, tensors
 from lowbit.training import QuantLinear
 
 RECIPES = ["int4", "int8", "int4-naive", "fp32", "int4-sample", "int16", "", None, 4]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import sqnr_db
+from tests.helpers import sqnr_db
 from torch import nn
 
 from lowbit.training import QuantLinear
