@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers import BACKENDS  # noqa: E402
+from tests.helpers import BACKENDS
 
 import lowbit.ops as ops
 from lowbit.ops import backends, native, reference

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers import BACKENDS  # noqa: E402
+from tests.helpers import BACKENDS
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit.ops  # noqa: F401 - registers the ops

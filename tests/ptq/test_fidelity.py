@@ -9,13 +9,13 @@ import torch
 
 pytest.importorskip("transformers")
 
-from lowbit import ptq  # noqa: E402
-from lowbit.ptq.fidelity import layer_sqnr, sqnr_db  # noqa: E402
+from lowbit import ptq
+from lowbit.ptq.fidelity import layer_sqnr, sqnr_db
 
 TEXTS = ["hello world", "a", "post-training quantization", "lowbit"]
 
 
-def _tokenizer(texts, padding, truncation, max_length, return_tensors):  # noqa: ANN001, ANN202
+def _tokenizer(texts, padding, truncation, max_length, return_tensors):
     """Characters as ids, padded with zeros (the interface ``models.bert.tokenize`` calls)."""
     n = max(len(t) for t in texts)
     ids = torch.zeros(len(texts), n, dtype=torch.long)
