@@ -1,5 +1,5 @@
-"""Fuzz the CLI entries not covered by test_fuzz_cli (issue 14): ``lowbit ptq --formats`` and its flags (the
-format entries and the configs built from them), ``lowbit main --steps`` and ``lowbit bench``'s choices.
+"""Fuzz the CLI entries not covered by test_cli_fuzz.py (issue 14): ``lowbit ptq --formats`` and its flags
+(the format entries and the configs built from them), ``lowbit main --steps`` and ``lowbit bench``'s choices.
 Each input gives a result or a ValueError / UserError naming the problem — never another exception."""
 
 from __future__ import annotations
