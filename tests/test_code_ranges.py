@@ -1,10 +1,10 @@
-"""Every integer code range lowbit uses is owned by lowbit.formats; the modules' names are aliases of them."""
+"""Every integer code range lowbit uses is owned by lowbit.formats; no module keeps an alias name of its own."""
 
 from __future__ import annotations
 
 import lowbit.formats as F
 from lowbit.integer import fast, kernels, scaled
-from lowbit.ops import api, native_gemm
+from lowbit.ops import api, gemm_plan, native_gemm
 from lowbit.ptq import modules
 from lowbit.training import functional, lsq
 
@@ -24,13 +24,33 @@ def test_named_ranges_keep_their_reasons():
     assert not F.U8S8_WEIGHT_RANGE.contains(*F.INT8_SYMMETRIC)
 
 
-def test_module_aliases_are_the_formats_ranges():
-    assert (lsq.QMIN, lsq.QMAX, lsq.LSQ_QPOS) == (-8, 7, 7) and functional.INT4_QMAX == 7
-    assert scaled.INT8_MAX == 127 and kernels.PROB_MAX == 127 and fast.W7_RANGE == 64
-    assert modules.SEVEN_BIT_WEIGHT == 63 and api.CODE_RANGE == {8: (-128, 127), 4: (-8, 7)}
+def test_module_names_are_the_formats_ranges():
+    """The modules' former alias names, each replaced by the formats name it stood for (same values)."""
+    assert (F.INT4_RANGE.lo, F.INT4_RANGE.hi, lsq.LSQ_QPOS) == (-8, 7, 7) and F.INT4_SYMMETRIC.hi == 7
+    assert F.INT8_SYMMETRIC.hi == 127 and F.PROB_RANGE.hi == 127 and F.U8S8_WEIGHT_RANGE.magnitude == 64
+    assert F.W7_WEIGHT_RANGE.hi == 63
+    assert {b: F.int_format(b).code_range for b in (8, 4)} == {8: (-128, 127), 4: (-8, 7)}
     assert api.MAX_K == {8: (2**31 - 1) // (128 * 128), 4: (2**31 - 1) // (8 * 8)}
-    assert native_gemm.FOUR_BIT == (-8, 7) and native_gemm.SEVEN_BIT == (-64, 64)
-    assert native_gemm.SEVEN_BIT_A == (-64, 63)
+    assert F.INT4_RANGE == (-8, 7) and F.U8S8_WEIGHT_RANGE == (-64, 64)
+    assert F.U8S8_ACT_RANGE == (-64, 63)
+
+
+def test_the_alias_names_are_gone():
+    kernel_ranges = ("FOUR_BIT", "SEVEN_BIT", "SEVEN_BIT_A")
+    old = {
+        lsq: ("QMIN", "QMAX"),
+        functional: ("INT4_QMAX",),
+        scaled: ("INT8_MAX",),
+        kernels: ("PROB_MAX",),
+        fast: ("W7_RANGE",),
+        modules: ("SEVEN_BIT_WEIGHT",),
+        api: ("CODE_RANGE",),
+        native_gemm: kernel_ranges,
+        gemm_plan: kernel_ranges,
+    }
+    assert {m.__name__: [n for n in names if hasattr(m, n)] for m, names in old.items()} == {
+        m.__name__: [] for m in old
+    }
 
 
 def _lowbit_imports(module: str) -> set[str]:

@@ -186,9 +186,6 @@ def _norm_int32(k: kernels.NormConstants) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------- packed linear with fused requantization
 
-#: |weight code| bound of the fused GEMM's u8 x s8 path (lowbit.formats.U8S8_WEIGHT_RANGE: 255·64·2 < 2^15).
-W7_RANGE = U8S8_WEIGHT_RANGE.magnitude
-
 
 class PackedLinear:
     """An int8 weight (N, K) packed once for ``lowbit_int_gemm_rq``, with its folded requantization constants.
@@ -211,7 +208,7 @@ class PackedLinear:
     ) -> None:
         n, k = weight.shape
         wmax = int(weight.to(torch.int16).abs().max()) if weight.numel() else 0
-        self.wide = wmax > W7_RANGE
+        self.wide = wmax > U8S8_WEIGHT_RANGE.magnitude  # the u8 x s8 path's weight bound
         if (k % 4 and not self.wide) or k % 2 or (self.wide and off):
             raise ValueError(
                 "PackedLinear needs weight codes in [-64, 64] with K % 4 == 0, or any int8 codes with K even "

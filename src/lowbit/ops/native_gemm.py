@@ -17,7 +17,6 @@ import torch
 from lowbit.formats import INT8_RANGE
 from lowbit.ops import native
 from lowbit.ops.gemm_plan import (  # noqa: F401 (re-exported: callers name them native_gemm.*)
-    FOUR_BIT,
     ISAS,
     KIND_BF16,
     KIND_INT4,
@@ -27,8 +26,6 @@ from lowbit.ops.gemm_plan import (  # noqa: F401 (re-exported: callers name them
     KIND_VNNI,
     MR,
     NR,
-    SEVEN_BIT,
-    SEVEN_BIT_A,
     packed_nbytes,
     plan,
 )

@@ -49,7 +49,6 @@ from lowbit.scales import compute_scale
 # weights x activation codes in [-64, 63] both take the u8 x s8 (vpmaddubsw) path; "exact" (full-range
 # codes on both sides, the paper's INT8) takes the exact int16 kernel at ~0.7x its speed.
 INT8_KERNELS = ("w7", "a7", "exact")
-SEVEN_BIT_WEIGHT = W7_WEIGHT_RANGE.hi  # |w code| bound of "w7", 63 (the u8 x s8 rule accepts [-64, 64])
 
 
 class Int8Linear(PTQLinear):
@@ -70,10 +69,10 @@ class Int8Linear(PTQLinear):
         kernel = self.kernel
         if kernel == "w7" and self.w_codes.numel():
             lo, hi = (int(v) for v in torch.aminmax(self.w_codes))
-            if lo < -SEVEN_BIT_WEIGHT or hi > SEVEN_BIT_WEIGHT:
+            if not W7_WEIGHT_RANGE.contains(lo, hi):
                 raise ValueError(
-                    f"int8_kernel='w7' needs weight codes in [-{SEVEN_BIT_WEIGHT}, {SEVEN_BIT_WEIGHT}], got "
-                    f"[{lo}, {hi}]"
+                    f"int8_kernel='w7' needs weight codes in [{W7_WEIGHT_RANGE.lo}, {W7_WEIGHT_RANGE.hi}], "
+                    f"got [{lo}, {hi}]"
                 )
         self._packed: ops.PackedWeight | None = None
         self._packed_key: tuple | None = None

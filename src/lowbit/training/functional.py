@@ -26,8 +26,6 @@ from lowbit.training.leverage import select_rows
 from lowbit.training.lsq import clip_mask, lsq_grad_scale, lsq_quantize, lsq_step_grad
 from lowbit.training.recipes import Recipe
 
-INT4_QMAX = INT4_SYMMETRIC.hi  # symmetric absmax INT4 (int4-naive): codes in [-7, 7]
-
 
 def _row_norms(codes: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(codes.float(), dim=1)
@@ -273,7 +271,7 @@ def _per_tensor_int4(
             "rate, clip gradients, or torch.nan_to_num the input)"
         )
     # the one symmetric quantizer, without the float32-normal floor (a tiny absmax keeps its subnormal scale)
-    scale = symmetric_scale(amax, INT4_QMAX, floor=None, zero_scale=1.0)
+    scale = symmetric_scale(amax, INT4_SYMMETRIC.hi, floor=None, zero_scale=1.0)
     return symmetric_codes(t32, scale, INT4_SYMMETRIC), scale
 
 
