@@ -1,4 +1,4 @@
-"""Every integer code range lowbit uses is owned by lowbit.formats; no module keeps an alias name of its own."""
+"""Every integer code range lowbit uses is owned by lowbit.formats; no module keeps an alias of its own."""
 
 from __future__ import annotations
 

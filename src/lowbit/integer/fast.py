@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.formats import INT8_SYMMETRIC, U8S8_WEIGHT_RANGE
+from lowbit.formats import INT8_RANGE, INT8_SYMMETRIC, U8S8_WEIGHT_RANGE, UINT8
 from lowbit.integer import kernels
 from lowbit.integer._native import _lib, _threads, native_kernels_enabled  # noqa: F401 (graph imports it here)
 from lowbit.integer.fast_attention import attention_fused, attention_rows  # noqa: F401 (re-exported)
@@ -235,7 +235,7 @@ class PackedLinear:
         self.sub = ((1 << 62) >> self.shift).contiguous()
         # fast epilogue: acc + bias and |y| provably inside int32 for every input (codes in [-128, 127] for
         # off 128 and the int16 path, [0, 255] for off 0)
-        amax = 255 if (off == 0 and not self.wide) else 128
+        amax = UINT8.qmax if (off == 0 and not self.wide) else INT8_RANGE.magnitude
         x_bound = amax * int(weight.to(torch.int64).abs().sum(1).max()) + int(b.abs().max())
         y_bound = (x_bound * self.mult + self.add - (1 << 62)) >> self.shift
         self.fast = x_bound < 2**31 - 1 and int(y_bound.max()) < 2**30  # (|y| <= y_bound + 2: margin)
