@@ -68,3 +68,21 @@ def test_formats_is_the_bottom_layer():
     assert _lowbit_imports("lowbit.formats") == set()
     assert _lowbit_imports("lowbit.granularity") == {"lowbit.formats"}
     assert _lowbit_imports("lowbit.ops.gemm_plan") == {"lowbit.formats"}
+
+
+def test_formats_package_imports_only_its_own_modules():
+    """lowbit.formats is a package whose modules import one another (relative, level 1) and nothing else of
+    lowbit, so the whole package is the bottom layer."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(importlib.util.find_spec("lowbit.formats").origin).parent
+    modules = sorted(p.stem for p in root.glob("*.py"))
+    assert {"__init__", "ints", "floats", "mx", "ranges", "names"} <= set(modules)
+    for stem in modules:
+        name = "lowbit.formats" if stem == "__init__" else f"lowbit.formats.{stem}"
+        assert _lowbit_imports(name) == set(), name
+        tree = ast.parse((root / f"{stem}.py").read_text(encoding="utf-8"))
+        levels = {n.level for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert levels <= {0, 1}, name
