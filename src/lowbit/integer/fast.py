@@ -25,7 +25,7 @@ import torch
 
 from lowbit.formats import INT8_RANGE, INT8_SYMMETRIC, U8S8_WEIGHT_RANGE, UINT8
 from lowbit.integer import kernels
-from lowbit.integer._native import _lib, _threads, native_kernels_enabled  # noqa: F401 (graph imports it here)
+from lowbit.integer._native import _lib, _threads, native_kernels_enabled
 from lowbit.integer.fast_attention import attention_fused, attention_rows  # noqa: F401 (re-exported)
 from lowbit.ops import backends
 

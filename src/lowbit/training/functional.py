@@ -279,7 +279,7 @@ class Int4NaiveLinearFn(torch.autograd.Function):
     """Per-tensor round-to-nearest INT4 for X, W and ∇Y; no Hadamard, no bit splitting, no sampling."""
 
     @staticmethod
-    def forward(ctx: Any, x, weight, bias, recipe: Recipe):  # noqa: D102
+    def forward(ctx: Any, x, weight, bias, recipe: Recipe):
         x_int4, sx = _per_tensor_int4(x, recipe.group)
         w_int4, sw = _per_tensor_int4(weight, name="weight")
         y = int_matmul_scaled(
@@ -290,7 +290,7 @@ class Int4NaiveLinearFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad_out):  # noqa: D102
+    def backward(ctx: Any, grad_out):
         x_int4, w_int4, sx, sw = ctx.saved_tensors
         g_int4, sg = _per_tensor_int4(grad_out, ctx.group, "output gradient")
         grad_x = grad_w = grad_b = None
