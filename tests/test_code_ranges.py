@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import lowbit.formats as F
-from lowbit.integer import fast, kernels, scaled
-from lowbit.ops import api, gemm_plan, native_gemm
-from lowbit.ptq import modules
-from lowbit.training import functional, lsq
+from lowbit.ops import api
+from lowbit.training import lsq
 
 
 def test_named_ranges_have_their_values():
@@ -33,24 +31,6 @@ def test_module_names_are_the_formats_ranges():
     assert api.MAX_K == {8: (2**31 - 1) // (128 * 128), 4: (2**31 - 1) // (8 * 8)}
     assert F.INT4_RANGE == (-8, 7) and F.U8S8_WEIGHT_RANGE == (-64, 64)
     assert F.U8S8_ACT_RANGE == (-64, 63)
-
-
-def test_the_alias_names_are_gone():
-    kernel_ranges = ("FOUR_BIT", "SEVEN_BIT", "SEVEN_BIT_A")
-    old = {
-        lsq: ("QMIN", "QMAX"),
-        functional: ("INT4_QMAX",),
-        scaled: ("INT8_MAX",),
-        kernels: ("PROB_MAX",),
-        fast: ("W7_RANGE",),
-        modules: ("SEVEN_BIT_WEIGHT",),
-        api: ("CODE_RANGE",),
-        native_gemm: kernel_ranges,
-        gemm_plan: kernel_ranges,
-    }
-    assert {m.__name__: [n for n in names if hasattr(m, n)] for m, names in old.items()} == {
-        m.__name__: [] for m in old
-    }
 
 
 def _lowbit_imports(module: str) -> set[str]:
