@@ -1,12 +1,10 @@
-"""Every integer code range lowbit uses is owned by lowbit.formats; the modules' names are aliases of them."""
+"""Every integer code range lowbit uses is owned by lowbit.formats; no module keeps an alias of its own."""
 
 from __future__ import annotations
 
 import lowbit.formats as F
-from lowbit.integer import fast, kernels, scaled
-from lowbit.ops import api, native_gemm
-from lowbit.ptq import modules
-from lowbit.training import functional, lsq
+from lowbit.ops import api
+from lowbit.training import lsq
 
 
 def test_named_ranges_have_their_values():
@@ -24,13 +22,15 @@ def test_named_ranges_keep_their_reasons():
     assert not F.U8S8_WEIGHT_RANGE.contains(*F.INT8_SYMMETRIC)
 
 
-def test_module_aliases_are_the_formats_ranges():
-    assert (lsq.QMIN, lsq.QMAX, lsq.LSQ_QPOS) == (-8, 7, 7) and functional.INT4_QMAX == 7
-    assert scaled.INT8_MAX == 127 and kernels.PROB_MAX == 127 and fast.W7_RANGE == 64
-    assert modules.SEVEN_BIT_WEIGHT == 63 and api.CODE_RANGE == {8: (-128, 127), 4: (-8, 7)}
+def test_module_names_are_the_formats_ranges():
+    """The modules' former alias names, each replaced by the formats name it stood for (same values)."""
+    assert (F.INT4_RANGE.lo, F.INT4_RANGE.hi, lsq.LSQ_QPOS) == (-8, 7, 7) and F.INT4_SYMMETRIC.hi == 7
+    assert F.INT8_SYMMETRIC.hi == 127 and F.PROB_RANGE.hi == 127 and F.U8S8_WEIGHT_RANGE.magnitude == 64
+    assert F.W7_WEIGHT_RANGE.hi == 63
+    assert {b: F.int_format(b).code_range for b in (8, 4)} == {8: (-128, 127), 4: (-8, 7)}
     assert api.MAX_K == {8: (2**31 - 1) // (128 * 128), 4: (2**31 - 1) // (8 * 8)}
-    assert native_gemm.FOUR_BIT == (-8, 7) and native_gemm.SEVEN_BIT == (-64, 64)
-    assert native_gemm.SEVEN_BIT_A == (-64, 63)
+    assert F.INT4_RANGE == (-8, 7) and F.U8S8_WEIGHT_RANGE == (-64, 64)
+    assert F.U8S8_ACT_RANGE == (-64, 63)
 
 
 def _lowbit_imports(module: str) -> set[str]:
@@ -48,3 +48,21 @@ def test_formats_is_the_bottom_layer():
     assert _lowbit_imports("lowbit.formats") == set()
     assert _lowbit_imports("lowbit.granularity") == {"lowbit.formats"}
     assert _lowbit_imports("lowbit.ops.gemm_plan") == {"lowbit.formats"}
+
+
+def test_formats_package_imports_only_its_own_modules():
+    """lowbit.formats is a package whose modules import one another (relative, level 1) and nothing else of
+    lowbit, so the whole package is the bottom layer."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(importlib.util.find_spec("lowbit.formats").origin).parent
+    modules = sorted(p.stem for p in root.glob("*.py"))
+    assert {"__init__", "ints", "floats", "mx", "ranges", "names"} <= set(modules)
+    for stem in modules:
+        name = "lowbit.formats" if stem == "__init__" else f"lowbit.formats.{stem}"
+        assert _lowbit_imports(name) == set(), name
+        tree = ast.parse((root / f"{stem}.py").read_text(encoding="utf-8"))
+        levels = {n.level for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert levels <= {0, 1}, name

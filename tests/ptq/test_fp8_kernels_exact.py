@@ -9,7 +9,7 @@ import torch
 
 from lowbit import ptq
 from lowbit.formats import FP8_E4M3, FP8_E5M2, get_format
-from lowbit.ops import native, native_gemm, reference
+from lowbit.ops import native, native_bf16, native_gemm, reference
 from lowbit.ptq import fp8_kernels as K
 from lowbit.quantizers import quantize
 
@@ -125,7 +125,7 @@ def test_mx_fake_quantize_matches_quantize_dequantize(name) -> None:
 
 
 needs_bf16 = pytest.mark.skipif(
-    not native_gemm.has_bf16_dot(), reason=native.why_not_native() or "this CPU lacks avx512_bf16 (vdpbf16ps)"
+    not native_bf16.has_bf16_dot(), reason=native.why_not_native() or "this CPU lacks avx512_bf16 (vdpbf16ps)"
 )
 
 
@@ -167,14 +167,14 @@ def test_bf16_kernel_matches_its_reference_order(m, n, k) -> None:
     sa, sb = torch.rand(m, generator=gen) + 0.5, torch.rand(n, generator=gen) + 0.5
     bias = torch.randn(n, generator=gen)
     out = torch.empty(m, n)
-    native_gemm.bf16_matmul_scaled(a, native_gemm.pack_bf16(w, native_gemm.NR), n, sa, sb, bias, out)
+    native_bf16.bf16_matmul_scaled(a, native_bf16.pack_bf16(w, native_gemm.NR), n, sa, sb, bias, out)
     want = reference.bf16_dot_matmul(a, w) * sa.reshape(-1, 1) * sb.reshape(1, -1) + bias
     assert torch.equal(out, want)
 
 
 def test_bf16_dot_refused_where_unavailable(monkeypatch, tiny_bert, batches) -> None:
     model = copy.deepcopy(tiny_bert)
-    monkeypatch.setattr(native_gemm, "has_bf16_dot", lambda: False)
+    monkeypatch.setattr(native_bf16, "has_bf16_dot", lambda: False)
     ptq.quantize(model, ptq.PTQConfig(fp8_compute="bf16_dot"), ptq.calibrate(model, batches[:2]))
     layer = model.encoder.layer[0].attention.self.query
     with pytest.raises(RuntimeError, match="avx512_bf16|AVX512-BF16"):

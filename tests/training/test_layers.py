@@ -7,9 +7,10 @@ import torch
 from tests.helpers import sqnr_db
 from torch import nn
 
+from lowbit.formats import INT4_RANGE
 from lowbit.training import QuantLinear
 from lowbit.training.hadamard_quant import block_transform
-from lowbit.training.lsq import QMAX, QMIN, lsq_grad_scale, lsq_quantize
+from lowbit.training.lsq import lsq_grad_scale, lsq_quantize
 from lowbit.transforms import hadamard_matrix
 
 # Minimum SQNR (dB) vs the float64 product / exact float64 gradients on `_outlier_data` (3 seeds, min taken).
@@ -137,8 +138,8 @@ def test_lsq_step_gradient_matches_finite_differences() -> None:
         def q_hat(t: torch.Tensor, s0: float, s: float) -> torch.Tensor:
             v0 = t / s0
             r0 = torch.round(v0)
-            inside = (r0 >= QMIN) & (r0 <= QMAX)
-            return torch.where(inside, t + s * (r0 - v0), s * r0.clamp(QMIN, QMAX))
+            inside = (r0 >= INT4_RANGE.lo) & (r0 <= INT4_RANGE.hi)
+            return torch.where(inside, t + s * (r0 - v0), s * r0.clamp(INT4_RANGE.lo, INT4_RANGE.hi))
 
         xh = block_transform(x, block).double()
         wh = block_transform(q.weight, block).double()

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
+from lowbit.formats import INT4_RANGE
 from lowbit.training import QuantLinear, get_recipe
 from lowbit.training.hadamard_quant import block_transform
-from lowbit.training.lsq import LSQ_INITS, QMAX, QMIN, init_step, lsq_init, lsq_init_mse, quant_sse
+from lowbit.training.lsq import LSQ_INITS, init_step, lsq_init, lsq_init_mse, quant_sse
 from lowbit.training.recipes import RECIPES
 
 
@@ -18,14 +19,15 @@ def _sse_reference(x: torch.Tensor, step: float) -> float:
     """The quantization error written out plainly, in float64 (independent of ``quant_sse``)."""
     x64 = x.double().reshape(-1)
     s = torch.tensor(step, dtype=torch.float32).double()
-    codes = torch.clamp(torch.round(x.float().reshape(-1) / float(step)), QMIN, QMAX).double()
+    codes = torch.round(x.float().reshape(-1) / float(step))
+    codes = torch.clamp(codes, INT4_RANGE.lo, INT4_RANGE.hi).double()
     return float(((codes * s - x64) ** 2).sum())
 
 
 def _brute_force_best(x: torch.Tensor) -> float:
     """The smallest error over 6,000 steps: a fine linear and a fine geometric grid up to the no-clip step."""
     v = x.reshape(-1).float()
-    s_full = max(float(v.max()) / QMAX, -float(v.min()) / -QMIN)
+    s_full = max(float(v.max()) / INT4_RANGE.hi, -float(v.min()) / -INT4_RANGE.lo)
     linear = [s_full * k / 3000 for k in range(1, 3001)]
     geometric = [s_full * 2.0 ** (-12 * k / 3000) for k in range(3000)]
     return min(_sse_reference(v, s) for s in linear + geometric)

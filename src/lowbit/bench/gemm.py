@@ -45,6 +45,7 @@ import torch
 
 import lowbit.ops as ops
 from lowbit.files import atomic_write_text
+from lowbit.formats import INT4_SYMMETRIC, INT8_SYMMETRIC, W7_WEIGHT_RANGE
 from lowbit.ops import backends, native_gemm
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,11 @@ def _time(fn: Callable[[], object]) -> float:
 
 # lowbit rows: (name, weight bits, weight qmax, activation bits, static per-tensor activation scale)
 LOWBIT_ROWS = [
-    ("int4", 4, 7, 4, False),
-    ("int8", 8, 63, 8, False),
-    ("int8-a7", 8, 127, 7, False),
-    ("int8-full", 8, 127, 8, False),
-    ("int8-static", 8, 63, 8, True),
+    ("int4", 4, INT4_SYMMETRIC.hi, 4, False),
+    ("int8", 8, W7_WEIGHT_RANGE.hi, 8, False),
+    ("int8-a7", 8, INT8_SYMMETRIC.hi, 7, False),
+    ("int8-full", 8, INT8_SYMMETRIC.hi, 8, False),
+    ("int8-static", 8, W7_WEIGHT_RANGE.hi, 8, True),
 ]
 DTYPES = ["fp32", "bf16"] + [row[0] for row in LOWBIT_ROWS] + ["peer-onednn-int8", "torch-int-mm"]
 TORCH_BACKEND = {

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 import lowbit.formats as fmts
 from lowbit.files import atomic_write_text
-from lowbit.ops import backends, native_gemm
+from lowbit.ops import backends, native_bf16
 from lowbit.ptq.modules import LayerSpec, build_layer
 from lowbit.ptq.weights import encode_weight
 
@@ -83,7 +83,7 @@ def _variants(m: int, k: int, n: int) -> dict[str, Callable[[], torch.Tensor]]:
         "fp8 emul": lambda: layers["emulated"](x),
         "fp8 smm": lambda: layers["scaled_mm"](x),
     }
-    if native_gemm.has_bf16_dot():  # FP8 x FP8 on vdpbf16ps (AVX512-BF16)
+    if native_bf16.has_bf16_dot():  # FP8 x FP8 on vdpbf16ps (AVX512-BF16)
         variants["fp8 bf16dot"] = lambda: layers["bf16_dot"](x)
     xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
     variants["bf16"] = lambda: F.linear(xb, wb, bb)  # torch's bf16 linear (what an AMX / BF16 user runs)

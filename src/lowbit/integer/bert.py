@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lowbit.formats import PROB_RANGE
 from lowbit.integer import kernels
 from lowbit.integer.convert import (
     RESIDUAL_BITS,
@@ -238,7 +239,7 @@ def _fold_layer(
     return IntBertLayer(
         q=fold_linear(att.query, s_x, s_q, cfg), k=fold_linear(att.key, s_x, s_k, cfg),
         v=fold_linear(att.value, s_x, s_v, cfg),
-        attn=IntAttention(n_head, "softmax", round(2**ROW_CONST_BITS * s_v / (kernels.PROB_MAX * s_ctx)),
+        attn=IntAttention(n_head, "softmax", round(2**ROW_CONST_BITS * s_v / (PROB_RANGE.hi * s_ctx)),
                           kernels.ROW_FRAC_BITS + ROW_CONST_BITS,
                           exp=kernels.exp_constants(s_q * s_k / math.sqrt(hd))),
         x_to_r1=_dyadic32(s_x / s_r1, c),

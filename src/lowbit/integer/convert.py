@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lowbit.conversion import ConversionSummary, register
-from lowbit.formats import INT8_SYMMETRIC, CodeRange
+from lowbit.formats import INT8_SYMMETRIC, PROB_RANGE, CodeRange
 from lowbit.integer import kernels
 from lowbit.integer.graph import IntAttention, IntegerGPT, IntGPTBlock, IntLinear, IntNorm
 from lowbit.integer.scaled import Dyadic
@@ -223,7 +223,7 @@ def _fold_block(
     s_sc = s_q * s_k / math.sqrt(att.head_dim)
     bias = torch.round(att.poly_b.detach().to(torch.float64) / s_sc).to(torch.int64)
     delta = round(abs(float(att.poly_delta)) / s_sc**2)
-    row_const = round(2**ROW_CONST_BITS * s_v / (kernels.PROB_MAX * s_y))
+    row_const = round(2**ROW_CONST_BITS * s_v / (PROB_RANGE.hi * s_y))
     if att.poly_power != 2:
         raise ValueError(f"integer poly attention implements n=2, got {att.poly_power}")
     return IntGPTBlock(

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.formats import INT8_SYMMETRIC, U8S8_WEIGHT_RANGE
+from lowbit.formats import INT8_RANGE, INT8_SYMMETRIC, U8S8_WEIGHT_RANGE, UINT8
 from lowbit.integer import kernels
-from lowbit.integer._native import _lib, _threads, native_kernels_enabled  # noqa: F401 (graph imports it here)
+from lowbit.integer._native import _lib, _threads, native_kernels_enabled
 from lowbit.integer.fast_attention import attention_fused, attention_rows  # noqa: F401 (re-exported)
 from lowbit.ops import backends
 
@@ -186,9 +186,6 @@ def _norm_int32(k: kernels.NormConstants) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------- packed linear with fused requantization
 
-#: |weight code| bound of the fused GEMM's u8 x s8 path (lowbit.formats.U8S8_WEIGHT_RANGE: 255·64·2 < 2^15).
-W7_RANGE = U8S8_WEIGHT_RANGE.magnitude
-
 
 class PackedLinear:
     """An int8 weight (N, K) packed once for ``lowbit_int_gemm_rq``, with its folded requantization constants.
@@ -211,7 +208,7 @@ class PackedLinear:
     ) -> None:
         n, k = weight.shape
         wmax = int(weight.to(torch.int16).abs().max()) if weight.numel() else 0
-        self.wide = wmax > W7_RANGE
+        self.wide = wmax > U8S8_WEIGHT_RANGE.magnitude  # the u8 x s8 path's weight bound
         if (k % 4 and not self.wide) or k % 2 or (self.wide and off):
             raise ValueError(
                 "PackedLinear needs weight codes in [-64, 64] with K % 4 == 0, or any int8 codes with K even "
@@ -238,7 +235,7 @@ class PackedLinear:
         self.sub = ((1 << 62) >> self.shift).contiguous()
         # fast epilogue: acc + bias and |y| provably inside int32 for every input (codes in [-128, 127] for
         # off 128 and the int16 path, [0, 255] for off 0)
-        amax = 255 if (off == 0 and not self.wide) else 128
+        amax = UINT8.qmax if (off == 0 and not self.wide) else INT8_RANGE.magnitude
         x_bound = amax * int(weight.to(torch.int64).abs().sum(1).max()) + int(b.abs().max())
         y_bound = (x_bound * self.mult + self.add - (1 << 62)) >> self.shift
         self.fast = x_bound < 2**31 - 1 and int(y_bound.max()) < 2**30  # (|y| <= y_bound + 2: margin)

@@ -31,24 +31,12 @@ def attention_rows(
         raise ValueError(
             f"scores must be contiguous int32 (B, H, T, T), got {scores.dtype} {tuple(scores.shape)}"
         )
-    if (poly_bias is None) == (exp is None):
-        raise ValueError("give exactly one of poly_bias (poly attention) and exp (softmax attention)")
+    _check_one_weighting(poly_bias, exp)
     if not native_kernels_enabled(backend):
-        mask = torch.ones(t, t, dtype=torch.bool).tril() if causal else None
-        if key_mask is not None:
-            km = key_mask.view(b, 1, 1, t)
-            mask = km if mask is None else mask & km
-        if poly_bias is not None:
-            w = kernels.poly_weights(scores, poly_bias, delta, mask)
-        else:
-            w = kernels.softmax_weights(scores, exp, mask)
-        codes, mult = kernels.normalize_rows(w, row_const)
-        return codes, mult.squeeze(-1)
+        return _attention_rows_reference(scores, causal, key_mask, row_const, poly_bias, delta, exp)
     codes = torch.empty(b, h, t, t, dtype=torch.int8)
     mult = torch.empty(b, h, t, dtype=torch.int64)
-    km = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
-    pb = poly_bias.reshape(h).to(torch.int64).contiguous() if poly_bias is not None else None
-    e = exp or kernels.ExpConstants(1, 0, 0)
+    km, pb, e = _kernel_operands(key_mask, poly_bias, h, exp)
     _lib().lowbit_int_attn_rows(
         scores.data_ptr(),
         b * h * t,
@@ -73,6 +61,73 @@ def attention_rows(
     return codes, mult
 
 
+def _check_one_weighting(poly_bias: torch.Tensor | None, exp: kernels.ExpConstants | None) -> None:
+    if (poly_bias is None) == (exp is None):
+        raise ValueError("give exactly one of poly_bias (poly attention) and exp (softmax attention)")
+
+
+def _attention_rows_reference(
+    scores: torch.Tensor,
+    causal: bool,
+    key_mask: torch.Tensor | None,
+    row_const: int,
+    poly_bias: torch.Tensor | None,
+    delta: int,
+    exp: kernels.ExpConstants | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_rows` in PyTorch (:mod:`lowbit.integer.kernels`): the same integers."""
+    b, _, t, _ = scores.shape
+    mask = torch.ones(t, t, dtype=torch.bool).tril() if causal else None
+    if key_mask is not None:
+        km = key_mask.view(b, 1, 1, t)
+        mask = km if mask is None else mask & km
+    if poly_bias is not None:
+        w = kernels.poly_weights(scores, poly_bias, delta, mask)
+    else:
+        w = kernels.softmax_weights(scores, exp, mask)
+    codes, mult = kernels.normalize_rows(w, row_const)
+    return codes, mult.squeeze(-1)
+
+
+def _kernel_operands(
+    key_mask: torch.Tensor | None,
+    poly_bias: torch.Tensor | None,
+    heads: int,
+    exp: kernels.ExpConstants | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, kernels.ExpConstants]:
+    """The native kernels' key mask (uint8), per-head poly bias (int64), i-exp constants (unused for poly)."""
+    km = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
+    pb = poly_bias.reshape(heads).to(torch.int64).contiguous() if poly_bias is not None else None
+    return km, pb, exp or kernels.ExpConstants(1, 0, 0)
+
+
+def _check_fused_args(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_head: int,
+    poly_bias: torch.Tensor | None,
+    exp: kernels.ExpConstants | None,
+    out_off: int,
+) -> None:
+    """q, k, v int8 (B, T, C) with q's row stride and unit column stride, one weighting, C % n_head == 0,
+    out_off 0 or 128."""
+    _, t, c = q.shape
+    ld = q.stride(1)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        ok = x.dtype == torch.int8 and x.dim() == 3 and x.shape == q.shape and x.stride(2) == 1
+        if not ok or x.stride(1) != ld or x.stride(0) != t * ld or ld < c:
+            raise ValueError(
+                f"{name} must be int8 (B, T, C) like q with unit column stride and q's row stride, got "
+                f"{x.dtype} {tuple(x.shape)} strides {x.stride()}"
+            )
+    _check_one_weighting(poly_bias, exp)
+    if c % n_head:
+        raise ValueError(f"C={c} is not divisible by n_head={n_head}")
+    if out_off not in (0, 128):
+        raise ValueError(f"out_off must be 0 or 128, got {out_off}")
+
+
 def attention_fused(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -95,25 +150,10 @@ def attention_fused(
     skip the masked upper triangle. q, k, v may be column slices of one (B, T, 3C) tensor (a shared row
     stride, unit column stride). ``out_off=128``: returns uint8 ``code + 128``.
     """
+    _check_fused_args(q, k, v, n_head, poly_bias, exp, out_off)
     b, t, c = q.shape
-    ld = q.stride(1)
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        ok = x.dtype == torch.int8 and x.dim() == 3 and x.shape == q.shape and x.stride(2) == 1
-        if not ok or x.stride(1) != ld or x.stride(0) != t * ld or ld < c:
-            raise ValueError(
-                f"{name} must be int8 (B, T, C) like q with unit column stride and q's row stride, got "
-                f"{x.dtype} {tuple(x.shape)} strides {x.stride()}"
-            )
-    if (poly_bias is None) == (exp is None):
-        raise ValueError("give exactly one of poly_bias (poly attention) and exp (softmax attention)")
-    if c % n_head:
-        raise ValueError(f"C={c} is not divisible by n_head={n_head}")
-    if out_off not in (0, 128):
-        raise ValueError(f"out_off must be 0 or 128, got {out_off}")
     y = torch.empty(b, t, c, dtype=torch.uint8 if out_off else torch.int8)
-    km = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
-    pb = poly_bias.reshape(n_head).to(torch.int64).contiguous() if poly_bias is not None else None
-    e = exp or kernels.ExpConstants(1, 0, 0)
+    km, pb, e = _kernel_operands(key_mask, poly_bias, n_head, exp)
     lib = _lib()
     # head dims that are multiples of 16 take the blocked SIMD kernel (int_attn.c), others the row kernel
     fn = lib.lowbit_int_attention_blocked if (c // n_head) % 16 == 0 else lib.lowbit_int_attention
@@ -121,7 +161,7 @@ def attention_fused(
         q.data_ptr(),
         k.data_ptr(),
         v.data_ptr(),
-        ld,
+        q.stride(1),  # the row stride q, k, v share
         b,
         t,
         c,

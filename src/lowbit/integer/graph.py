@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lowbit.formats import U8S8_WEIGHT_RANGE
 from lowbit.integer import kernels
 from lowbit.integer.fast import (
-    W7_RANGE,
     PackedLinear,
     attention_fused,
     attention_rows,
@@ -65,7 +65,7 @@ def _packed(owner: object, off: int, parts) -> PackedLinear | None:
     if off in cache:
         return cache[off]
     w, bias, mult, shift, relu = parts()
-    seven = int(w.to(torch.int16).abs().max()) <= W7_RANGE
+    seven = int(w.to(torch.int16).abs().max()) <= U8S8_WEIGHT_RANGE.magnitude
     pl = None
     use_native = native_kernels_enabled("auto")
     if use_native and off >= 0 and w.shape[1] % 4 == 0 and seven:

@@ -13,11 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.formats import PROB_RANGE
-from lowbit.integer.scaled import INT8_MAX
-
-#: Attention probabilities are codes in [0, PROB_MAX] relative to their row's max (not an int8 saturation).
-PROB_MAX = PROB_RANGE.hi
+from lowbit.formats import INT8_SYMMETRIC, PROB_RANGE
 
 #: i-exp: exp(p) ≈ EXP_A·(p + EXP_B)² + EXP_C on p ∈ (−ln2, 0] (I-BERT's second-order fit).
 EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344
@@ -110,7 +106,7 @@ def _centred(x: torch.Tensor, k: NormConstants) -> torch.Tensor:
 
 def _affine(cx: torch.Tensor, den: torch.Tensor, k: NormConstants, extra: int) -> torch.Tensor:
     y = round_div(cx * extra * k.gamma + k.beta * den, den << k.gamma_shift)
-    return y.clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return y.clamp(*INT8_SYMMETRIC).to(torch.int8)
 
 
 def l1_layernorm(x: torch.Tensor, k: NormConstants) -> torch.Tensor:
@@ -139,7 +135,7 @@ def normalize_rows(weights: torch.Tensor, row_const: int) -> tuple[torch.Tensor,
     """
     wmax = weights.amax(-1, keepdim=True).clamp_min(1)
     wsum = weights.sum(-1, keepdim=True).clamp_min(1)
-    codes = round_div(weights * PROB_MAX, wmax).to(torch.int8)
+    codes = round_div(weights * PROB_RANGE.hi, wmax).to(torch.int8)
     ratio = round_div(wmax << ROW_FRAC_BITS, wsum)  # max/Σ in 2^-20 units, ≤ 2^20
     return codes, ratio * row_const
 

@@ -27,7 +27,6 @@ from lowbit.ops import int_matmul
 
 #: Multipliers are normalised into [2^(MULT_BITS-1), 2^MULT_BITS) so products with int32 fit in int64.
 MULT_BITS = 24
-INT8_MAX = INT8_SYMMETRIC.hi  # int8 values saturate symmetrically to [-127, 127]
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
@@ -87,7 +86,7 @@ class Dyadic:
 def saturate(x: torch.Tensor, dtype: torch.dtype = torch.int8) -> torch.Tensor:
     """Clamp an integer tensor to a symmetric ``dtype`` range (int8: [-127, 127]) and cast."""
     if dtype == torch.int8:
-        return x.clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+        return x.clamp(*INT8_SYMMETRIC).to(torch.int8)
     if dtype == torch.int32:
         return x.clamp(INT32_MIN, INT32_MAX).to(torch.int32)
     raise ValueError(f"saturate supports int8 and int32, got {dtype}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-LIB = torch.library.Library("lowbit", "DEF")  # noqa: TID251 - the one definition site of the namespace
+LIB = torch.library.Library("lowbit", "DEF")  # the one definition site of the namespace
 
 LIB.define("int_matmul(Tensor a, Tensor b, int bits, str layout, str backend) -> Tensor")
 LIB.define("int_matmul_out(Tensor a, Tensor b, int bits, str layout, str backend, Tensor(a!) out) -> ()")

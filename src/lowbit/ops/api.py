@@ -16,9 +16,9 @@ from lowbit.ops.backends import BACKENDS, BackendReport, use_backend
 
 __all__ = ["BACKENDS", "BackendReport", "use_backend"]
 LAYOUTS = ("nt", "nn", "tn")
-# Largest K whose int32 result cannot overflow for any codes: K * max|a*b| <= 2**31 - 1.
-CODE_RANGE = {8: INT8_RANGE, 4: INT4_RANGE}
-MAX_K = {bits: (2**31 - 1) // (r.lo * r.lo) for bits, r in CODE_RANGE.items()}  # (-128)^2, (-8)^2
+# A derivation of the ranges, kept as a name: the longest K whose int32 sum cannot overflow for any codes,
+# K * lo^2 <= 2**31 - 1 (lo^2 = (-128)^2, (-8)^2 is the largest |a * b|).
+MAX_K = {8: (2**31 - 1) // INT8_RANGE.lo**2, 4: (2**31 - 1) // INT4_RANGE.lo**2}
 
 
 def backend() -> BackendReport:
@@ -82,7 +82,7 @@ def check_matmul_args(
 
 
 def _check_codes_in_range(a8: torch.Tensor, b8: torch.Tensor, bits: int) -> None:
-    lo, hi = CODE_RANGE[bits]
+    lo, hi = IntFormat(bits).code_range
     for name, t in (("a", a8), ("b", b8)):
         if t.numel() == 0 or bits == 8:
             continue

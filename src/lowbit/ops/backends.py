@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit.formats import INT8_SYMMETRIC
 from lowbit.ops import native
 
 NATIVE_ISAS = ("avx512-vnni", "avx2")  # best first
@@ -144,7 +145,7 @@ def _time_pair(first: str, second: str, rounds: int = 6) -> tuple[float, float]:
     from lowbit.ops.linear import linear, pack_weight  # imported here: lowbit.ops.linear imports this module
 
     gen = torch.Generator().manual_seed(0)
-    w = torch.randint(-127, 128, (768, 768), generator=gen, dtype=torch.int8)
+    w = torch.randint(INT8_SYMMETRIC.lo, INT8_SYMMETRIC.hi + 1, (768, 768), generator=gen, dtype=torch.int8)
     x = torch.randn(512, 768, generator=gen)
     out = torch.empty(512, 768)
     packed = {name: pack_weight(w, 0.01, bits=8, backend=name) for name in (first, second)}

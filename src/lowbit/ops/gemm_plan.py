@@ -16,14 +16,6 @@ from lowbit.formats import INT4_RANGE, U8S8_ACT_RANGE, U8S8_WEIGHT_RANGE
 MR, NR = 6, 16  # micro-tile rows (A panel) and columns (B panel); must match csrc/gemm.h
 KIND_U8S8, KIND_INT4, KIND_S16, KIND_S8U4, KIND_VNNI, KIND_BF16 = 0, 1, 2, 3, 4, 5
 ISAS = ("avx512-vnni", "avx2")  # the native backends this module serves (lowbit.ops.backends)
-# The ranges that pick a kernel (defined, with their reasons, in lowbit.formats).
-FOUR_BIT = INT4_RANGE  # [-8, 7]
-SEVEN_BIT = U8S8_WEIGHT_RANGE  # [-64, 64]: |pair sum| of u8 (<= 255) x these stays below 2**15
-SEVEN_BIT_A = U8S8_ACT_RANGE  # [-64, 63]: a + 64 in [0, 127]
-
-
-def _within(r: tuple[int, int], bounds: tuple[int, int]) -> bool:
-    return bounds[0] <= r[0] and r[1] <= bounds[1]
 
 
 def plan(bits: int, a_range: tuple[int, int], b_range: tuple[int, int], isa: str = "avx2") -> tuple[int, int]:
@@ -35,17 +27,17 @@ def plan(bits: int, a_range: tuple[int, int], b_range: tuple[int, int], isa: str
         raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
     if bits == 4:
         for name, r in (("a", a_range), ("b", b_range)):
-            if not _within(r, FOUR_BIT):
+            if not INT4_RANGE.contains(*r):
                 raise ValueError(f"{name} holds codes in [{r[0]}, {r[1]}], outside [-8, 7] for bits=4")
     if isa == "avx512-vnni":
         return KIND_VNNI, 128
     if bits == 4:
         return KIND_INT4, 8
-    if _within(b_range, FOUR_BIT):
-        return (KIND_INT4, 8) if _within(a_range, FOUR_BIT) else (KIND_S8U4, 8)
-    if _within(b_range, SEVEN_BIT):
+    if INT4_RANGE.contains(*b_range):
+        return (KIND_INT4, 8) if INT4_RANGE.contains(*a_range) else (KIND_S8U4, 8)
+    if U8S8_WEIGHT_RANGE.contains(*b_range):
         return KIND_U8S8, 128
-    if _within(a_range, SEVEN_BIT_A):
+    if U8S8_ACT_RANGE.contains(*a_range):
         return KIND_U8S8, 64
     return KIND_S16, 0
 

@@ -139,6 +139,29 @@ def linear(
     quantizer — and ``y = acc · act_scale · w_scale[j] + bias[j]``, i.e. ``int_matmul_scaled(codes,
     weight.codes, act_scale, weight.scale, bias)`` bit for bit. Non-finite x raises ``ValueError`` either way.
     """
+    act_bits = _check_linear_args(x, weight, act_bits)
+    k, n = weight.in_features, weight.out_features
+    x2 = x.reshape(-1, k).contiguous()  # (M, K)
+    out = _output_buffer(out, (*x.shape[:-1], n))
+    if bias is not None:
+        bias = api._scale_vector("bias", bias, n)
+    s_static = None if act_scale is None else _static_scale(act_scale)
+    out2 = out.view(x2.shape[0], n)
+    chosen = api.resolve_backend(backend)
+    if chosen in ("reference", "onednn") or weight.packed is None:
+        if backends.is_native(chosen) and backend != "auto":
+            raise RuntimeError(
+                f"weight was packed without native panels (backend='reference' or 'onednn'); repack it with "
+                f"backend={backend!r}"
+            )
+        _linear_unpacked(x2, weight, bias, act_bits, s_static, chosen, out2)
+    else:
+        _linear_native(x2, weight, bias, act_bits, s_static, chosen, out2)
+    return out
+
+
+def _check_linear_args(x: object, weight: object, act_bits: object) -> int:
+    """Validate ``linear``'s x, weight and act_bits; return act_bits (the weight's bits when None)."""
     if not isinstance(weight, PackedWeight):
         raise TypeError(
             f"weight must be a PackedWeight from lowbit.ops.pack_weight, got {type(weight).__name__}"
@@ -150,38 +173,55 @@ def linear(
         )
     if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != "cpu":
         raise TypeError("x must be a float32 CPU tensor")
-    k, n = weight.in_features, weight.out_features
+    k = weight.in_features
     if x.dim() < 1 or x.shape[-1] != k:
         raise ValueError(f"x must have last dim {k} (the weight's in_features), got shape {tuple(x.shape)}")
-    x2 = x.reshape(-1, k).contiguous()  # (M, K)
-    m = x2.shape[0]
-    out_shape = (*x.shape[:-1], n)
+    return act_bits
+
+
+def _output_buffer(out: torch.Tensor | None, out_shape: tuple[int, ...]) -> torch.Tensor:
+    """A fresh float32 output of ``out_shape``, or ``out`` checked to be one."""
     if out is None:
-        out = torch.empty(out_shape, dtype=torch.float32)
-    elif out.dtype != torch.float32 or tuple(out.shape) != out_shape or not out.is_contiguous():
+        return torch.empty(out_shape, dtype=torch.float32)
+    if out.dtype != torch.float32 or tuple(out.shape) != out_shape or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous float32 tensor of shape {out_shape}")
-    if bias is not None:
-        bias = api._scale_vector("bias", bias, n)
-    s_static = None if act_scale is None else _static_scale(act_scale)
-    out2 = out.view(m, n)
-    chosen = api.resolve_backend(backend)
-    if chosen in ("reference", "onednn") or weight.packed is None:
-        if backends.is_native(chosen) and backend != "auto":
-            raise RuntimeError(
-                f"weight was packed without native panels (backend='reference' or 'onednn'); repack it with "
-                f"backend={backend!r}"
-            )
-        # identical codes either way; the native quantizer is just faster
-        quant_backend = "native" if chosen == "onednn" and native_gemm.native.available() else "reference"
-        if s_static is None:
-            codes, sx = api.quantize_rows(x2, act_bits, backend=quant_backend)
-        else:
-            codes, sx = quantize_static(x2, act_bits, s_static), s_static.reshape(1).expand(m).contiguous()
-        if chosen == "onednn":
-            onednn.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt", out2)
-        else:
-            out2.copy_(reference.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt"))
-        return out
+    return out
+
+
+def _linear_unpacked(
+    x2: torch.Tensor,
+    weight: PackedWeight,
+    bias: torch.Tensor | None,
+    act_bits: int,
+    s_static: torch.Tensor | None,
+    chosen: str,
+    out2: torch.Tensor,
+) -> None:
+    """``linear`` on the reference or onednn backend (from the plain codes) into ``out2`` (M, N)."""
+    m = x2.shape[0]
+    # identical codes either way; the native quantizer is just faster
+    quant_backend = "native" if chosen == "onednn" and native_gemm.native.available() else "reference"
+    if s_static is None:
+        codes, sx = api.quantize_rows(x2, act_bits, backend=quant_backend)
+    else:
+        codes, sx = quantize_static(x2, act_bits, s_static), s_static.reshape(1).expand(m).contiguous()
+    if chosen == "onednn":
+        onednn.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt", out2)
+    else:
+        out2.copy_(reference.int_matmul_scaled(codes, weight.codes, sx, weight.scale, bias, "nt"))
+
+
+def _linear_native(
+    x2: torch.Tensor,
+    weight: PackedWeight,
+    bias: torch.Tensor | None,
+    act_bits: int,
+    s_static: torch.Tensor | None,
+    chosen: str,
+    out2: torch.Tensor,
+) -> None:
+    """``linear`` on a native ISA ``chosen`` (from the packed panels) into ``out2`` (M, N)."""
+    (m, k), n = x2.shape, weight.out_features
     kind, off, qmax = weight.plan(act_bits, static=s_static is not None, isa=chosen)
     if s_static is not None:
         qmax = native_gemm.ActQuant(qmax, -qmax - 1, float(s_static))
@@ -194,11 +234,10 @@ def linear(
     if native_gemm.fuses(m) and n and k:  # quantize inside the GEMM's parallel region
         epi = native_gemm.Epilogue(out_f32=out2, b_scale=weight.scale, bias=bias)
         native_gemm.gemm_quant(kind, off, qmax, x2, b_packed, colsum, epi)
-        return out
+        return
     a_packed, sx = native_gemm.quant_pack_a(x2, qmax, off, kind)
     epi = native_gemm.Epilogue(out_f32=out2, a_scale=sx, b_scale=weight.scale, bias=bias)
     native_gemm.gemm(kind, off, a_packed, b_packed, colsum, m, n, k, epi)
-    return out
 
 
 def _static_scale(act_scale: object) -> torch.Tensor:

@@ -3,12 +3,12 @@
 Callers (``lowbit.ops.api``, ``lowbit.ops.linear``) validate arguments first; these functions assume int8
 code matrices on the CPU and only check what the kernels need (code ranges, which decide the path).
 
-Path planning (which kernel kind for which code ranges) lives in :mod:`lowbit.ops.gemm_plan`.
+Path planning (which kernel kind for which code ranges) lives in :mod:`lowbit.ops.gemm_plan`; kind 5's bf16
+operands (FP8 layers) in :mod:`lowbit.ops.native_bf16`.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from dataclasses import dataclass
 
@@ -17,7 +17,6 @@ import torch
 from lowbit.formats import INT8_RANGE
 from lowbit.ops import native
 from lowbit.ops.gemm_plan import (  # noqa: F401 (re-exported: callers name them native_gemm.*)
-    FOUR_BIT,
     ISAS,
     KIND_BF16,
     KIND_INT4,
@@ -27,8 +26,6 @@ from lowbit.ops.gemm_plan import (  # noqa: F401 (re-exported: callers name them
     KIND_VNNI,
     MR,
     NR,
-    SEVEN_BIT,
-    SEVEN_BIT_A,
     packed_nbytes,
     plan,
 )
@@ -263,47 +260,6 @@ def int_matmul_scaled(
     """Fused GEMM + dequantization epilogue into ``out`` (float32 (M, N), contiguous)."""
     kind, off, ap, bp, colsum, m, n, k = _prepare(a8, b8, bits, layout, isa)
     gemm(kind, off, ap, bp, colsum, m, n, k, Epilogue(out_f32=out, a_scale=sa, b_scale=sb, bias=bias))
-
-
-def has_bf16_dot() -> bool:
-    """Whether kind 5 (``vdpbf16ps``, AVX512-BF16) can run here: the library loads and the CPU has it."""
-    return native.available() and _cpu_has_bf16_dot()
-
-
-@functools.cache
-def _cpu_has_bf16_dot() -> bool:
-    """CPUID (and the OS's zmm state) for AVX512-BF16, asked once per process."""
-    return bool(native.lib().lowbit_cpu_has_avx512bf16())
-
-
-def pack_bf16(t: torch.Tensor, panel: int, scratch: str | None = None) -> torch.Tensor:
-    """Kind 5 operand: float32 rows (R, K) whose values are bf16-exact (FP8 grid values are) -> bf16 panels of
-    ``panel`` rows (MR for A, NR for B), as int16 storage of the bf16 bits."""
-    if t.dtype != torch.float32 or t.dim() != 2:
-        raise ValueError(f"pack_bf16 takes a 2-D float32 tensor, got {t.dim()}-D {t.dtype}")
-    rows, k = t.shape
-    dst = _empty(scratch, -(-rows // panel) * panel * (-(-k // 2) * 2), torch.int16)
-    lib = native.lib()
-    lib.lowbit_pack_bf16(t.data_ptr(), t.stride(0), t.stride(1), rows, k, panel, dst.data_ptr(), threads())
-    return dst
-
-
-def bf16_matmul_scaled(
-    a_vals: torch.Tensor,
-    b_packed: torch.Tensor,
-    n: int,
-    a_scale: torch.Tensor,
-    b_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out: torch.Tensor,
-) -> None:
-    """``out = (a_vals · Bᵀ) * a_scale[i] * b_scale[j] (+ bias[j])`` with the products on ``vdpbf16ps``:
-    ``a_vals`` float32 (M, K) of bf16-exact values, ``b_packed`` from ``pack_bf16(w_vals, NR)``; each sum is
-    float32, sequential over k in pairs. ``out`` float32 (M, N) contiguous."""
-    m, k = a_vals.shape
-    a_packed = pack_bf16(a_vals, MR, scratch="a-bf16")
-    epi = Epilogue(out_f32=out, a_scale=a_scale, b_scale=b_scale, bias=bias)
-    gemm(KIND_BF16, 0, a_packed, b_packed, None, m, n, k, epi)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:

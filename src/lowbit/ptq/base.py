@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lowbit.formats import Format, get_format
-from lowbit.ops import native_gemm
+from lowbit.ops import native_bf16, native_gemm
 from lowbit.ptq.config import INT8_KERNELS
 from lowbit.ptq.weights import decode_weight, nbytes
 
@@ -108,7 +108,7 @@ class PTQLinear(nn.Module):
         rebuilt when a weight buffer changes (keyed on the buffers' storage and version)."""
         key = tuple((t.data_ptr(), t._version) for t in self.weight_buffers().values())
         if getattr(self, "_bf16_key", None) != key:
-            self._bf16_packed = native_gemm.pack_bf16(values(), native_gemm.NR)
+            self._bf16_packed = native_bf16.pack_bf16(values(), native_gemm.NR)
             self._bf16_key = key
         return self._bf16_packed
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from lowbit import ops
 from lowbit.formats import INT7, W7_WEIGHT_RANGE, Format, IntFormat
-from lowbit.ops import backends, native_gemm
+from lowbit.ops import backends, native_bf16
 from lowbit.ops.native_gemm import scratch
 from lowbit.ptq import fp8_kernels
 from lowbit.ptq.base import LayerSpec, PTQLinear
@@ -49,7 +49,6 @@ from lowbit.scales import compute_scale
 # weights x activation codes in [-64, 63] both take the u8 x s8 (vpmaddubsw) path; "exact" (full-range
 # codes on both sides, the paper's INT8) takes the exact int16 kernel at ~0.7x its speed.
 INT8_KERNELS = ("w7", "a7", "exact")
-SEVEN_BIT_WEIGHT = W7_WEIGHT_RANGE.hi  # |w code| bound of "w7", 63 (the u8 x s8 rule accepts [-64, 64])
 
 
 class Int8Linear(PTQLinear):
@@ -70,10 +69,10 @@ class Int8Linear(PTQLinear):
         kernel = self.kernel
         if kernel == "w7" and self.w_codes.numel():
             lo, hi = (int(v) for v in torch.aminmax(self.w_codes))
-            if lo < -SEVEN_BIT_WEIGHT or hi > SEVEN_BIT_WEIGHT:
+            if not W7_WEIGHT_RANGE.contains(lo, hi):
                 raise ValueError(
-                    f"int8_kernel='w7' needs weight codes in [-{SEVEN_BIT_WEIGHT}, {SEVEN_BIT_WEIGHT}], got "
-                    f"[{lo}, {hi}]"
+                    f"int8_kernel='w7' needs weight codes in [{W7_WEIGHT_RANGE.lo}, {W7_WEIGHT_RANGE.hi}], "
+                    f"got [{lo}, {hi}]"
                 )
         self._packed: ops.PackedWeight | None = None
         self._packed_key: tuple | None = None
@@ -113,7 +112,7 @@ def bf16_dot_usable(x2: torch.Tensor | None) -> bool:
     """Whether a call on ``x2`` can multiply on ``vdpbf16ps``: the CPU has AVX512-BF16, ``backend="auto"``
     resolves to lowbit's native kernels, and no gradient is needed (the float32 GEMM stays differentiable)."""
     grad = x2 is not None and x2.requires_grad and torch.is_grad_enabled()
-    return not grad and native_gemm.has_bf16_dot() and backends.is_native(backends.resolve("auto"))
+    return not grad and native_bf16.has_bf16_dot() and backends.is_native(backends.resolve("auto"))
 
 
 class FP8Linear(PTQLinear):
@@ -126,7 +125,7 @@ class FP8Linear(PTQLinear):
         """The compute path a call on ``x2`` takes (``spec.fp8_compute``, ``"auto"`` resolved); ``strict``:
         raise when an explicit ``"bf16_dot"`` cannot run here."""
         mode = self.spec.fp8_compute
-        if mode == "bf16_dot" and strict and not native_gemm.has_bf16_dot():
+        if mode == "bf16_dot" and strict and not native_bf16.has_bf16_dot():
             raise RuntimeError(
                 "fp8_compute='bf16_dot' needs AVX512-BF16 and lowbit's native kernels "
                 f"({ops.why_not_native() or 'this CPU lacks avx512_bf16'}); use fp8_compute='auto'"
@@ -153,7 +152,7 @@ class FP8Linear(PTQLinear):
             sb = w_scale.reshape(-1).expand(self.out_features).contiguous()
             bias = None if self.bias is None else self.bias.detach().contiguous()
             w_panels = self.bf16_weight(lambda: code_values(w_fp8))
-            native_gemm.bf16_matmul_scaled(a_vals, w_panels, self.out_features, sa, sb, bias, y)
+            native_bf16.bf16_matmul_scaled(a_vals, w_panels, self.out_features, sa, sb, bias, y)
             return y
         if mode == "emulated":
             # activations straight to the float32 values of their FP8 codes, weight codes decoded by table
@@ -196,7 +195,7 @@ class FP8Linear(PTQLinear):
 
     def compute_path(self) -> str:
         mode = self.compute(strict=False)
-        if mode == "bf16_dot" and not native_gemm.has_bf16_dot():
+        if mode == "bf16_dot" and not native_bf16.has_bf16_dot():
             return "FP8 bf16_dot requested, unavailable on this CPU (calls raise; use fp8_compute='auto')"
         if mode == "scaled_mm":
             return "FP8 torch._scaled_mm"
@@ -228,7 +227,7 @@ class EmulatedLinear(PTQLinear):
             w_panels = self.bf16_weight(
                 lambda: decode_weight(self.weight_buffers(), self.weight_format, shape)
             )
-            native_gemm.bf16_matmul_scaled(x2.detach().contiguous(), w_panels, n, ones_m, ones_n, bias, y)
+            native_bf16.bf16_matmul_scaled(x2.detach().contiguous(), w_panels, n, ones_m, ones_n, bias, y)
             return y
         # The decoded weight goes to a per-thread workspace (it lives until the GEMM has read it) unless
         # autograd would keep it for the input's gradient.

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from lowbit.formats import INT4_RANGE
 from lowbit.training.bit_split import _GOLDEN32, _M32
 from lowbit.training.hadamard_quant import block_transform, candidate_blocks
 from lowbit.training.lsq import (
@@ -40,8 +41,6 @@ from lowbit.training.lsq import (
     MSE_GRID_OCTAVES,
     MSE_GRID_POINTS,
     MSE_REFINE_ITERS,
-    QMAX,
-    QMIN,
     quant_sse,
 )
 from lowbit.training.lsq import (
@@ -120,7 +119,7 @@ def _mse_step(x: torch.Tensor, group: Any) -> torch.Tensor:
         if math.isinf(hi) and math.isinf(neg_lo) and hi < 0 and neg_lo < 0:  # no element anywhere
             return torch.tensor(1.0)
         return _paper_step(x, group)
-    s_full = max(hi / QMAX, neg_lo / -QMIN)
+    s_full = max(hi / INT4_RANGE.hi, neg_lo / -INT4_RANGE.lo)
     if s_full <= 0:
         return torch.tensor(1.0)
     ratio = 2.0 ** (-MSE_GRID_OCTAVES / (MSE_GRID_POINTS - 1))
@@ -137,7 +136,7 @@ def _mse_step(x: torch.Tensor, group: Any) -> torch.Tensor:
                 best_s, best_e = s, e
     s = best_s
     for _ in range(MSE_REFINE_ITERS):
-        q = torch.round(v / s).clamp_(QMIN, QMAX).double()
+        q = torch.round(v / s).clamp_(*INT4_RANGE).double()
         qq, qv = all_sum([float(torch.dot(q, q)), float(torch.dot(q, v.double()))], group).tolist()
         if qq == 0:
             break
@@ -169,7 +168,7 @@ def search_block(x: torch.Tensor, w: torch.Tensor, group: Any = None) -> int:
     xhs = [block_transform(x, g) for g in blocks]
     steps = [_paper_step(xh, group) for xh in xhs]
     x_sse = all_sum(
-        [float(torch.linalg.vector_norm((xh / s).round().clamp(QMIN, QMAX) * s - xh, dtype=torch.float64))
+        [float(torch.linalg.vector_norm((xh / s).round().clamp(*INT4_RANGE) * s - xh, dtype=torch.float64))
          ** 2 for xh, s in zip(xhs, steps, strict=True)],
         group,
     ).tolist()  # fmt: skip
@@ -177,7 +176,7 @@ def search_block(x: torch.Tensor, w: torch.Tensor, group: Any = None) -> int:
     for g, e2 in zip(blocks, x_sse, strict=True):
         wh = block_transform(w, g)
         s = _local_init_step(wh, "paper")
-        err = math.sqrt(e2) * float(torch.linalg.vector_norm((wh / s).round().clamp(QMIN, QMAX) * s - wh))
+        err = math.sqrt(e2) * float(torch.linalg.vector_norm((wh / s).round().clamp(*INT4_RANGE) * s - wh))
         if err < best_err:
             best, best_err = g, err
     return best

@@ -26,8 +26,6 @@ from lowbit.training.leverage import select_rows
 from lowbit.training.lsq import clip_mask, lsq_grad_scale, lsq_quantize, lsq_step_grad
 from lowbit.training.recipes import Recipe
 
-INT4_QMAX = INT4_SYMMETRIC.hi  # symmetric absmax INT4 (int4-naive): codes in [-7, 7]
-
 
 def _row_norms(codes: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(codes.float(), dim=1)
@@ -273,7 +271,7 @@ def _per_tensor_int4(
             "rate, clip gradients, or torch.nan_to_num the input)"
         )
     # the one symmetric quantizer, without the float32-normal floor (a tiny absmax keeps its subnormal scale)
-    scale = symmetric_scale(amax, INT4_QMAX, floor=None, zero_scale=1.0)
+    scale = symmetric_scale(amax, INT4_SYMMETRIC.hi, floor=None, zero_scale=1.0)
     return symmetric_codes(t32, scale, INT4_SYMMETRIC), scale
 
 
@@ -281,7 +279,7 @@ class Int4NaiveLinearFn(torch.autograd.Function):
     """Per-tensor round-to-nearest INT4 for X, W and ∇Y; no Hadamard, no bit splitting, no sampling."""
 
     @staticmethod
-    def forward(ctx: Any, x, weight, bias, recipe: Recipe):  # noqa: D102
+    def forward(ctx: Any, x, weight, bias, recipe: Recipe):
         x_int4, sx = _per_tensor_int4(x, recipe.group)
         w_int4, sw = _per_tensor_int4(weight, name="weight")
         y = int_matmul_scaled(
@@ -292,7 +290,7 @@ class Int4NaiveLinearFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad_out):  # noqa: D102
+    def backward(ctx: Any, grad_out):
         x_int4, w_int4, sx, sw = ctx.saved_tensors
         g_int4, sg = _per_tensor_int4(grad_out, ctx.group, "output gradient")
         grad_x = grad_w = grad_b = None

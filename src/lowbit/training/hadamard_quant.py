@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.training.lsq import QMAX, QMIN, lsq_init
+from lowbit.formats import INT4_RANGE
+from lowbit.training.lsq import lsq_init
 from lowbit.transforms import hadamard
 
 MAX_SEARCH_BLOCK = 1024
@@ -33,7 +34,7 @@ def block_transform(x: torch.Tensor, block: int) -> torch.Tensor:
 
 def _quant_error(xh: torch.Tensor) -> float:
     s = lsq_init(xh)
-    return float(torch.linalg.vector_norm((xh / s).round().clamp(QMIN, QMAX) * s - xh))
+    return float(torch.linalg.vector_norm((xh / s).round().clamp(*INT4_RANGE) * s - xh))
 
 
 def search_block(x: torch.Tensor, w: torch.Tensor) -> int:

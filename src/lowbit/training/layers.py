@@ -106,7 +106,7 @@ class QuantLinear(nn.Linear):
             self.hadamard_block.fill_(resolve_block(self.recipe.hadamard_block, self.in_features) or _UNSET)
             self.steps_done.zero_()
 
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
+    def _apply(self, fn, recurse: bool = True):
         # materializing a meta layer (``to_empty``) leaves every tensor uninitialised: the weights are the
         # caller's to load, but the quantizer state must not be garbage (a random block or step size)
         was_meta = self.recipe.kind == "int4" and (self.weight.is_meta or self.x_step.is_meta)
@@ -137,7 +137,7 @@ class QuantLinear(nn.Linear):
                 self.steps_done += 1
         return block
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(
@@ -193,5 +193,5 @@ class QuantLinear(nn.Linear):
                     fixed = resolve_block(self.recipe.hadamard_block, self.in_features)
                     self.hadamard_block.fill_(fixed or _UNSET)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe.name}"

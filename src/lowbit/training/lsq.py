@@ -16,8 +16,9 @@ import torch
 
 from lowbit.formats import INT4_RANGE
 
-QMIN, QMAX = INT4_RANGE  # the full INT4 range [-8, 7]
-LSQ_QPOS = QMAX  # the positive level count (7) in the init and gradient-scale formulas
+# LSQ's codes are INT4_RANGE, the full INT4 range [-8, 7]. LSQ_QPOS stays a name: not a range but the
+# paper's positive level count Q_P (7) in the init and gradient-scale formulas.
+LSQ_QPOS = INT4_RANGE.hi
 
 
 def lsq_init(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,7 @@ def quant_sse(x: torch.Tensor, step: float, out: torch.Tensor | None = None) -> 
 
     ``out``: an optional float32 buffer of ``x``'s shape (saves an allocation per call in the search).
     """
-    q = torch.div(x, step, out=out).round_().clamp_(QMIN, QMAX).mul_(step).sub_(x)
+    q = torch.div(x, step, out=out).round_().clamp_(*INT4_RANGE).mul_(step).sub_(x)
     return float(torch.linalg.vector_norm(q, dtype=torch.float64)) ** 2
 
 
@@ -67,7 +68,7 @@ def lsq_init_mse(x: torch.Tensor) -> torch.Tensor:
     hi, lo = (float(v.max()), float(v.min())) if v.numel() else (0.0, 0.0)
     if not (math.isfinite(hi) and math.isfinite(lo)):
         return lsq_init(x)
-    s_full = max(hi / QMAX, -lo / -QMIN)
+    s_full = max(hi / INT4_RANGE.hi, -lo / -INT4_RANGE.lo)
     if s_full <= 0:  # all zeros (or empty): any step is exact; 1 like the paper init
         return torch.tensor(1.0)
     ratio = 2.0 ** (-MSE_GRID_OCTAVES / (MSE_GRID_POINTS - 1))
@@ -85,7 +86,7 @@ def lsq_init_mse(x: torch.Tensor) -> torch.Tensor:
                 best_s, best_e = s, e
     s = best_s
     for _ in range(MSE_REFINE_ITERS):
-        q = torch.round(v / s).clamp_(QMIN, QMAX).double()
+        q = torch.round(v / s).clamp_(*INT4_RANGE).double()
         qq = float(torch.dot(q, q))
         if qq == 0:
             break
@@ -123,7 +124,7 @@ def lsq_quantize(x: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, tor
     """
     v = x.detach().float() / step.detach().float()
     r = torch.round(v)
-    codes = r.clamp(QMIN, QMAX)
+    codes = r.clamp(*INT4_RANGE)
     dq_ds = torch.where(r == codes, r - v, codes)
     return codes.to(torch.int8), dq_ds
 
