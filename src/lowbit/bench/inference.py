@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+import lowbit
 from lowbit.experiments import infer
 from lowbit.files import atomic_write_text
 from lowbit.ops import backends
@@ -226,13 +227,13 @@ def _time_minilm(
 def run_minilm(args: argparse.Namespace) -> int:
     """MiniLM latency: FP32 vs integer-only on batches of 32 test snippets, interleaved; median ms/batch."""
     from lowbit.data.rotten_tomatoes import load_rotten_tomatoes
-    from lowbit.integer.bert import convert_bert
+    from lowbit.integer import IntegerConfig
     from lowbit.models.bert import load_minilm, tokenize
 
     model, tok = load_minilm()
     data = load_rotten_tomatoes()
     calib = [tokenize(tok, data.train_texts[i * 32 : (i + 1) * 32]) for i in range(args.calib_batches)]
-    im = convert_bert(model, calib)
+    im = lowbit.convert(model, IntegerConfig(), calib).model  # an IntegerBert
     batches = [tokenize(tok, data.test_texts[i * 32 : (i + 1) * 32]) for i in range(args.minilm_batches)]
     variants, ort_note = _minilm_variants(model, im, batches[0])
     print(f"onnxruntime: {ort_note}")
@@ -326,7 +327,7 @@ def _profile(result: dict, im: object, model: torch.nn.Module, x: torch.Tensor) 
 
 def run(args: argparse.Namespace) -> int:
     """Train/load, convert, time and evaluate the three variants; print the table."""
-    from lowbit.integer import IntegerConfig, convert
+    from lowbit.integer import IntegerConfig
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -335,11 +336,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tokens % args.seq_len:
         raise ValueError(f"--tokens {args.tokens} must be a multiple of --seq-len {args.seq_len}")
     model, _, train, val = infer.prepare_gpt(args)
-    im = convert(
-        model,
-        infer.calibration(train, args),
-        IntegerConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax),
-    )
+    calib = infer.calibration(train, args)
+    config = IntegerConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax)
+    im = lowbit.convert(model, config, calib).model  # a new IntegerGPT; the FP32 model is left as it was
     dyn = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     batches = infer.held_out(val, args)
     from lowbit.data.text import sequential_batches

@@ -43,7 +43,7 @@ from lowbit.experiments.runtime import keep_freed_memory
 from lowbit.files import atomic_write_text
 from lowbit.models.layers import Block
 from lowbit.ops import backends
-from lowbit.training import QuantLinear, convert
+from lowbit.training import QuantLinear
 from lowbit.training._kernels import native_reason
 
 RESULTS_DIR = Path("results")  # relative to the working directory, like every lowbit output
@@ -123,7 +123,7 @@ def _time_train_steps(args: argparse.Namespace) -> tuple[dict[str, float], objec
     x_model = torch.randn(batch, seq, args.hidden)
     fp32 = _stack(args.hidden, args.ffn, args.layers, args.heads)
     q_model = copy.deepcopy(fp32)
-    summary = convert(q_model, args.recipe, keep_head=False)
+    summary = lowbit.convert(q_model, args.recipe, keep_head=False)
     bf16_model = copy.deepcopy(fp32)
     steps = {
         "fp32": _train_step(fp32, torch.optim.AdamW(fp32.parameters(), lr=1e-4), x_model),

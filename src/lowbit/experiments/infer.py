@@ -1,10 +1,11 @@
 """``lowbit infer``: integer-only inference — the Integer-Transformer GPT (or MiniLM) converted to integers.
 
 ``--task gpt-shakespeare``: train (or load ``--checkpoint``) the FP32 Integer-Transformer GPT (poly attention,
-L1 LayerNorm, ReLU), convert it with ``lowbit.integer.convert``, verify by instrumentation that every
-intermediate tensor is an integer, generate a sample from the integer graph and report held-out loss, weight
-bytes and latency of both. ``--task minilm-rt``: all-MiniLM-L6-v2 converted integer-only (i-GELU, i-softmax,
-integer LayerNorm); embedding cosine vs FP32, Rotten Tomatoes accuracy of a head trained on FP32 embeddings.
+L1 LayerNorm, ReLU), convert it with ``lowbit.convert(model, IntegerConfig(...), batches)``, verify by
+instrumentation that every intermediate tensor is an integer, generate a sample from the integer graph and
+report held-out loss, weight bytes and latency of both. ``--task minilm-rt``: all-MiniLM-L6-v2 converted
+integer-only (i-GELU, i-softmax, integer LayerNorm); embedding cosine vs FP32, Rotten Tomatoes accuracy of a
+head trained on FP32 embeddings.
 ``--json FILE`` writes the figures. The sample's prompt is ``--prompt`` or the first line of the held-out
 text (never a fixed string: any ``--data`` file works). Every flag, output path and the ``--checkpoint`` file
 (SHA-256 verified, like training checkpoints) are checked before training starts.
@@ -262,14 +263,15 @@ def generate_integer(im: object, tok: object, prompt: str, n: int, block: int, s
 
 def run_gpt(args: argparse.Namespace) -> dict[str, object]:
     """The gpt-shakespeare figures."""
-    from lowbit.integer import DtypeTrace, IntegerConfig, convert, integer_lm_loss
+    import lowbit
+    from lowbit.integer import DtypeTrace, IntegerConfig, integer_lm_loss
     from lowbit.models.gpt import evaluate_lm_loss
 
     model, tok, train, val = prepare_gpt(args)
     batches = held_out(val, args)
-    im = convert(
-        model, calibration(train, args), IntegerConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax)
-    )
+    calib = calibration(train, args)
+    config = IntegerConfig(act_qmax=args.act_qmax, weight_qmax=args.weight_qmax)
+    im = lowbit.convert(model, config, calib).model  # a new IntegerGPT; the FP32 model is left as it was
     trace = DtypeTrace()
     im(batches[0][0][:2], trace)
     verified = bool(trace.records) and not trace.non_integer()

@@ -1,9 +1,9 @@
 """``lowbit infer --task minilm-rt``: all-MiniLM-L6-v2 integer-only vs FP32 on Rotten Tomatoes.
 
-Calibrates on training snippets, converts with ``lowbit.integer.bert.convert_bert``, and reports the mean
-sentence-embedding cosine (integer vs FP32) on held-out snippets, the accuracy of a logistic-regression head
-trained on FP32 embeddings of the training split and applied unchanged to both, weight bytes, latency and
-the dtype-trace verification.
+Calibrates on training snippets, converts with ``lowbit.convert(model, IntegerConfig(), batches)``, and
+reports the mean sentence-embedding cosine (integer vs FP32) on held-out snippets, the accuracy of a
+logistic-regression head trained on FP32 embeddings of the training split and applied unchanged to both,
+weight bytes, latency and the dtype-trace verification.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def _embed(fn, tokenizer, texts: list[str]) -> tuple[torch.Tensor, float]:
 
 def run_minilm(args: argparse.Namespace) -> dict[str, object]:
     """The minilm-rt figures."""
+    import lowbit
     from lowbit.data.rotten_tomatoes import load_rotten_tomatoes
-    from lowbit.integer import DtypeTrace
-    from lowbit.integer.bert import convert_bert
+    from lowbit.integer import DtypeTrace, IntegerConfig
     from lowbit.models.bert import evaluate_head, load_minilm, mean_pool, tokenize, train_linear_head
 
     model, tok = load_minilm()
@@ -47,7 +47,7 @@ def run_minilm(args: argparse.Namespace) -> dict[str, object]:
     train_texts, train_labels = data.train_texts[:n], data.train_labels[:n]
     test_texts, test_labels = data.test_texts[:n], data.test_labels[:n]
     calib = [tokenize(tok, train_texts[i * BATCH : (i + 1) * BATCH]) for i in range(args.calib_batches)]
-    im = convert_bert(model, calib)
+    im = lowbit.convert(model, IntegerConfig(), calib).model  # an IntegerBert
 
     def fp32(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+import lowbit
 from lowbit.experiments.checkpoint import atomic_write_text
 from lowbit.experiments.guard import UserError, check_output_dir, check_output_file
 from lowbit.experiments.ptq_formats import (
@@ -45,7 +46,7 @@ from lowbit.experiments.ptq_formats import (
     config_for,
     parse_formats,
 )
-from lowbit.ptq import PTQConfig, WeightOnlyConfig, calibrate, quantize, save_quantized
+from lowbit.ptq import PTQConfig, WeightOnlyConfig, calibrate, save_quantized
 from lowbit.ptq.config import FP8_COMPUTE
 from lowbit.ptq.fidelity import embed_sorted, embedding_cosine, layer_sqnr, plot_sqnr
 
@@ -265,7 +266,7 @@ def _quantized(
     t0 = time.perf_counter()
     qmodel = copy.deepcopy(model)
     try:
-        summary = quantize(qmodel, config, calibration)
+        summary = lowbit.convert(qmodel, config, calibration).details  # PTQ's own report: bytes
     except (ValueError, TypeError) as err:  # e.g. a model whose widths do not fit MX blocks
         logger.error("%s cannot be applied to %s: %s", fmt, args.model, err)
         return None

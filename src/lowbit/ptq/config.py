@@ -227,8 +227,11 @@ class PTQConfig:
 
     @property
     def weight_code_format(self) -> Format:
-        """The format the weight codes are rounded to (int7 for ``int8_kernel="w7"``)."""
-        return get_format("int7") if self.kind == "int8" and self.int8_kernel == "w7" else self.weight
+        """The format the weight codes are rounded to: for ``int8_kernel="w7"`` the symmetric 7-bit grid
+        ``int7-narrow``, [-63, 63] — the range ``Int8Linear`` accepts for "w7" — so that every rounding that
+        can reach the grid's ends (GPTQ's error feedback, the asymmetric target, an ``mse`` clip) saturates
+        inside it (plain ``int7``'s -64 made those recipes fail when the layer was built)."""
+        return get_format("int7-narrow") if self.kind == "int8" and self.int8_kernel == "w7" else self.weight
 
     @property
     def activation_code_format(self) -> Format:
