@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowbit.formats import FloatFormat, Format, IntFormat, MXFormat, get_format
+from lowbit.formats import INT7_NARROW, FloatFormat, Format, IntFormat, MXFormat, get_format
 from lowbit.granularity import ROLE_SPELLINGS, Granularity, for_role, role_spelling
 from lowbit.ptq.observers import ObserverSpec
 
@@ -231,7 +231,7 @@ class PTQConfig:
         ``int7-narrow``, [-63, 63] — the range ``Int8Linear`` accepts for "w7" — so that every rounding that
         can reach the grid's ends (GPTQ's error feedback, the asymmetric target, an ``mse`` clip) saturates
         inside it (plain ``int7``'s -64 made those recipes fail when the layer was built)."""
-        return get_format("int7-narrow") if self.kind == "int8" and self.int8_kernel == "w7" else self.weight
+        return INT7_NARROW if self.kind == "int8" and self.int8_kernel == "w7" else self.weight
 
     @property
     def activation_code_format(self) -> Format:
