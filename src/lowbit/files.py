@@ -15,6 +15,12 @@ from typing import BinaryIO
 logger = logging.getLogger(__name__)
 
 
+class CheckpointError(ValueError, RuntimeError):
+    """A file lowbit wrote cannot be read back faithfully: missing, corrupt (digest), from another format
+    version, run or architecture. One type for training checkpoints and quantized models; it is both a
+    ``ValueError`` and a ``RuntimeError`` because the two loaders raised one each before they shared it."""
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Create ``path`` atomically: ``write`` fills a temp file in the same folder, fsync, then ``os.replace``.
 

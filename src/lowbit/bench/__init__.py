@@ -7,3 +7,8 @@ Modules: :mod:`~lowbit.bench.gemm`, :mod:`~lowbit.bench.ceiling`, :mod:`~lowbit.
 :mod:`~lowbit.bench.inference`, :mod:`~lowbit.bench.ptq`. The top layer of the package (it may import
 ``lowbit.experiments``); nothing in the library imports it.
 """
+
+from pathlib import Path
+
+#: Where every benchmark writes, relative to the working directory (like every lowbit output).
+RESULTS_DIR = Path("results")

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import torch
 
+from lowbit.bench import RESULTS_DIR
 from lowbit.files import atomic_write_text
 from lowbit.ops import backends, native
 
-RESULTS_DIR = Path("results")  # relative to the working directory, like every lowbit output
 PROBES = {  # probe kind -> (name, what it is)
     3: ("fp32 FMA peak", "12 independent vfmadd231ps, no loads: the ceiling of any FP32 GEMM"),
     0: ("fp32 6x16 loop", "a textbook sgemm loop: 2 B loads, 6 vbroadcastss, 12 vfmadd231ps per k"),

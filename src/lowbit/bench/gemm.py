@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 import lowbit.ops as ops
+from lowbit.bench import RESULTS_DIR
 from lowbit.files import atomic_write_text
 from lowbit.formats import INT4_SYMMETRIC, INT8_SYMMETRIC, W7_WEIGHT_RANGE
 from lowbit.ops import backends, native_gemm
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 TRANSFORMER_SHAPES = [(4096, 768, 768), (4096, 768, 3072), (4096, 3072, 768)]  # tokens x (K -> N)
 SQUARE_SHAPES = [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096)]
-RESULTS_DIR = Path("results")  # relative to the working directory, like every lowbit output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -39,15 +39,13 @@ import torch
 from torch import nn
 
 import lowbit.ops
+from lowbit.bench import RESULTS_DIR
 from lowbit.experiments.runtime import keep_freed_memory
 from lowbit.files import atomic_write_text
 from lowbit.models.layers import Block
 from lowbit.ops import backends
 from lowbit.training import QuantLinear
 from lowbit.training._kernels import native_reason
-
-RESULTS_DIR = Path("results")  # relative to the working directory, like every lowbit output
-
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 

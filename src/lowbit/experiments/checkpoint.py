@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from lowbit.files import atomic_write, atomic_write_text  # noqa: F401 (re-exported: the writers' one home)
+from lowbit.files import CheckpointError, atomic_write, atomic_write_text  # noqa: F401 (atomic_write*: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = (
     "identity", "step", "model", "optimizer", "scheduler", "rng", "sampler", "history", "seconds",
 )  # fmt: skip
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or belongs to a different run."""
 
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from lowbit.experiments.checkpoint import atomic_write_text
 from lowbit.experiments.guard import UserError, check_output_file
+from lowbit.files import atomic_write_text
 from lowbit.formats import ALL_FORMATS, FloatFormat, Format, IntFormat, get_format, int_format
 
 # The named constants plus the narrow (symmetric) integer variants most used in practice.

@@ -34,7 +34,7 @@ from lowbit.experiments.guard import UserError, check_output_file
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("gpt-shakespeare", "minilm-rt")
+INFER_TASKS = ("gpt-shakespeare", "minilm-rt")
 #: The ``--checkpoint`` file's format tag (older files hold a bare state dict and still load).
 INFER_CHECKPOINT_FORMAT = "lowbit-infer-gpt"
 #: The default prompt: the held-out text's first line, at most this many characters.
@@ -43,7 +43,7 @@ PROMPT_CHARS = 32
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lowbit infer`` flags."""
-    parser.add_argument("--task", default="gpt-shakespeare", choices=TASKS)
+    parser.add_argument("--task", default="gpt-shakespeare", choices=INFER_TASKS)
     parser.add_argument("--data", default=None, help="a UTF-8 text file instead of the bundled Shakespeare")
     parser.add_argument("--train-steps", type=int, default=300, help="FP32 training steps (default 300)")
     parser.add_argument(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowbit.experiments.checkpoint import atomic_write_text
+from lowbit.files import atomic_write_text
 
 METRICS_NAME = "metrics.json"
 #: final_train_loss is the mean training loss of the last this-many steps (single batches are noisy).

@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 
 import lowbit
-from lowbit.experiments.checkpoint import atomic_write_text
 from lowbit.experiments.guard import UserError, check_output_dir, check_output_file
 from lowbit.experiments.ptq_formats import (
     DEFAULT_FORMATS,
@@ -46,6 +45,7 @@ from lowbit.experiments.ptq_formats import (
     config_for,
     parse_formats,
 )
+from lowbit.files import atomic_write_text
 from lowbit.ptq import PTQConfig, WeightOnlyConfig, calibrate, save_quantized
 from lowbit.ptq.config import FP8_COMPUTE
 from lowbit.ptq.fidelity import embed_sorted, embedding_cosine, layer_sqnr, plot_sqnr

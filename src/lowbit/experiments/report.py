@@ -10,14 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lowbit.experiments.checkpoint import atomic_write_text
+from lowbit.experiments.build import REFERENCE_RECIPE
 from lowbit.experiments.metrics import RunResult
-from lowbit.files import atomic_savefig
+from lowbit.files import atomic_savefig, atomic_write_text
 
 LOSS_PNG = "loss.png"
 EVAL_PNG = "eval.png"
 REPORT_MD = "report.md"
-REFERENCE_RECIPE = "fp32"
 #: Moving-average window for the plotted training loss (the raw per-step loss is noisy).
 SMOOTH_WINDOW = 10
 

@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.models.layers import ACTIVATIONS, ATTENTIONS, NORMS, Block, make_norm
+from lowbit.models.layers import ACTIVATIONS, ATTENTIONS, INIT_STD, NORMS, Block, make_norm
 
 #: Std of the normal initialisation of linear and embedding weights (GPT-2's).
-INIT_STD = 0.02
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Standard deviation of the normal initialisation of weights and embeddings (GPT and ViT).
+INIT_STD = 0.02
 NORMS = ("layer", "l1")
 ACTIVATIONS = ("gelu", "relu")
 ATTENTIONS = ("softmax", "poly")

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lowbit.models.layers import ACTIVATIONS, ATTENTIONS, NORMS, Block, make_norm
+from lowbit.models.layers import ACTIVATIONS, ATTENTIONS, INIT_STD, NORMS, Block, make_norm
 
 #: Std of the truncated-normal initialisation of linear weights, class token and position embeddings.
-INIT_STD = 0.02
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lowbit.files import atomic_write_bytes
+from lowbit.files import CheckpointError, atomic_write_bytes
 from lowbit.formats import FloatFormat, IntFormat, MXFormat, get_format
 from lowbit.modules import replace_module
 from lowbit.ptq.base import LayerSpec, PTQLinear
@@ -44,10 +44,6 @@ _WEIGHT_KEYS = ("w_codes", "w_scale", "w_exp")
 #: Metadata entries inside the digest (everything but the digest itself and lowbit_version, which is
 #: informational: a file stays valid across lowbit releases of the same format version).
 _DIGESTED_METADATA = ("lowbit_format", "lowbit_format_version", "model_class", "layers")
-
-
-class CheckpointError(ValueError):
-    """A quantized checkpoint that cannot be loaded faithfully (corrupt, foreign or incompatible)."""
 
 
 def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:

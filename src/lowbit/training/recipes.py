@@ -31,7 +31,7 @@ ALGORITHMS = (
     "reuse",  # the codes of the forward pass are reused
 )
 LSS_MODES = ("none", "nonzero", "sample")
-ROUNDINGS = ("nearest", "stochastic")
+GRAD_ROUNDINGS = ("nearest", "stochastic")
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,8 @@ class Recipe:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.lss not in LSS_MODES:
             raise ValueError(f"lss must be one of {LSS_MODES}, got {self.lss!r}")
-        if self.grad_rounding not in ROUNDINGS:
-            raise ValueError(f"grad_rounding must be one of {ROUNDINGS}, got {self.grad_rounding!r}")
+        if self.grad_rounding not in GRAD_ROUNDINGS:
+            raise ValueError(f"grad_rounding must be one of {GRAD_ROUNDINGS}, got {self.grad_rounding!r}")
         if self.hadamard_block is not None and (
             self.hadamard_block < 1 or self.hadamard_block & (self.hadamard_block - 1)
         ):
