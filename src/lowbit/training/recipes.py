@@ -101,7 +101,7 @@ class Recipe:
         cold_start_steps: for this many training forwards (an int >= 0) the LSQ steps are reset to their
             ``lsq_init`` value instead of learned; 0 in the registered recipes.
         split_clamp: the bit split's hi/lo code range ±split_clamp: 7 (default; unbiased, see ``bit_split``)
-            or 6 (SPEC's text, which clips the largest gradients).
+            or 6 (the paper's text, docs/SPEC.md §1; it clips the largest gradients).
         lsq_lr: the relative learning rate of the LSQ step sizes, a finite number >= 0: each step's Adam
             learning rate is ``lsq_lr × |s|`` (× the model's schedule factor), so an update changes a step by
             at most about ``lsq_lr`` of itself whatever the model's learning rate (``lowbit.training.optim``).
