@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from lowbit.integer import workflow as _workflow  # noqa: F401  (registers IntegerConfig with lowbit.convert)
 from lowbit.integer.convert import ConvertConfig, IntegerConfig, convert
 from lowbit.integer.graph import DtypeTrace, IntegerGPT, integer_lm_loss
 from lowbit.integer.scaled import Dyadic, ScaledInt, add, concat, matmul, mul, requantize, rescale
