@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lowbit.training import convert, get_recipe
 from lowbit.training import distributed as sharded
 from lowbit.training.distributed import world_size
+from lowbit.training.layers import attach_group
 from lowbit.training.leverage import leverage_probabilities
 
 WORLD = 2
@@ -74,7 +75,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         results = {"stats": _stats(shard, group)}
         for recipe in RECIPES:
             model = _model(recipe)
-            assert sharded.attach_group(model, group) == 2
+            assert attach_group(model, group) == 2
             ddp = DistributedDataParallel(model, forward_sync_buffers=False)
             results[recipe] = _grads(model, ddp, shard)  # DDP averages the gradients over the ranks
             if get_recipe(recipe).kind == "int4":

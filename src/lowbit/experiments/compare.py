@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import shlex
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.experiments.report import results_table
 
     if torchrun.launched():  # under torchrun: data-parallel training
-        return torchrun.run_compare(args)
+        return _run_distributed(args)
     out = args.out or f"runs/compare-{args.task}"
     with contextlib.ExitStack() as stack:
         try:
@@ -150,3 +151,59 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nreport: {report}")
     print(json.dumps([r.to_dict() for r in results]))
     return 0
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    """``lowbit compare`` under torchrun; rank 0 writes the report and prints the table."""
+    import torch.distributed as dist
+
+    from lowbit.experiments.distributed import DistributedRun
+    from lowbit.experiments.parallel import PeerFailure, agree, check_config, init
+    from lowbit.experiments.report import results_table
+    from lowbit.experiments.torchrun import close, prepare
+
+    par = init(args.fsdp, args.dist_timeout)
+    out = args.out or f"runs/compare-{args.task}"
+    try:
+        with contextlib.ExitStack() as stack:
+            err: Exception | None = None
+            try:
+                recipes = parse_recipes(args.recipes)
+                configs = [config_from_args(args, r, str(Path(out) / r)) for r in recipes]
+                check_config(configs[0], par)
+                if par.main:
+                    folders = [Path(c.out) for c in configs]
+                    for folder in (Path(out), *folders):  # as compare.run: the comparison and each recipe
+                        stack.enter_context(locked_output(folder))
+                    check_fresh_run(folders, args.resume, getattr(args, "overwrite", False))
+                    for folder in folders:
+                        check_output_dir(folder)
+                apply_threads(configs[0])
+                task = setup(configs)
+            except USER_ERRORS as e:
+                err = e
+            if (err := agree(err, par)) is not None:
+                return report_user_error("compare", err) if par.main else 2
+            runs: list[DistributedRun] = []
+
+            def prepare_run(config: TrainConfig, task: Task) -> DistributedRun:
+                runs.append(prepare(config, task, par))
+                return runs[-1]
+
+            try:
+                results, report = compare(
+                    configs, out, command_line(args), task, prepare_run=prepare_run, write=par.main
+                )
+            except PeerFailure as failure:
+                print(f"lowbit compare: error: {failure}", file=sys.stderr)
+                return 1
+            finally:
+                for r in runs:
+                    close(r)
+        if par.main:
+            print(results_table(results, relative_delta=not task.higher_is_better))
+            print(f"\nreport: {report}")
+            print(json.dumps([r.to_dict() for r in results]))
+        return 0
+    finally:
+        dist.destroy_process_group()

@@ -50,7 +50,8 @@ from lowbit.experiments.divergence import TrainingDiverged
 from lowbit.experiments.parallel import Parallel, PeerFailure, check_config, collective_error, shard
 from lowbit.experiments.runner import Run
 from lowbit.experiments.tasks.base import Task
-from lowbit.training.distributed import all_sum, attach_group
+from lowbit.training.distributed import all_sum
+from lowbit.training.layers import attach_group
 from lowbit.training.optim import STEP_NAMES, sync_step_lrs
 
 logger = logging.getLogger(__name__)

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.experiments.runner import finish, prepare
 
     if torchrun.launched():  # under torchrun: data-parallel training
-        return torchrun.run_train(args)
+        return _run_distributed(args)
 
     with contextlib.ExitStack() as stack:
         try:
@@ -184,3 +184,48 @@ def run(args: argparse.Namespace) -> int:
         result = finish(prepared)  # errors from here on are bugs: shown with their traceback
     print(json.dumps(result.to_dict()))
     return 0
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    """``lowbit train`` under torchrun; rank 0 prints the result JSON."""
+    import torch.distributed as dist
+
+    from lowbit.experiments.parallel import PeerFailure, agree, check_config, init
+    from lowbit.experiments.runner import finish
+    from lowbit.experiments.torchrun import close, prepare
+
+    par = init(args.fsdp, args.dist_timeout)
+    try:
+        with contextlib.ExitStack() as stack:
+            err: Exception | None = None
+            try:
+                config = config_from_args(args, args.recipe, args.out or f"runs/{args.task}-{args.recipe}")
+                check_config(config, par)
+                if par.main:
+                    if config.json:
+                        check_output_file(config.json, "--json")
+                    stack.enter_context(locked_output(config.out))
+                    check_fresh_run([Path(config.out)], config.resume, getattr(args, "overwrite", False))
+                apply_threads(config)
+            except USER_ERRORS as e:
+                err = e
+            if (err := agree(err, par)) is None:
+                try:
+                    prepared = prepare(config, None, par)
+                except USER_ERRORS as e:
+                    err = e
+                err = agree(err, par)
+            if err is not None:
+                return report_user_error("train", err) if par.main else 2
+            try:
+                result = finish(prepared)
+            except PeerFailure as failure:
+                print(f"lowbit train: error: {failure}", file=sys.stderr)
+                return 1
+            finally:
+                close(prepared)
+        if par.main:
+            print(json.dumps(result.to_dict()))
+        return 0
+    finally:
+        dist.destroy_process_group()

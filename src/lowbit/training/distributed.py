@@ -180,17 +180,3 @@ def search_block(x: torch.Tensor, w: torch.Tensor, group: Any = None) -> int:
         if err < best_err:
             best, best_err = g, err
     return best
-
-
-def attach_group(model: torch.nn.Module, group: Any) -> int:
-    """Give every ``QuantLinear`` of ``model`` a recipe whose statistics reduce over ``group``; the count."""
-    import dataclasses
-
-    from lowbit.training.layers import QuantLinear
-
-    n = 0
-    for module in model.modules():
-        if isinstance(module, QuantLinear):
-            module.recipe = dataclasses.replace(module.recipe, group=group)
-            n += 1
-    return n

@@ -13,6 +13,7 @@ from ``seed``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -195,3 +196,13 @@ class QuantLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe.name}"
+
+
+def attach_group(model: torch.nn.Module, group: Any) -> int:
+    """Give every ``QuantLinear`` of ``model`` a recipe whose statistics reduce over ``group``; the count."""
+    n = 0
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.recipe = dataclasses.replace(module.recipe, group=group)
+            n += 1
+    return n
