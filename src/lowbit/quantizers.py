@@ -22,7 +22,15 @@ import torch
 from lowbit.formats import CodeRange, FloatFormat, Format, IntFormat, MXFormat, get_format
 from lowbit.granularity import DEFAULT_BLOCK, GRANULARITY_KINDS, Granularity  # noqa: F401 (re-exported)
 from lowbit.rounding import ROUNDINGS, check_float, check_rounding, round_checked, round_to_format
-from lowbit.scales import _FLOAT32_TINY, MSE_RATIOS, SCALE_RULES, compute_scale, mx_scale, symmetric_scale
+from lowbit.scales import (
+    FLOAT32_MAX,
+    FLOAT32_MIN_NORMAL,
+    MSE_RATIOS,
+    SCALE_RULES,
+    compute_scale,
+    mx_scale,
+    symmetric_scale,
+)
 
 __all__ = [
     "GRANULARITY_KINDS",
@@ -93,19 +101,18 @@ def _codes_dtype(fmt: Format) -> torch.dtype:
     return elem.torch_dtype or torch.float32
 
 
-_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def _check_float32_range(x: torch.Tensor) -> None:
     """Scales and dequantized values are float32: a finite float64 value beyond its range is an error (it
     would give an Inf scale or dequantize to Inf), for MX formats too (no silent clamp of the E8M0 scale)."""
     if x.dtype == torch.float64 and x.numel():
-        big = torch.isfinite(x) & (x.abs() > _FLOAT32_MAX)
+        big = torch.isfinite(x) & (x.abs() > FLOAT32_MAX)
         if bool(big.any()):
             peak = float(x.abs()[big].max())
             raise ValueError(
                 f"x holds {int(big.sum())} finite values beyond the float32 range (max |x| = {peak:.3g} > "
-                f"{_FLOAT32_MAX:.3g}); lowbit's scales and dequantized values are float32: rescale the input"
+                f"{FLOAT32_MAX:.3g}); lowbit's scales and dequantized values are float32: rescale the input"
             )
 
 
@@ -188,7 +195,7 @@ def quantize_symmetric(
     qmax: int,
     dim: int | None = None,
     *,
-    floor: float | None = _FLOAT32_TINY,
+    floor: float | None = FLOAT32_MIN_NORMAL,
     zero_scale: float | None = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric absmax quantization: int8 codes in ``[-qmax, qmax]`` and the scale, ``x ≈ codes · scale``.

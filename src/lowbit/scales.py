@@ -18,8 +18,10 @@ from lowbit.rounding import round_checked
 SCALE_RULES = ("absmax", "percentile", "mse", "pow2")
 # Clipping ratios tried by the "mse" rule: 1.00, 0.99, ..., 0.20 of the group's absmax (ties: largest ratio).
 MSE_RATIOS = tuple(1 - i / 100 for i in range(81))
-_FLOAT32_TINY = torch.finfo(torch.float32).tiny
-_FLOAT32_MAX = torch.finfo(torch.float32).max
+#: The smallest float32 normal (2^-126): no lowbit scale goes below it (the floor of symmetric_scale).
+FLOAT32_MIN_NORMAL = torch.finfo(torch.float32).tiny
+#: The largest finite float32: scales and dequantized values must stay below it.
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def _amax(x_g: torch.Tensor, reduce_dims: tuple[int, ...], rule: object) -> torch.Tensor:
@@ -39,7 +41,7 @@ def symmetric_scale(
     absmax: torch.Tensor | float,
     qmax: float,
     *,
-    floor: float | None = _FLOAT32_TINY,
+    floor: float | None = FLOAT32_MIN_NORMAL,
     zero_scale: float | None = 1.0,
     min_absmax: float | None = None,
     dtype: torch.dtype | None = None,
@@ -123,10 +125,10 @@ def compute_scale(
                 f"x contains {int(torch.isnan(x_g).sum())} NaN values; replace them first (torch.nan_to_num)"
             )
         scale = _explicit_scale(rule, shape)
-        if scale.numel() and float(scale.max()) * fmt.max > _FLOAT32_MAX:
+        if scale.numel() and float(scale.max()) * fmt.max > FLOAT32_MAX:
             raise ValueError(
                 f"explicit scale {float(scale.max()):.3g} times {fmt.name}'s largest code {fmt.max:g} "
-                f"overflows float32 (dequantized values: Inf); use at most {_FLOAT32_MAX / fmt.max:.3g}"
+                f"overflows float32 (dequantized values: Inf); use at most {FLOAT32_MAX / fmt.max:.3g}"
             )
         return scale
     if isinstance(rule, str) and rule not in SCALE_RULES or rule == "percentile":

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import lowbit
+from lowbit.bench import RESULTS_DIR
 from lowbit.experiments import infer
 from lowbit.files import atomic_write_text
 from lowbit.ops import backends
@@ -59,7 +60,7 @@ def results_path(args: argparse.Namespace, model: str) -> Path:
     return (
         Path(args.results)
         if args.results
-        else Path("results") / "inference" / f"{model}_{backends.cpu_slug()}.json"
+        else RESULTS_DIR / "inference" / f"{model}_{backends.cpu_slug()}.json"
     )
 
 

@@ -21,33 +21,11 @@ _c_float = ctypes.c_float
 _c_int64 = ctypes.c_int64
 _c_uint32 = ctypes.c_uint32
 
-# the two attention kernels of int_attn.c take the same arguments
-_ATTENTION_ARGS = [
-    _c_i8p,
-    _c_i8p,
-    _c_i8p,
-    _c_long,
-    _c_long,
-    _c_long,
-    _c_long,
-    _c_long,
-    _c_int,
-    _c_i8p,
-    _c_int,
-    _c_i8p,
-    _c_int64,
-    _c_int64,
-    _c_int64,
-    _c_int64,
-    _c_int,
-    _c_int,
-    _c_int64,
-    _c_int,
-    _c_i8p,
-    _c_long,
-    _c_int,
-    _c_int,
-]
+# The attention row weighting's arguments, shared by the row kernel (int_rows.c) and the two fused attention
+# kernels: 4 sizes, causal, key mask, kind, poly bias, delta, ln2, eb, ec, max_shift, frac_bits, row_const.
+_ATTN_WEIGHTING = [*[_c_long] * 4, _c_int, _c_i8p, _c_int, _c_i8p, *[_c_int64] * 4, _c_int, _c_int, _c_int64]
+# q, k, v, ld; the weighting (sizes bsz, t, c, n_head); row_shift, y, ldy, out_off, threads
+_ATTENTION_ARGS = [_c_i8p, _c_i8p, _c_i8p, _c_long, *_ATTN_WEIGHTING, _c_int, _c_i8p, _c_long, _c_int, _c_int]
 
 # symbol -> (argtypes, restype) of every native function lowbit calls (GEMM engine, training, integer-only
 # inference, FP8 passes): the one native boundary. Pointer arguments are passed as int addresses.
@@ -147,30 +125,8 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
         [_c_i8p, _c_long, _c_long, _c_int, _c_int, _c_int64, _c_i8p, _c_int, _c_i8p, _c_i8p, _c_int, _c_int],
         None,
     ),
-    "lowbit_int_attn_rows": (
-        [
-            _c_i8p,
-            _c_long,
-            _c_long,
-            _c_long,
-            _c_long,
-            _c_int,
-            _c_i8p,
-            _c_int,
-            _c_i8p,
-            _c_int64,
-            _c_int64,
-            _c_int64,
-            _c_int64,
-            _c_int,
-            _c_int,
-            _c_int64,
-            _c_i8p,
-            _c_i8p,
-            _c_int,
-        ],
-        None,
-    ),
+    # scores; the weighting (sizes r_total, t, rows_per_head, n_head); codes, rowmult, threads
+    "lowbit_int_attn_rows": ([_c_i8p, *_ATTN_WEIGHTING, _c_i8p, _c_i8p, _c_int], None),
     "lowbit_int_attention": (_ATTENTION_ARGS, None),
     "lowbit_int_attention_blocked": (_ATTENTION_ARGS, None),
     "lowbit_int_gelu_rq": (

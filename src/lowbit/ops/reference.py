@@ -21,9 +21,6 @@ import torch
 
 from lowbit.quantizers import quantize_symmetric
 
-# smallest normal float32: scales are never subnormal (docs/DESIGN.md "Decisions")
-FLOAT32_MIN_NORMAL = 2.0**-126
-
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """Unpack uint8 nibbles along the last dim into int8 codes in [-8, 7] (element 2j = low nibble)."""
@@ -89,7 +86,7 @@ def dequantize(
 
 def quantize_rows(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row absmax symmetric quantization of a float32 (M, K) matrix to codes in [-qmax, qmax]."""
-    return quantize_symmetric(x, qmax, dim=1, floor=FLOAT32_MIN_NORMAL, zero_scale=1.0)
+    return quantize_symmetric(x, qmax, dim=1)  # the default policy: floor 2**-126, an all-zero row scale 1
 
 
 def bf16_dot_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -22,10 +22,9 @@ import torch
 
 from lowbit.formats import Format, MXFormat
 from lowbit.rounding import round_checked
-from lowbit.scales import MSE_RATIOS
+from lowbit.scales import FLOAT32_MIN_NORMAL, MSE_RATIOS
 
 OBSERVER_RULES = ("max", "percentile", "mse")
-_FLOAT32_TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ class HistogramObserver:
         if clip == 0.0:
             return 1.0
         step = float(torch.tensor(clip / fmt.max, dtype=torch.float32))
-        return max(step, _FLOAT32_TINY)
+        return max(step, FLOAT32_MIN_NORMAL)
 
     def _percentile(self, p: float) -> float:
         target = p / 100.0 * float(self.hist.sum())
