@@ -34,6 +34,21 @@ def test_a_writer_dying_half_way_keeps_the_old_file(tmp_path):
     assert path.read_text() == "old" and _leftovers(tmp_path) == []
 
 
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    """A crash mid-write (here: the writer raises after some bytes) must leave the target untouched."""
+    path = tmp_path / "metrics.json"
+    files.atomic_write_text(path, "old content")
+
+    def crash(f):
+        f.write(b"partial new cont")
+        raise OSError("disk full (simulated)")
+
+    with pytest.raises(OSError, match="simulated"):
+        files.atomic_write(path, crash)
+    assert path.read_text() == "old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
 def test_a_plot_that_fails_to_render_keeps_the_old_png(tmp_path, monkeypatch):
     path = tmp_path / "loss.png"
     fig, ax = plt.subplots()

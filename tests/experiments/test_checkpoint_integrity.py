@@ -76,7 +76,7 @@ def test_temp_file_of_a_save_killed_mid_write_is_cleaned(tmp_path, text_file, ti
     out.mkdir()
     code = (
         "import sys, time\n"
-        "from lowbit.experiments.checkpoint import atomic_write\n"
+        "from lowbit.files import atomic_write\n"
         "def slow(f):\n"
         "    f.write(b'x' * 4096); f.flush(); print('writing', flush=True); time.sleep(60)\n"
         f"atomic_write({str(out / CHECKPOINT_NAME)!r}, slow)\n"

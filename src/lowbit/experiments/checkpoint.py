@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from lowbit.files import CheckpointError, atomic_write, atomic_write_text  # noqa: F401 (atomic_write*: re-exported)
+from lowbit.files import CheckpointError, atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -24,13 +24,9 @@ from pathlib import Path
 
 import torch
 
-from lowbit.experiments.checkpoint import (
-    CheckpointError,
-    atomic_torch_save_verified,
-    atomic_write_text,
-    load_verified,
-)
+from lowbit.experiments.checkpoint import CheckpointError, atomic_torch_save_verified, load_verified
 from lowbit.experiments.guard import UserError, check_output_file
+from lowbit.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
